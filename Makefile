@@ -1,0 +1,79 @@
+# The two commands that matter: `make demo` and `make test` (see README.md).
+# Both set up what they need on a fresh Debian machine: a venv in .venv built from Debian's
+# python3 (tenant sandboxes must be able to read the interpreter; a pyenv Python under /root is
+# not readable by tenant users), and, as root, the Debian packages the tests use.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+TEST_DEBS := python3-venv bubblewrap util-linux sqlite3 curl pebble knot knot-dnsutils chromium \
+	testssl.sh
+BENCH_DEBS := wrk caddy nginx-light
+IMAGE_DEBS := buildah debootstrap
+
+.PHONY: demo test check lint typecheck venv debs bench-debs image image-test bench lock clean
+
+demo: $(STAMP)
+	$(BIN)/python -m gateway.demo build demo
+	@echo
+	@echo "Serving http://localhost:8000 (alice: http://alice.localhost:8000, bob: http://bob.localhost:8000)"
+	$(BIN)/gateway --config demo/gateway.toml serve
+
+test: debs $(STAMP) lint typecheck
+	$(BIN)/python -m pytest
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+		$(MAKE) --no-print-directory apt DEBS=python3-venv
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps vega_datasets==0.9.0
+	touch $@
+
+# Debian packages, installed with apt-get only when one is missing (and only as root).
+debs:
+	@$(MAKE) --no-print-directory apt DEBS="$(TEST_DEBS)"
+
+bench-debs:
+	@$(MAKE) --no-print-directory apt DEBS="$(BENCH_DEBS)"
+
+apt:
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+		grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (install as root): $$missing"; exit 1; fi; \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+bench: bench-debs $(STAMP)
+	$(BIN)/python bench/proxy
+
+image:
+	@$(MAKE) --no-print-directory apt DEBS="$(IMAGE_DEBS)"
+	../shared/tools/base-image
+	buildah --storage-driver vfs bud --isolation chroot --pull=never -t gateway:latest .
+
+image-test: $(STAMP)
+	$(BIN)/python -m pytest tests/image -p no:cacheprovider
+
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | grep -viE '^(gateway|vega-datasets)==' | \
+		(echo "# Pinned versions for the venv and the image: pip install -c requirements.lock ..."; \
+		 echo "# Regenerate after changing pyproject.toml: make lock"; cat) > requirements.lock
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

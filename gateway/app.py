@@ -1,0 +1,122 @@
+"""The ASGI application: every request starts here and reads top to bottom.
+
+    Host header --routing--> tenant --access--> proxy --> the tenant's Datasette
+                          \\-> apex   --> site (the gateway's own pages, a Starlette app)
+                          \\-> unknown --> 404 page
+
+The tenant path is plain ASGI on purpose: Starlette's request machinery costs ~200 µs per
+request (bench/proxy), which the gateway would take from Datasette on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+from .errors import RequestError, UnknownHost
+from .pages import send_error, wants_json
+from .proxy import NO_IDENTITY, Identity, Message, Outcome, Receive, ResponseAborted, Scope, Send
+from .routing import route_host
+from .runtime import Gateway
+from .site import build_site
+
+ASGIApp = Any
+
+
+class Forbidden(RequestError):
+    status = 403
+    title = "Private site"
+
+
+class GatewayApp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.site: ASGIApp = build_site(gateway)
+        self._request_ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no websockets here; uvicorn closes the connection
+        start = time.perf_counter()
+        request_id = next(self._request_ids)
+        gateway = self.gateway
+        host = _header(scope, b"host")
+        route = route_host(host, gateway.domain)
+        outcome = Outcome()
+        if gateway.draining:
+            send = _closing_connection(send)
+        tenant = gateway.routes.get(route.tenant) if route.kind == "tenant" else None
+        try:
+            if tenant is not None:
+                identity = self._identity(scope, tenant.config.name)
+                await gateway.proxy.forward(
+                    scope, receive, send, tenant,
+                    request_id=request_id.encode(), identity=identity, outcome=outcome,
+                )
+            elif route.kind == "apex":
+                await self.site(scope, receive, _recording(send, outcome))
+            else:
+                raise UnknownHost(
+                    f"There is no site at {route.host or 'this address'}.", tenant=None
+                )
+        except RequestError as error:
+            outcome.status = error.status
+            await send_error(
+                _recording(send, outcome), error, request_id=request_id,
+                as_json=wants_json(scope["path"], scope["headers"]),
+                site_name=gateway.domain,
+            )
+        except ResponseAborted:
+            outcome.status = outcome.status or 499
+            raise
+        finally:
+            gateway.access_log.write(
+                start=start,
+                host=route.host,
+                tenant=route.tenant if tenant is not None else "",
+                method=scope["method"],
+                path=scope["path"],
+                status=outcome.status,
+                bytes_sent=outcome.bytes_sent,
+                attempts=outcome.attempts,
+                request_id=request_id,
+            )
+
+    def _identity(self, scope: Scope, tenant: str) -> Identity:
+        route = self.gateway.routes[tenant]
+        if not route.config.settings.public:
+            raise Forbidden(f"The site {tenant!r} is private.", tenant=tenant)
+        return NO_IDENTITY
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+def _recording(send: Send, outcome: Outcome) -> Send:
+    """Note the status and size of a response the gateway renders itself."""
+
+    async def recording_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            outcome.status = message["status"]
+        elif message["type"] == "http.response.body":
+            outcome.bytes_sent += len(message.get("body", b""))
+        await send(message)
+
+    return recording_send
+
+
+def _closing_connection(send: Send) -> Send:
+    """While draining, every response asks the client to reconnect (to the new gateway)."""
+
+    async def closing_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message["headers"], (b"connection", b"close")]
+        await send(message)
+
+    return closing_send

@@ -1,0 +1,512 @@
+"""gateway.toml and tenants/ -> frozen dataclasses, strictly.
+
+Every key is declared once, below, with its default and its help text; README.md documents each
+one (tests/test_docs.py checks). The TOML is parsed once: everything downstream gets dataclasses.
+Unknown keys, wrong types and bad values raise ConfigError naming the file and the key:
+
+    gateway.toml: proxy.retry_budget_s: expected a number, got "lots"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError, TenantNameError
+
+DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+TENANT_SETTINGS_FILE = "tenant.toml"
+METADATA_FILES = ("metadata.json", "metadata.yaml", "metadata.yml")
+PLUGINS_DIR = "plugins"
+DATA_DIR = "data"
+
+# Names a tenant cannot take: they are, or look like, the gateway's own or well-known service hosts.
+RESERVED_NAMES = frozenset(
+    """www admin api app assets auth autoconfig autodiscover blog cdn dashboard docs ftp gateway
+    help imap login mail mx ns ns1 ns2 pop pop3 root smtp static status support webmail""".split()
+)
+_NAME_PATTERN = re.compile(r"[a-z0-9-]{1,63}")
+
+# A Unix socket path must fit sockaddr_un.sun_path (108 bytes including the terminating NUL).
+_MAX_SOCKET_PATH = 107
+_SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see supervisor.Spawner: run_dir/<generation>/
+
+
+def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
+    """Declare one configuration key: its default, its documentation and an optional check."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSettings:
+    host: str = setting("0.0.0.0", "Address the HTTP and HTTPS listeners bind to.")
+    http_port: int = setting(
+        80, "Port for plain HTTP. With TLS on it only redirects to HTTPS.", check=_port
+    )
+    https_port: int = setting(443, "Port for HTTPS (used when tls.mode is not off).", check=_port)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
+    tenants_dir: Path = setting(
+        Path("tenants"), "Folder holding one folder per tenant (relative to gateway.toml)."
+    )
+    certs_dir: Path = setting(Path("certs"), "Where certificates and the ACME account key live.")
+    state_dir: Path = setting(
+        Path("state"), "The gateway's own state: accounts database, secrets. Never a tenant's."
+    )
+    run_dir: Path = setting(
+        Path("state/run"),
+        "Sockets: the control socket and one folder per tenant process. Keep the path short:"
+        " Unix socket paths are limited to 107 bytes.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    connect_timeout_s: float = setting(
+        5.0, "Seconds to wait for a tenant's socket to accept a connection.", check=_positive
+    )
+    response_timeout_s: float = setting(
+        60.0,
+        "Seconds to wait for a tenant to start answering (status line and headers) before"
+        " answering 504.",
+        check=_positive,
+    )
+    retry_budget_s: float = setting(
+        10.0,
+        "How long a request that could not reach its tenant is retried (with backoff) before"
+        " answering 502. 0 disables retries.",
+        check=_non_negative,
+    )
+    replay_body_max_bytes: int = setting(
+        65536,
+        "Request bodies up to this size are buffered so that the request can be replayed when"
+        " the tenant could not have seen it. Larger bodies are streamed and never replayed.",
+        check=_non_negative,
+    )
+    max_connections_per_tenant: int = setting(
+        32,
+        "Most requests in flight to one tenant process at once; more wait their turn, so one"
+        " busy tenant cannot take every CPU.",
+        check=_positive,
+    )
+    drain_timeout_s: float = setting(
+        30.0,
+        "When a tenant process is replaced, how long its in-flight requests may take to finish"
+        " before it is stopped anyway.",
+        check=_non_negative,
+    )
+
+
+def _datasette_setting_check(settings: Mapping[str, Any]) -> str | None:
+    from .datasette_settings import unknown_setting_error
+
+    return unknown_setting_error(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """Per-tenant settings: `[tenant_defaults]` in gateway.toml, overridden by tenant.toml."""
+
+    public: bool = setting(
+        False, "Whether anyone may browse the tenant; otherwise only its members may."
+    )
+    title: str = setting("", "Shown on the gateway's pages; defaults to the tenant's name.")
+    memory_mb: int = setting(
+        1024, "Address-space limit of the tenant's Datasette process (RLIMIT_AS).", check=_positive
+    )
+    open_files: int = setting(
+        1024, "Open file limit of the tenant's process (RLIMIT_NOFILE).", check=_positive
+    )
+    processes: int = setting(
+        64, "Process and thread limit of the tenant's user (RLIMIT_NPROC).", check=_positive
+    )
+    start_timeout_s: float = setting(
+        30.0, "Seconds a new tenant process has to pass its health check.", check=_positive
+    )
+    stop_timeout_s: float = setting(
+        5.0,
+        "Seconds a stopping tenant process has to finish in-flight requests after SIGTERM"
+        " before it is killed.",
+        check=_non_negative,
+    )
+    datasette: dict[str, str | int | float | bool] = setting(
+        {},
+        "Datasette settings passed as --setting NAME VALUE, e.g. sql_time_limit_ms = 1000."
+        " Booleans become on/off.",
+        check=_datasette_setting_check,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSettings:
+    isolation: Literal["auto", "required", "off"] = setting(
+        "auto",
+        "auto: the strongest isolation this machine allows, logged at start; required: refuse"
+        " to start tenants without the full sandbox; off: run tenants as the gateway's user.",
+    )
+    uid_min: int = setting(
+        20000, "First uid/gid given to tenants when the gateway runs as root.", check=_positive
+    )
+    uid_max: int = setting(29999, "Last uid/gid given to tenants.", check=_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    restart_backoff_initial_s: float = setting(
+        0.2, "Wait before restarting a crashed tenant; doubles on each crash.", check=_positive
+    )
+    restart_backoff_max_s: float = setting(
+        30.0, "Longest wait between restarts of a crashing tenant.", check=_positive
+    )
+    crash_loop_restarts: int = setting(
+        5,
+        "A tenant that crashes this many times within crash_loop_window_s is marked failed and"
+        " answers 503 until it is restarted or changed.",
+        check=_positive,
+    )
+    crash_loop_window_s: float = setting(
+        60.0, "Window for counting crashes (see crash_loop_restarts).", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    mode: Literal["off", "files", "acme"] = setting(
+        "off", "off: plain HTTP only (the demo); files: certificate files you supply; acme: see"
+        " the TLS section."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    access_log: bool = setting(True, "Write one JSON line per request to stdout.")
+    level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", "Level of the gateway's own event log (JSON lines on stderr)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything in gateway.toml."""
+
+    domain: str = setting("", "The apex domain: tenants live at <name>.<domain>. Required.")
+    listen: ListenSettings = setting(ListenSettings(), "")
+    paths: PathSettings = setting(PathSettings(), "")
+    proxy: ProxySettings = setting(ProxySettings(), "")
+    tenant_defaults: TenantSettings = setting(TenantSettings(), "")
+    sandbox: SandboxSettings = setting(SandboxSettings(), "")
+    supervisor: SupervisorSettings = setting(SupervisorSettings(), "")
+    tls: TlsSettings = setting(TlsSettings(), "")
+    log: LogSettings = setting(LogSettings(), "")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    """One tenant: its settings and what its folder holds, as found when the config was read.
+
+    Two TenantConfigs compare equal exactly when the running process would not change, so
+    reload restarts a tenant when its config is unequal to the running one.
+    """
+
+    name: str
+    directory: Path
+    settings: TenantSettings
+    databases: tuple[str, ...]
+    metadata_file: str | None
+    has_plugins: bool
+    fingerprint: str
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / DATA_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    tenants: Mapping[str, TenantConfig]
+
+    @property
+    def domain(self) -> str:
+        return self.gateway.domain
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.gateway.tls.mode != "off"
+
+
+def validate_tenant_name(name: str) -> str:
+    """Return the name if a tenant may have it, else raise TenantNameError saying why."""
+    if not _NAME_PATTERN.fullmatch(name):
+        raise TenantNameError(
+            f"{name!r} is not a valid tenant name: use 1 to 63 characters from a-z, 0-9 and '-'"
+        )
+    if name.startswith("-") or name.endswith("-"):
+        raise TenantNameError(
+            f"{name!r} is not a valid tenant name: it cannot start or end with '-'"
+        )
+    if name[2:4] == "--":
+        raise TenantNameError(
+            f"{name!r} is not a valid tenant name: '--' in the third and fourth places is"
+            " reserved for internationalised names (xn--)"
+        )
+    if name in RESERVED_NAMES:
+        raise TenantNameError(f"{name!r} is reserved; choose another tenant name")
+    return name
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower-case ASCII (IDNA) form of a domain, without a trailing dot."""
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise ValueError(f"{domain!r} is not a valid domain name") from exc
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem."""
+    path = Path(path).absolute()
+    table = _read_toml(path)
+    settings = _build(GatewaySettings, table, file=path.name, prefix="")
+    if not settings.domain:
+        raise ConfigError(f"{path.name}: domain: required, e.g. domain = \"example.com\"")
+    try:
+        domain = normalise_domain(settings.domain)
+    except ValueError as exc:
+        raise ConfigError(f"{path.name}: domain: {exc}") from None
+    paths = _resolve_paths(settings.paths, path.parent, file=path.name)
+    if settings.sandbox.uid_min > settings.sandbox.uid_max:
+        raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
+    settings = dataclasses.replace(settings, domain=domain, paths=paths)
+    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
+    return Config(path=path, gateway=settings, tenants=tenants)
+
+
+def load_tenants(tenants_dir: Path, defaults: TenantSettings) -> dict[str, TenantConfig]:
+    if not tenants_dir.is_dir():
+        raise ConfigError(f"{tenants_dir}: the tenants folder does not exist")
+    tenants: dict[str, TenantConfig] = {}
+    for entry in sorted(tenants_dir.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            validate_tenant_name(entry.name)
+        except TenantNameError as exc:
+            raise ConfigError(f"{entry}: {exc}") from None
+        tenants[entry.name] = load_tenant(entry, defaults)
+    return tenants
+
+
+def load_tenant(directory: Path, defaults: TenantSettings) -> TenantConfig:
+    settings_file = directory / TENANT_SETTINGS_FILE
+    table = _read_toml(settings_file) if settings_file.exists() else {}
+    label = f"{directory.parent.name}/{directory.name}/{TENANT_SETTINGS_FILE}"
+    settings = _build(TenantSettings, table, file=label, prefix="", base=defaults)
+    metadata_file = next((m for m in METADATA_FILES if (directory / m).is_file()), None)
+    plugins = directory / PLUGINS_DIR
+    return TenantConfig(
+        name=directory.name,
+        directory=directory,
+        settings=settings,
+        databases=list_databases(directory / DATA_DIR),
+        metadata_file=metadata_file,
+        has_plugins=plugins.is_dir(),
+        fingerprint=_fingerprint(directory, metadata_file, plugins),
+    )
+
+
+def list_databases(data_dir: Path) -> tuple[str, ...]:
+    """The SQLite files a tenant serves: top-level *.db, *.sqlite, *.sqlite3 in its data folder."""
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(n for n in names if n.endswith(DATABASE_SUFFIXES) and not n.startswith(".")))
+
+
+def _fingerprint(directory: Path, metadata_file: str | None, plugins: Path) -> str:
+    """Hash of the operator-controlled files the tenant process reads at start."""
+    digest = hashlib.sha256()
+    files = [directory / metadata_file] if metadata_file else []
+    if plugins.is_dir():
+        files += sorted(p for p in plugins.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(directory)).encode() + b"\0")
+        digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from None
+
+
+def _resolve_paths(paths: PathSettings, base: Path, *, file: str) -> PathSettings:
+    resolved = {f.name: base / getattr(paths, f.name) for f in dataclasses.fields(paths)}
+    run_dir = resolved["run_dir"]
+    if len(str(run_dir)) + _SOCKET_SUFFIX_ROOM > _MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{file}: paths.run_dir: {str(run_dir)!r} is too long for Unix socket paths"
+            f" (keep it under {_MAX_SOCKET_PATH - _SOCKET_SUFFIX_ROOM} characters,"
+            " e.g. /run/gateway)"
+        )
+    return PathSettings(**resolved)
+
+
+# --- the schema machinery: dataclass fields -> checked values ---------------------------------
+
+
+def _build(
+    cls: type[Any], table: Mapping[str, Any], *, file: str, prefix: str, base: Any = None
+) -> Any:
+    """Build dataclass `cls` from a TOML table, starting from `base` (or the defaults)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{file}: {prefix}{key}: unknown key (known keys: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        where = f"{prefix}{name}"
+        current = getattr(base, name) if base is not None else None
+        if name not in table:
+            if current is not None:
+                values[name] = current
+            continue
+        raw = table[name]
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
+            values[name] = _build(kind, raw, file=file, prefix=f"{where}.", base=current)
+            continue
+        value = _convert(kind, raw, file=file, where=where)
+        if isinstance(value, dict) and isinstance(current, dict):
+            value = {**current, **value}
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{file}: {where}: {problem}")
+        values[name] = value
+    return cls(**values)
+
+
+def _convert(kind: Any, raw: Any, *, file: str, where: str) -> Any:
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        raise ConfigError(f"{file}: {where}: expected true or false, got {_show(raw)}")
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        raise ConfigError(f"{file}: {where}: expected an integer, got {_show(raw)}")
+    if kind is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        raise ConfigError(f"{file}: {where}: expected a number, got {_show(raw)}")
+    if kind is str:
+        if isinstance(raw, str):
+            return raw
+        raise ConfigError(f"{file}: {where}: expected a string, got {_show(raw)}")
+    if kind is Path:
+        if isinstance(raw, str) and raw:
+            return Path(raw)
+        raise ConfigError(f"{file}: {where}: expected a path, got {_show(raw)}")
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if raw in choices:
+            return raw
+        shown = ", ".join(f'"{c}"' for c in choices)
+        raise ConfigError(f"{file}: {where}: expected one of {shown}, got {_show(raw)}")
+    if origin is tuple:
+        item_kind = typing.get_args(kind)[0]
+        if not isinstance(raw, list):
+            raise ConfigError(f"{file}: {where}: expected a list, got {_show(raw)}")
+        return tuple(_convert(item_kind, item, file=file, where=f"{where}[{i}]")
+                     for i, item in enumerate(raw))
+    if origin is dict:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
+        value_kind = typing.get_args(kind)[1]
+        return {key: _convert_union(value_kind, item, file=file, where=f"{where}.{key}")
+                for key, item in raw.items()}
+    if origin in (typing.Union, types.UnionType):
+        return _convert_union(kind, raw, file=file, where=where)
+    raise TypeError(f"no converter for {kind!r}")  # a programming error in this module
+
+
+def _convert_union(kind: Any, raw: Any, *, file: str, where: str) -> Any:
+    options = typing.get_args(kind) or (kind,)
+    for option in options:
+        try:
+            return _convert(option, raw, file=file, where=where)
+        except ConfigError:
+            continue
+    names = " or ".join(_TYPE_NAMES.get(o, str(o)) for o in options)
+    raise ConfigError(f"{file}: {where}: expected {names}, got {_show(raw)}")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _show(raw: Any) -> str:
+    if isinstance(raw, str):
+        return f'"{raw}"'
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, dict):
+        return "a table"
+    if isinstance(raw, list):
+        return "a list"
+    return repr(raw)
+
+
+def documented_keys(cls: type[Any] = GatewaySettings, prefix: str = "") -> list[tuple[str, str]]:
+    """Every key with its help text, dotted: [("proxy.retry_budget_s", "How long ..."), ...]."""
+    hints = typing.get_type_hints(cls)
+    keys: list[tuple[str, str]] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += documented_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append((f"{prefix}{f.name}", f.metadata["help"]))
+    return keys

@@ -1,0 +1,101 @@
+"""The control socket: how `gateway reload|status|tenant restart|…` talk to a running gateway.
+
+HTTP + JSON over a Unix socket in run_dir that only the gateway's user can open (mode 0600),
+like Caddy's admin endpoint. The server side is a small Starlette app; the client is httpx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .config import Config
+from .errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+CONTROL_SOCKET = "control.sock"
+
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+def control_socket_path(config: Config) -> Path:
+    return config.gateway.paths.run_dir / CONTROL_SOCKET
+
+
+def bind_control_socket(path: Path) -> socket.socket:
+    """A listening Unix socket that only this user (and root) can connect to."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # created 0600: no window in which others could connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    return sock
+
+
+def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None) -> Starlette:
+    def reports_errors(handler: Handler) -> Handler:
+        async def wrapped(request: Request) -> JSONResponse:
+            try:
+                return await handler(request)
+            except ConfigError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            except GatewayError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+
+        return wrapped
+
+    async def status(request: Request) -> JSONResponse:
+        return JSONResponse(gateway.status())
+
+    async def reload(request: Request) -> JSONResponse:
+        plan = await gateway.reload()
+        return JSONResponse(plan.summary())
+
+    async def restart(request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        await gateway.restart_tenant(name)
+        return JSONResponse({"restarted": name})
+
+    routes = [
+        Route("/status", reports_errors(status)),
+        Route("/reload", reports_errors(reload), methods=["POST"]),
+        Route("/tenants/{name}/restart", reports_errors(restart), methods=["POST"]),
+    ]
+    for path, handler in (extra or {}).items():
+        routes.append(Route(path, reports_errors(handler), methods=["GET", "POST"]))
+    return Starlette(routes=routes)
+
+
+def call(config: Config, method: str, path: str, timeout: float = 120.0, **kwargs: Any) -> Any:
+    """Ask the running gateway; raise GatewayError with its message when it says no."""
+    socket_path = control_socket_path(config)
+    if not socket_path.exists():
+        raise GatewayError(
+            f"no gateway is running with {config.path} (no control socket at {socket_path})"
+        )
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    try:
+        with httpx.Client(transport=transport, base_url="http://gateway", timeout=timeout) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise GatewayError(f"cannot reach the gateway at {socket_path}: {exc}") from None
+    answer = response.json()
+    if response.status_code >= 400:
+        raise GatewayError(answer.get("error", response.text))
+    return answer

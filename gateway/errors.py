@@ -1,0 +1,57 @@
+"""The gateway's exceptions: raised in the core, rendered once.
+
+    GatewayError                 anything the gateway reports to a person
+    ├── ConfigError              gateway.toml or tenants/ is wrong (names file and key)
+    ├── TenantNameError          a tenant name that cannot exist
+    └── RequestError             one HTTP request failed; carries the status to answer with
+        ├── UnknownHost          404: no tenant at this host
+        ├── BackendUnavailable   502: could not reach the tenant's process
+        ├── BackendTimeout       504: the tenant's process did not answer in time
+        └── TenantUnavailable    503: the tenant is not running (failed, stopped, starting)
+
+app.py turns a RequestError into an HTML or JSON page; cli.py turns any GatewayError into a
+click error. Nothing else prints or exits.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class; the message is written for the person who reads it."""
+
+
+class ConfigError(GatewayError):
+    """gateway.toml or a tenant's settings are invalid."""
+
+
+class TenantNameError(GatewayError):
+    """A tenant name that is not allowed."""
+
+
+class RequestError(GatewayError):
+    status = 500
+    title = "Gateway error"
+
+    def __init__(self, message: str, *, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+
+
+class UnknownHost(RequestError):
+    status = 404
+    title = "No such site"
+
+
+class BackendUnavailable(RequestError):
+    status = 502
+    title = "Bad gateway"
+
+
+class BackendTimeout(RequestError):
+    status = 504
+    title = "Gateway timeout"
+
+
+class TenantUnavailable(RequestError):
+    status = 503
+    title = "Service unavailable"

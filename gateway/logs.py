@@ -1,0 +1,111 @@
+"""Logging: the event log (JSON lines on stderr) and the access log (JSON lines on stdout).
+
+Events are `log.info("tenant_started", extra={"tenant": name, "pid": pid})`: an event name and
+named fields. Never log cookies, Authorization, passwords or the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
+_RECORD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _iso_time(record.created),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own error log goes through ours; its access log is replaced by AccessLog.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # uvicorn's start and stop chatter repeats our own events; its warnings and errors stay.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+def _iso_time(seconds: float) -> str:
+    millis = int(seconds * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class AccessLog:
+    """One JSON line per request on stdout.
+
+    Lines written during one turn of the event loop are flushed together with one write, so a
+    busy gateway does not pay a system call per request.
+    """
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self._flush_scheduled = False
+
+    def write(
+        self,
+        *,
+        start: float,
+        host: str,
+        tenant: str,
+        method: str,
+        path: str,
+        status: int,
+        bytes_sent: int,
+        attempts: int,
+        request_id: str,
+        user: str = "",
+    ) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        entry = {
+            "time": _iso_time(now),
+            "host": host,
+            "tenant": tenant,
+            "method": method,
+            "path": path,
+            "status": status,
+            "bytes": bytes_sent,
+            "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+            "attempts": attempts,
+            "request_id": request_id,
+        }
+        if user:
+            entry["user"] = user
+        self.stream.write(json.dumps(entry) + "\n")
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):  # stdout closed or full: the request must not fail for it
+            pass

@@ -1,0 +1,346 @@
+"""One request to one tenant: rewrite headers, pick a backend, stream both ways, retry safely.
+
+Retry semantics (README "Retries" compares them with Traefik's and Caddy's):
+- A request is retried, with exponential backoff and the tenant's *current* backend looked up
+  again each time, while the retry budget lasts, when the backend could not have acted on it:
+  the connection could not be made (socket missing, refused, timed out), or an idempotent
+  request (GET, HEAD, OPTIONS, PUT, DELETE) got no response byte at all.
+- A request body is replayable only if it was buffered whole (up to replay_body_max_bytes)
+  before the first attempt. A non-idempotent request (POST, PATCH) whose connection dies after
+  it was sent is never replayed: it gets a 502, never a duplicate write.
+- Nothing is retried once response headers have arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend_client import ConnectFailed, Connection, NoResponse
+from .backends import Backend, TenantRoute
+from .config import ProxySettings
+from .errors import BackendTimeout, BackendUnavailable, TenantUnavailable
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# RFC 9110 7.6.1: connection-specific headers, never forwarded. Expect is answered by our own
+# server (uvicorn sends the 100 Continue), so the backend must not see it again.
+HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade"
+    b" proxy-authorization proxy-authenticate expect".split()
+)
+# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239).
+CLIENT_CLAIMS = frozenset(
+    b"x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip forwarded"
+    b" x-request-id".split()
+)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Responses bigger than this are watched for the client going away, so that an abandoned
+# export stops reading from the backend. Smaller ones are not worth a watcher task.
+_WATCH_DISCONNECT_AFTER = 1024 * 1024
+
+
+class ResponseAborted(Exception):
+    """The response had started and could not be finished; uvicorn closes the connection."""
+
+
+@dataclass(slots=True)
+class Identity:
+    """What the auth layer wants the backend to see: cookies to add, and to take away."""
+
+    strip_cookies: frozenset[bytes] = frozenset()
+    add_cookie: bytes = b""
+    strip_authorization: bool = False
+    extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+NO_IDENTITY = Identity()
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int = 0
+    bytes_sent: int = 0
+    attempts: int = 0
+
+
+def upstream_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    client_ip: str,
+    scheme: str,
+    request_id: bytes,
+    identity: Identity = NO_IDENTITY,
+) -> tuple[list[tuple[bytes, bytes]], int | None, bool]:
+    """Headers for the backend, plus the request's Content-Length and whether it is chunked."""
+    dropped = set(HOP_BY_HOP)
+    content_length: int | None = None
+    chunked = False
+    host = b""
+    cookies: list[bytes] = []
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"connection":  # headers it names are hop-by-hop too (RFC 9110 7.6.1)
+            dropped.update(token.strip().lower() for token in value.split(b","))
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"content-length":
+            content_length = int(value) if value.isdigit() else None
+        elif name == b"host":
+            host = value
+        elif name == b"cookie":
+            cookies.append(value)
+        elif name == b"authorization" and identity.strip_authorization:
+            continue
+        else:
+            kept.append((name, value))
+    result = [(b"host", host)] if host else []
+    result += [(n, v) for n, v in kept if n not in dropped and n not in CLIENT_CLAIMS]
+    cookie = _filter_cookies(cookies, identity)
+    if cookie:
+        result.append((b"cookie", cookie))
+    result += [
+        (b"x-forwarded-for", client_ip.encode()),
+        (b"x-forwarded-proto", scheme.encode()),
+        (b"x-forwarded-host", host),
+        (b"x-request-id", request_id),
+    ]
+    if chunked:
+        content_length = None
+        result.append((b"transfer-encoding", b"chunked"))
+    elif content_length is not None:
+        result.append((b"content-length", b"%d" % content_length))
+    return result, content_length, chunked
+
+
+def _filter_cookies(values: list[bytes], identity: Identity) -> bytes:
+    """One Cookie header without the cookies the gateway owns, plus the one it adds.
+
+    Datasette reads the last of duplicate cookies, so a client-sent ds_actor must be removed,
+    not merely followed by ours.
+    """
+    if not identity.strip_cookies and not identity.add_cookie:
+        return b"; ".join(values)
+    pairs = [
+        pair.strip()
+        for value in values
+        for pair in value.split(b";")
+        if pair.strip() and pair.split(b"=", 1)[0].strip() not in identity.strip_cookies
+    ]
+    if identity.add_cookie:
+        pairs.append(identity.add_cookie)
+    return b"; ".join(pairs)
+
+
+def downstream_headers(
+    headers: Iterable[tuple[bytes, bytes]], identity: Identity = NO_IDENTITY
+) -> list[tuple[bytes, bytes]]:
+    dropped = set(HOP_BY_HOP)
+    for name, value in headers:
+        if name == b"connection":
+            dropped.update(token.strip().lower() for token in value.split(b","))
+    result = [(n, v) for n, v in headers if n not in dropped]
+    return result + identity.extra_response_headers if identity.extra_response_headers else result
+
+
+def should_retry(error: BackendUnavailable, *, method: str, replayable: bool) -> bool:
+    """May a failed attempt be tried again? (See the module docstring.)"""
+    if isinstance(error, ConnectFailed):
+        return True
+    if isinstance(error, NoResponse):
+        return replayable and method in IDEMPOTENT_METHODS
+    return False
+
+
+def backoff_s(attempt: int) -> float:
+    """10 ms, 20 ms, 40 ms ... at most 500 ms between attempts."""
+    return min(0.01 * 2 ** (attempt - 1), 0.5)
+
+
+class Proxy:
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: TenantRoute,
+        *,
+        request_id: bytes,
+        identity: Identity = NO_IDENTITY,
+        outcome: Outcome,
+    ) -> None:
+        """Answer one request from `route`'s tenant. Raises RequestError before the response
+        starts (the caller renders the page) and ResponseAborted after."""
+        method: str = scope["method"]
+        client = scope.get("client")
+        headers, content_length, chunked = upstream_headers(
+            scope["headers"],
+            client_ip=client[0] if client else "",
+            scheme=scope["scheme"],
+            request_id=request_id,
+            identity=identity,
+        )
+        target = scope["raw_path"]
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        has_body = chunked or bool(content_length)
+        body: bytes | None = b""  # None: not buffered, streamed from `receive` on the attempt
+        if has_body:
+            if not chunked and content_length is not None and (
+                content_length <= self.settings.replay_body_max_bytes
+            ):
+                body = await _read_whole_body(receive)
+            else:
+                body = None
+        async with route.limiter:
+            connection, backend, response_headers = await self._attempt_until_answered(
+                route, method, target, headers, body, chunked, receive, outcome
+            )
+            try:
+                await _relay_response(
+                    connection, response_headers, send, identity, outcome, receive
+                )
+            finally:
+                backend.pool.release(connection)
+                backend.end()
+
+    async def _attempt_until_answered(
+        self,
+        route: TenantRoute,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None,
+        chunked: bool,
+        receive: Receive,
+        outcome: Outcome,
+    ) -> tuple[Connection, Backend, list[tuple[bytes, bytes]]]:
+        """Send the request until a response head arrives; see the module docstring."""
+        settings = self.settings
+        deadline = time.monotonic() + settings.retry_budget_s
+        replayable = body is not None
+        while True:
+            backend = route.backend
+            if backend is None:
+                if route.state in ("failed", "stopped") or time.monotonic() >= deadline:
+                    raise _unavailable(route)
+                await route.wait_for_change(deadline - time.monotonic())
+                continue
+            outcome.attempts += 1
+            backend.begin()
+            try:
+                connection = await backend.pool.acquire(reuse=method in IDEMPOTENT_METHODS)
+                try:
+                    connection.send_head(method, target, headers)
+                    if body is None:
+                        replayable = False
+                        await _stream_body(receive, connection, chunked)
+                    elif body:
+                        await connection.send_body(body, chunked=False)
+                    outcome.status, response_headers = await connection.read_head(
+                        settings.response_timeout_s
+                    )
+                except BaseException:
+                    connection.close()
+                    raise
+                return connection, backend, response_headers
+            except BackendTimeout as exc:
+                backend.end()
+                exc.tenant = route.name
+                raise
+            except BackendUnavailable as exc:
+                backend.end()
+                remaining = deadline - time.monotonic()
+                if not should_retry(exc, method=method, replayable=replayable) or remaining <= 0:
+                    exc.tenant = route.name
+                    raise
+                # Sleep, but wake at once when the supervisor publishes a new backend.
+                if route.backend is backend:
+                    await route.wait_for_change(min(backoff_s(outcome.attempts), remaining))
+            except BaseException:
+                backend.end()
+                raise
+
+
+async def _relay_response(
+    connection: Connection,
+    raw_headers: list[tuple[bytes, bytes]],
+    send: Send,
+    identity: Identity,
+    outcome: Outcome,
+    receive: Receive,
+) -> None:
+    headers = downstream_headers(raw_headers, identity)
+    chunk = await connection.read_body()
+    await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
+    if connection.body_complete:  # the whole body has arrived: send it as one message
+        rest = [chunk]
+        while part := await connection.read_body():
+            rest.append(part)
+        body = b"".join(rest)
+        outcome.bytes_sent = len(body)
+        await send({"type": "http.response.body", "body": body})
+        return
+    watcher: asyncio.Task[None] | None = None
+    try:
+        while chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.bytes_sent += len(chunk)
+            if watcher is None and outcome.bytes_sent > _WATCH_DISCONNECT_AFTER:
+                watcher = asyncio.ensure_future(_close_on_disconnect(receive, connection))
+            chunk = await connection.read_body()
+    except BackendUnavailable as exc:
+        raise ResponseAborted(str(exc)) from None
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _read_whole_body(receive: Receive) -> bytes:
+    parts = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ResponseAborted("the client went away while sending its request")
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def _stream_body(receive: Receive, connection: Connection, chunked: bool) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ResponseAborted("the client went away while sending its request")
+        data = message.get("body", b"")
+        if data:
+            await connection.send_body(data, chunked=chunked)
+        if not message.get("more_body", False):
+            connection.end_body(chunked=chunked)
+            return
+
+
+async def _close_on_disconnect(receive: Receive, connection: Connection) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    connection.close()
+
+
+def _unavailable(route: TenantRoute) -> TenantUnavailable:
+    if route.state == "failed":
+        message = f"The site {route.name!r} has stopped working and is being looked at."
+    elif route.state == "stopped":
+        message = f"The site {route.name!r} is stopped."
+    else:
+        message = f"The site {route.name!r} is starting; try again in a moment."
+    return TenantUnavailable(message, tenant=route.name)

@@ -1,0 +1,56 @@
+"""What a reload changes: decided purely from the old and new Config, then applied by runtime.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import Config, GatewaySettings
+
+# Sections that only take effect when the gateway starts (or is upgraded in place).
+NEEDS_RESTART = ("listen", "paths")
+# Sections every tenant process is started from: a change restarts all of them.
+SHAPES_TENANTS = ("sandbox", "tls")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()  # gateway.toml sections that changed but cannot apply live
+
+    def summary(self) -> dict[str, list[str]]:
+        return {
+            "added": list(self.added),
+            "removed": list(self.removed),
+            "changed": list(self.changed),
+            "unchanged": list(self.unchanged),
+            "needs_restart": list(self.needs_restart),
+        }
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    old_names, new_names = set(old.tenants), set(new.tenants)
+    shared = sorted(old_names & new_names)
+    everything_changed = any(
+        getattr(old.gateway, section) != getattr(new.gateway, section)
+        for section in SHAPES_TENANTS
+    ) or old.domain != new.domain
+    changed = [n for n in shared if everything_changed or old.tenants[n] != new.tenants[n]]
+    return ReloadPlan(
+        added=tuple(sorted(new_names - old_names)),
+        removed=tuple(sorted(old_names - new_names)),
+        changed=tuple(changed),
+        unchanged=tuple(n for n in shared if n not in changed),
+        needs_restart=_sections_needing_restart(old.gateway, new.gateway),
+    )
+
+
+def _sections_needing_restart(old: GatewaySettings, new: GatewaySettings) -> tuple[str, ...]:
+    return tuple(
+        f.name
+        for f in dataclasses.fields(old)
+        if f.name in NEEDS_RESTART and getattr(old, f.name) != getattr(new, f.name)
+    )

@@ -1,0 +1,135 @@
+"""The running gateway: its config, its tenants' routes and supervisors, reload and stop.
+
+server.py owns sockets and signals; app.py answers requests from `Gateway.routes`; this module
+decides what runs. Only the supervisor touches processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from . import sandbox
+from .backends import TenantRoute
+from .config import Config, ConfigError, TenantConfig, load_config
+from .errors import GatewayError
+from .keys import load_master_key
+from .logs import AccessLog
+from .proxy import Proxy
+from .reload import ReloadPlan, plan_reload
+from .supervisor import Spawner, StartFailed, TenantSupervisor
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        gateway = config.gateway
+        for folder in (gateway.paths.state_dir, gateway.paths.run_dir):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.isolation = sandbox.probe_isolation(gateway.sandbox.isolation, gateway.sandbox.uid_min)
+        if gateway.sandbox.isolation == "required" and not self.isolation.uses_bwrap:
+            raise ConfigError(
+                f"{config.path.name}: sandbox.isolation: required, but {self.isolation.reason}"
+            )
+        if self.isolation.level != "full":
+            log.warning("isolation_reduced", extra=self.isolation.describe())
+        self.master_key = load_master_key(gateway.paths.state_dir)
+        self.spawner = Spawner(config, self.isolation, self.master_key)
+        self.proxy = Proxy(gateway.proxy)
+        self.access_log = AccessLog(enabled=gateway.log.access_log)
+        self.routes: dict[str, TenantRoute] = {}
+        self.supervisors: dict[str, TenantSupervisor] = {}
+        self.draining = False
+        self._reload_lock = asyncio.Lock()
+
+    @property
+    def domain(self) -> str:
+        return self.config.domain
+
+    async def start(self) -> None:
+        """Start every tenant; each gets traffic as soon as its own health check passes."""
+        for tenant in self.config.tenants.values():
+            self._add(tenant)
+
+    def _add(self, tenant: TenantConfig) -> None:
+        route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
+        supervisor = TenantSupervisor(self.spawner, route)
+        self.routes[tenant.name] = route
+        self.supervisors[tenant.name] = supervisor
+        supervisor.start()
+
+    async def _remove(self, name: str) -> None:
+        self.routes.pop(name, None)  # new requests get "no such site"; in-flight ones finish
+        supervisor = self.supervisors.pop(name)
+        await supervisor.stop()
+
+    async def reload(self) -> ReloadPlan:
+        """Re-read gateway.toml and tenants/ and apply only the difference.
+
+        Raises ConfigError (and changes nothing) when the new config is invalid.
+        """
+        async with self._reload_lock:
+            new = await asyncio.to_thread(load_config, self.config.path)
+            plan = plan_reload(self.config, new)
+            log.info("reload_planned", extra=plan.summary())
+            self._apply_settings(new)
+            await asyncio.gather(*(self._remove(name) for name in plan.removed))
+            for name in plan.added:
+                self._add(new.tenants[name])
+            results = await asyncio.gather(
+                *(self.supervisors[name].replace(new.tenants[name]) for name in plan.changed),
+                return_exceptions=True,
+            )
+            for name, result in zip(plan.changed, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("tenant_replace_failed",
+                              extra={"tenant": name, "error": str(result)})
+            if plan.needs_restart:
+                log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
+            return plan
+
+    def _apply_settings(self, new: Config) -> None:
+        self.config = new
+        self.spawner.config = new
+        self.proxy.settings = new.gateway.proxy
+        self.access_log.enabled = new.gateway.log.access_log
+        logging.getLogger().setLevel(new.gateway.log.level.upper())
+
+    async def restart_tenant(self, name: str) -> None:
+        """Blue/green replace of one tenant's process (StartFailed if the new one is unhealthy)."""
+        supervisor = self.supervisors.get(name)
+        if supervisor is None:
+            raise GatewayError(f"no tenant {name!r} is running")
+        tenant_dir = self.config.gateway.paths.tenants_dir / name
+        fresh = await asyncio.to_thread(_reload_tenant, tenant_dir, self.config)
+        await supervisor.replace(fresh)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
+
+    def kill_all(self) -> None:
+        for supervisor in self.supervisors.values():
+            supervisor.kill()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "config": str(self.config.path),
+            "isolation": self.isolation.describe(),
+            "tls": self.config.gateway.tls.mode,
+            "draining": self.draining,
+            "tenants": [s.status() for s in self.supervisors.values()],
+        }
+
+
+def _reload_tenant(tenant_dir: Path, config: Config) -> TenantConfig:
+    from .config import load_tenant
+
+    return load_tenant(tenant_dir, config.gateway.tenant_defaults)
+
+
+__all__ = ["Gateway", "StartFailed"]

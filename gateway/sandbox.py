@@ -1,0 +1,266 @@
+"""How a tenant process is isolated: what this machine allows (probed once), and the command line.
+
+Levels, strongest first (`probe_isolation` picks the strongest that works, and says which):
+
+    full      root + bubblewrap with user namespaces: the tenant's own uid/gid, no groups, no
+              capabilities, only /usr, the venv, its config (read-only), its data folder, its
+              socket folder and a private /tmp; no network but its socket; its own PID namespace.
+    root-bwrap  as full, for machines without unprivileged user namespaces: bwrap runs as root
+              and setpriv drops to the tenant's uid inside it.
+    uid       root, but no namespaces (Docker's default seccomp profile and capabilities): own
+              uid/gid, no groups, no capabilities, no-new-privs, 0700 folders; no filesystem view.
+    none      not root (the demo): tenants run as the gateway's user.
+
+Every level applies rlimits (address space, open files, processes). The argv builders are pure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .config import TenantSettings
+
+Level = Literal["full", "root-bwrap", "uid", "none"]
+
+# Where things appear inside a bubblewrap sandbox.
+SANDBOX_VENV = "/venv"
+SANDBOX_PACKAGE_PARENT = "/opt/gateway"
+SANDBOX_CONF = "/conf"
+SANDBOX_DATA = "/data"
+SANDBOX_RUN = "/run/ds"
+SOCKET_NAME = "ds.sock"
+
+_PROTECTIONS: dict[Level, list[str]] = {
+    "full": ["own uid/gid", "no groups or capabilities", "rlimits", "private filesystem view",
+             "no network", "own PID namespace"],
+    "root-bwrap": ["own uid/gid", "no groups or capabilities", "rlimits",
+                   "private filesystem view", "no network", "own PID namespace"],
+    "uid": ["own uid/gid", "no groups or capabilities", "rlimits", "0700 tenant folders"],
+    "none": ["rlimits"],
+}
+_MISSING: dict[Level, list[str]] = {
+    "full": [],
+    "root-bwrap": [],
+    "uid": ["private filesystem view", "no network", "own PID namespace"],
+    "none": ["own uid/gid", "private filesystem view", "no network", "own PID namespace"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    level: Level
+    reason: str
+
+    @property
+    def switches_user(self) -> bool:
+        return self.level != "none"
+
+    @property
+    def uses_bwrap(self) -> bool:
+        return self.level in ("full", "root-bwrap")
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "level": self.level,
+            "protections": _PROTECTIONS[self.level],
+            "missing": _MISSING[self.level],
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPaths:
+    """Host paths a tenant process needs."""
+
+    venv: Path
+    package_parent: Path
+    data_dir: Path
+    run_dir: Path
+    metadata_file: Path | None
+    plugins_dir: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    socket_path: Path  # on the host
+
+
+def probe_isolation(mode: str, probe_uid: int) -> Isolation:
+    """Find the strongest isolation that works here (runs bwrap once or twice, ~10 ms)."""
+    if mode == "off":
+        return Isolation("none", "sandbox.isolation is off")
+    if os.geteuid() != 0:
+        return Isolation("none", "the gateway is not running as root")
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return Isolation("uid", "bubblewrap (bwrap) is not installed")
+    unprivileged = [
+        "setpriv", f"--reuid={probe_uid}", f"--regid={probe_uid}", "--clear-groups",
+        "--inh-caps=-all", bwrap, "--unshare-all", *_BASE_MOUNTS, "/usr/bin/true",
+    ]
+    if _runs(unprivileged):
+        return Isolation("full", "bubblewrap with user namespaces")
+    as_root = [bwrap, *_ROOT_UNSHARE, *_BASE_MOUNTS, "/usr/bin/true"]
+    if _runs(as_root):
+        return Isolation("root-bwrap", "bubblewrap as root (no unprivileged user namespaces)")
+    return Isolation(
+        "uid", "bubblewrap cannot create namespaces here (in Docker: see README, Deploy)"
+    )
+
+
+def _runs(argv: list[str]) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+_BASE_MOUNTS = [
+    "--ro-bind", "/usr", "/usr",
+    "--symlink", "usr/bin", "/bin",
+    "--symlink", "usr/lib", "/lib",
+    "--symlink", "usr/lib64", "/lib64",
+    "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
+]
+_ROOT_UNSHARE = [
+    "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup",
+]
+
+
+def rlimit_argv(settings: TenantSettings) -> list[str]:
+    memory = settings.memory_mb * 1024 * 1024
+    return [
+        "prlimit",
+        f"--as={memory}:{memory}",
+        f"--nofile={settings.open_files}:{settings.open_files}",
+        f"--nproc={settings.processes}:{settings.processes}",
+        "--core=0:0",
+        "--",
+    ]
+
+
+def drop_privileges_argv(uid: int, *, before_bwrap: bool) -> list[str]:
+    """setpriv to the tenant's uid/gid with no groups and no capabilities.
+
+    Right before an unprivileged bwrap the bounding set must stay: bwrap needs capabilities
+    inside the user namespace it creates (and sets no-new-privs itself).
+    """
+    argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
+    if not before_bwrap:
+        argv += ["--bounding-set=-all", "--no-new-privs"]
+    return [*argv, "--"]
+
+
+def launch(
+    isolation: Isolation,
+    *,
+    uid: int,
+    settings: TenantSettings,
+    paths: TenantPaths,
+    lifeline_fd: int,
+    status_fd: int,
+    secret: str,
+    databases: list[str],
+    datasette_args: list[str],
+) -> Launch:
+    """`databases` and `datasette_args` use the paths the process sees (see sandbox_view)."""
+    """The command line and environment that start one tenant process."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "DATASETTE_SECRET": secret,  # never in argv: /proc/PID/cmdline is world-readable
+        "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MB of address space per arena otherwise
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    socket_path = paths.run_dir / SOCKET_NAME
+    if not isolation.uses_bwrap:
+        env["PYTHONPATH"] = str(paths.package_parent)
+        inner = _tenant_command(
+            python=str(paths.venv / "bin" / "python"),
+            lifeline_fd=lifeline_fd,
+            databases=databases,
+            datasette_args=datasette_args,
+        )
+        drop = drop_privileges_argv(uid, before_bwrap=False) if isolation.switches_user else []
+        return Launch([*rlimit_argv(settings), *drop, *inner], env, socket_path)
+
+    env["PYTHONPATH"] = SANDBOX_PACKAGE_PARENT
+    mounts = [
+        *_BASE_MOUNTS,
+        "--ro-bind", str(paths.venv), SANDBOX_VENV,
+        "--ro-bind", str(paths.package_parent / "gateway"), f"{SANDBOX_PACKAGE_PARENT}/gateway",
+    ]
+    if paths.metadata_file is not None:
+        mounts += ["--ro-bind", str(paths.metadata_file), f"{SANDBOX_CONF}/{paths.metadata_file.name}"]
+    if paths.plugins_dir is not None:
+        mounts += ["--ro-bind", str(paths.plugins_dir), f"{SANDBOX_CONF}/plugins"]
+    mounts += [
+        "--bind", str(paths.data_dir), SANDBOX_DATA,
+        "--perms", "0755", "--dir", "/run",
+        "--bind", str(paths.run_dir), SANDBOX_RUN,
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", SANDBOX_DATA,
+    ]
+    inner = _tenant_command(
+        python=f"{SANDBOX_VENV}/bin/python",
+        lifeline_fd=lifeline_fd,
+        databases=databases,
+        datasette_args=datasette_args,
+    )
+    bwrap_common = ["--new-session", "--as-pid-1", "--json-status-fd", str(status_fd)]
+    if isolation.level == "full":
+        argv = [
+            *rlimit_argv(settings),
+            *drop_privileges_argv(uid, before_bwrap=True),
+            "bwrap", "--unshare-all", *bwrap_common, *mounts, *inner,
+        ]
+    else:
+        argv = [
+            *rlimit_argv(settings),
+            "bwrap", *_ROOT_UNSHARE, *bwrap_common, *mounts,
+            *drop_privileges_argv(uid, before_bwrap=False), *inner,
+        ]
+    return Launch(argv, env, socket_path)
+
+
+def _tenant_command(
+    *, python: str, lifeline_fd: int, databases: list[str], datasette_args: list[str]
+) -> list[str]:
+    wal = [arg for database in databases for arg in ("--wal", database)]
+    return [
+        python, "-m", "gateway.tenant_process",
+        "--lifeline-fd", str(lifeline_fd), *wal,
+        "--", *datasette_args,
+    ]
+
+
+def sandbox_view(isolation: Isolation, paths: TenantPaths) -> TenantPaths:
+    """The same paths as the tenant process sees them (inside bwrap they are remounted)."""
+    if not isolation.uses_bwrap:
+        return paths
+    return TenantPaths(
+        venv=Path(SANDBOX_VENV),
+        package_parent=Path(SANDBOX_PACKAGE_PARENT),
+        data_dir=Path(SANDBOX_DATA),
+        run_dir=Path(SANDBOX_RUN),
+        metadata_file=Path(SANDBOX_CONF, paths.metadata_file.name) if paths.metadata_file else None,
+        plugins_dir=Path(SANDBOX_CONF, "plugins") if paths.plugins_dir else None,
+    )
+
+
+def gateway_package_parent() -> Path:
+    """The folder holding the `gateway` package (bound read-only into sandboxes)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def venv_prefix() -> Path:
+    return Path(sys.prefix)

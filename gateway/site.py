@@ -1,0 +1,49 @@
+"""The apex domain's pages: the gateway's own site (a Starlette app; not on the proxy path)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .pages import SECURITY_HEADERS, render
+
+if TYPE_CHECKING:
+    from .runtime import Gateway
+
+
+def tenant_url(request: Request, gateway: Gateway, tenant: str) -> str:
+    """https://alice.example.com/ (keeping the port the request came in on, as in the demo)."""
+    port = request.url.port
+    netloc = f"{tenant}.{gateway.domain}" + (f":{port}" if port else "")
+    return f"{request.url.scheme}://{netloc}/"
+
+
+def page(body: bytes, status: int = 200) -> Response:
+    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
+    return Response(body, status, headers=headers, media_type="text/html")
+
+
+def build_site(gateway: Gateway) -> Any:
+    async def home(request: Request) -> Response:
+        tenants = [
+            {"url": tenant_url(request, gateway, name),
+             "title": route.config.settings.title or name}
+            for name, route in sorted(gateway.routes.items())
+            if route.config.settings.public
+        ]
+        return page(render("home.html", title=gateway.domain, site_name=gateway.domain,
+                           tenants=tenants))
+
+    async def health(request: Request) -> Response:
+        states = {name: route.state for name, route in gateway.routes.items()}
+        return JSONResponse({"ok": not gateway.draining, "tenants": states},
+                            status_code=503 if gateway.draining else 200)
+
+    return Starlette(routes=[
+        Route("/", home),
+        Route("/-/health", health),
+    ])

@@ -1,0 +1,484 @@
+"""Tenant processes: spawn, health gate, crash restarts with backoff, blue/green replace, stop.
+
+Lifecycle of one tenant (TenantSupervisor):
+
+    starting --healthy--> running --exit--> restarting --healthy--> running
+                             |                  \\--too many crashes--> failed --restart--> starting
+                             \\--replace: new one healthy, switch, drain old--> running
+    any --stop--> stopped
+
+A process is never routed to before its health check passes. A replacement that never gets
+healthy is stopped and the old process keeps serving. Every process holds the read end of a
+lifeline pipe (see tenant_process.py), so none outlives the gateway, SIGKILL included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import sandbox
+from .backend_client import BackendAddress, ConnectionPool
+from .backends import Backend, TenantRoute
+from .config import Config, TenantConfig
+from .datasette_settings import setting_args
+from .errors import BackendUnavailable, GatewayError
+from .keys import tenant_secret
+from .tenant_files import make_private_dir, prepare_tenant_dir, tenant_uid
+
+log = logging.getLogger(__name__)
+
+_HEALTH_POLL_S = 0.005
+_OUTPUT_LINES_KEPT = 20
+
+
+class StartFailed(GatewayError):
+    """A new tenant process exited or stayed unhealthy; the message says why."""
+
+
+@dataclass(slots=True)
+class ProcessHandle:
+    """What is needed to watch and stop one tenant process, and to hand it to a new gateway."""
+
+    tenant: str
+    generation: int
+    pid: int  # the process the gateway started (bwrap outside the sandbox, else the tenant)
+    signal_pid: int  # the process that drains on SIGTERM (Datasette itself)
+    lifeline_fd: int  # write end; closing it (in every gateway) ends the process
+    run_dir: Path
+    uid: int | None
+
+
+class TenantProcess:
+    """One running generation of a tenant's Datasette."""
+
+    def __init__(
+        self,
+        handle: ProcessHandle,
+        backend: Backend,
+        popen: subprocess.Popen[bytes] | None,
+        output_fd: int | None,
+    ) -> None:
+        self.handle = handle
+        self.backend = backend
+        self.popen = popen
+        self.started_at = time.time()
+        self.retiring = False
+        self.output: collections.deque[str] = collections.deque(maxlen=_OUTPUT_LINES_KEPT)
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self._pidfd = os.pidfd_open(handle.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+        self._output_task = (
+            asyncio.ensure_future(self._read_output(output_fd)) if output_fd is not None else None
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.handle.pid
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        code = self.popen.poll() if self.popen is not None else None
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+    async def _read_output(self, fd: int) -> None:
+        """Log what the tenant prints, one event per line, and keep the last lines."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            while line := await reader.readline():
+                text = line.decode("utf-8", "replace").rstrip()
+                self.output.append(text)
+                log.info("tenant_output", extra={"tenant": self.handle.tenant, "line": text})
+        finally:
+            transport.close()
+
+    def describe_exit(self) -> str:
+        code = self.exited.result() if self.exited.done() else None
+        how = f"exited with status {code}" if code is not None else "exited"
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        last = " | ".join(line for line in list(self.output)[-3:] if line)
+        return f"{how}: {last}" if last else how
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM (Datasette finishes in-flight requests), then SIGKILL after `grace_s`."""
+        self.retiring = True
+        self.backend.pool.close()
+        if not self.exited.done():
+            _signal(self.handle.signal_pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
+        if not self.exited.done():
+            log.warning("tenant_killed", extra={"tenant": self.handle.tenant,
+                                                "pid": self.handle.signal_pid, "grace_s": grace_s})
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 5)
+        if self._output_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._output_task, 1)
+        shutil.rmtree(self.handle.run_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""
+        if self.handle.lifeline_fd >= 0:
+            os.close(self.handle.lifeline_fd)
+            self.handle.lifeline_fd = -1
+        if not self.exited.done():
+            _signal(self.handle.signal_pid, signal.SIGKILL)
+            _signal(self.handle.pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+class Spawner:
+    """Everything needed to start tenant processes the same way every time."""
+
+    def __init__(self, config: Config, isolation: sandbox.Isolation, master_key: bytes) -> None:
+        self.config = config
+        self.isolation = isolation
+        self.master_key = master_key
+        self.run_dir = config.gateway.paths.run_dir
+        self._generation = _highest_generation(self.run_dir)
+
+    def next_generation(self) -> int:
+        self._generation += 1
+        return self._generation
+
+    async def launch(self, tenant: TenantConfig) -> TenantProcess:
+        """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
+        generation = self.next_generation()
+        process = await self._spawn(tenant, generation)
+        started = time.perf_counter()
+        try:
+            await self._wait_healthy(tenant, process)
+        except BaseException:
+            await process.stop(0)
+            raise
+        log.info("tenant_started", extra={
+            "tenant": tenant.name, "generation": generation, "pid": process.handle.signal_pid,
+            "ready_s": round(time.perf_counter() - started, 3), "isolation": self.isolation.level,
+        })
+        return process
+
+    async def _spawn(self, tenant: TenantConfig, generation: int) -> TenantProcess:
+        gateway = self.config.gateway
+        uid = None
+        if self.isolation.switches_user:
+            uid = tenant_uid(tenant.directory, gateway.paths.tenants_dir, gateway.sandbox)
+        prepare_tenant_dir(tenant.directory, uid)
+        run_dir = self.run_dir / str(generation)  # short: socket paths are limited to 107 bytes
+        make_private_dir(run_dir, uid)
+        paths = sandbox.TenantPaths(
+            venv=sandbox.venv_prefix(),
+            package_parent=sandbox.gateway_package_parent(),
+            data_dir=tenant.data_dir,
+            run_dir=run_dir,
+            metadata_file=tenant.directory / tenant.metadata_file if tenant.metadata_file else None,
+            plugins_dir=tenant.directory / "plugins" if tenant.has_plugins else None,
+        )
+        view = sandbox.sandbox_view(self.isolation, paths)
+        databases = [str(view.data_dir / name) for name in tenant.databases]
+        lifeline_read, lifeline_write = os.pipe()
+        status_read, status_write = os.pipe()
+        output_read, output_write = os.pipe()
+        launch = sandbox.launch(
+            self.isolation,
+            uid=uid if uid is not None else os.getuid(),
+            settings=tenant.settings,
+            paths=paths,
+            lifeline_fd=lifeline_read,
+            status_fd=status_write,
+            secret=tenant_secret(self.master_key, tenant.name),
+            databases=databases,
+            datasette_args=self._datasette_args(tenant, view, databases),
+        )
+        try:
+            popen = subprocess.Popen(
+                launch.argv,
+                env=launch.env,
+                pass_fds=(lifeline_read, status_write),
+                stdin=subprocess.DEVNULL,
+                stdout=output_write,
+                stderr=output_write,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the gateway, not tenants
+            )
+        except OSError as exc:
+            for fd in (lifeline_read, lifeline_write, status_read, status_write, output_read,
+                       output_write):
+                os.close(fd)
+            raise StartFailed(f"cannot start {launch.argv[0]}: {exc}") from None
+        for fd in (lifeline_read, status_write, output_write):
+            os.close(fd)
+        signal_pid = None
+        if self.isolation.uses_bwrap:
+            signal_pid = await _read_child_pid(status_read, popen.pid)
+        else:
+            os.close(status_read)
+        handle = ProcessHandle(
+            tenant=tenant.name,
+            generation=generation,
+            pid=popen.pid,
+            signal_pid=signal_pid or popen.pid,
+            lifeline_fd=lifeline_write,
+            run_dir=run_dir,
+            uid=uid,
+        )
+        backend = Backend(
+            BackendAddress(path=str(launch.socket_path)),
+            generation=generation,
+            connect_timeout=gateway.proxy.connect_timeout_s,
+        )
+        return TenantProcess(handle, backend, popen, output_read)
+
+    def _datasette_args(
+        self, tenant: TenantConfig, view: sandbox.TenantPaths, databases: list[str]
+    ) -> list[str]:
+        args = ["serve", *databases, "--uds", str(view.run_dir / sandbox.SOCKET_NAME)]
+        if view.metadata_file is not None:
+            args += ["--metadata", str(view.metadata_file)]
+        if view.plugins_dir is not None:
+            args += ["--plugins-dir", str(view.plugins_dir)]
+        settings: dict[str, Any] = dict(tenant.settings.datasette)
+        settings["force_https_urls"] = self.config.tls_enabled
+        return args + setting_args(settings)
+
+    async def _wait_healthy(self, tenant: TenantConfig, process: TenantProcess) -> None:
+        """Poll the new socket until Datasette answers HTTP (any status below 500)."""
+        deadline = time.monotonic() + tenant.settings.start_timeout_s
+        socket_path = process.backend.address.path
+        host = f"{tenant.name}.{self.config.domain}".encode()
+        while True:
+            if process.exited.done():
+                raise StartFailed(f"tenant {tenant.name!r} {process.describe_exit()}")
+            if time.monotonic() > deadline:
+                raise StartFailed(
+                    f"tenant {tenant.name!r} did not pass its health check within"
+                    f" {tenant.settings.start_timeout_s:g} s"
+                )
+            if os.path.exists(socket_path):
+                status = await _probe(process.backend.address, host)
+                if status is not None and status < 500:
+                    return
+            await asyncio.wait({process.exited}, timeout=_HEALTH_POLL_S)
+
+
+async def _probe(address: BackendAddress, host: bytes) -> int | None:
+    pool = ConnectionPool(address, connect_timeout=1.0)
+    try:
+        connection = await pool.acquire(reuse=False)
+    except BackendUnavailable:
+        return None
+    try:
+        connection.send_head("GET", b"/-/versions.json", [(b"host", host)])
+        status, _ = await connection.read_head(5.0)
+        while await connection.read_body():
+            pass
+        return status
+    except BackendUnavailable:
+        return None
+    finally:
+        connection.close()
+
+
+async def _read_child_pid(fd: int, outer_pid: int) -> int | None:
+    """bwrap writes {"child-pid": N} on its status fd once the sandbox is set up (closes fd)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        async with asyncio.timeout(10):
+            line = await reader.readline()
+    except TimeoutError:
+        line = b""
+    finally:
+        transport.close()
+    try:
+        return int(json.loads(line)["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("bwrap_status_unreadable", extra={"pid": outer_pid})
+        return None
+
+
+def _highest_generation(run_dir: Path) -> int:
+    highest = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in run_dir.iterdir():
+            if entry.name.isdigit():
+                highest = max(highest, int(entry.name))
+    return highest
+
+
+class TenantSupervisor:
+    """Keeps one healthy process for one tenant, and replaces it without losing a request."""
+
+    def __init__(self, spawner: Spawner, route: TenantRoute) -> None:
+        self.spawner = spawner
+        self.route = route
+        self.config = route.config
+        self.current: TenantProcess | None = None
+        self.restarts = 0
+        self._crashes: collections.deque[float] = collections.deque()
+        self._lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        supervisor = self.spawner.config.gateway.supervisor
+        backoff = supervisor.restart_backoff_initial_s
+        while not self._stopping:
+            if self.current is None:
+                if self.route.state == "failed":
+                    await self._kick.wait()
+                    self._kick.clear()
+                    continue
+                try:
+                    async with self._lock:
+                        if self._stopping or self.current is not None:
+                            continue
+                        process = await self.spawner.launch(self.config)
+                        self._install(process)
+                    backoff = supervisor.restart_backoff_initial_s
+                except StartFailed as exc:
+                    if self._stopping:
+                        return
+                    backoff = await self._after_crash(str(exc), backoff)
+                    continue
+            process = self.current
+            assert process is not None
+            await asyncio.wait({process.exited})
+            if self._stopping or process is not self.current or process.retiring:
+                continue
+            self.current = None
+            reason = f"tenant {self.name!r} {process.describe_exit()}"
+            self.route.withdraw(process.backend, "restarting", reason)
+            await process.stop(0)
+            backoff = await self._after_crash(reason, backoff)
+
+    async def _after_crash(self, reason: str, backoff: float) -> float:
+        """Record a crash; mark the tenant failed in a crash loop, else wait `backoff`."""
+        settings = self.spawner.config.gateway.supervisor
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > settings.crash_loop_window_s:
+            self._crashes.popleft()
+        self.restarts += 1
+        if len(self._crashes) >= settings.crash_loop_restarts:
+            log.error("tenant_failed", extra={"tenant": self.name, "reason": reason,
+                                              "crashes": len(self._crashes)})
+            self.route.set_state("failed", reason)
+            return settings.restart_backoff_initial_s
+        log.warning("tenant_crashed", extra={"tenant": self.name, "reason": reason,
+                                             "restart_in_s": backoff})
+        if self.route.backend is None:
+            self.route.set_state("restarting", reason)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(backoff):
+                await self._kick.wait()
+        self._kick.clear()
+        return min(backoff * 2, settings.restart_backoff_max_s)
+
+    def _install(self, process: TenantProcess) -> Backend | None:
+        self.current = process
+        return self.route.publish(process.backend)
+
+    async def replace(self, config: TenantConfig | None = None) -> None:
+        """Blue/green: start a new process, switch to it once healthy, drain and stop the old.
+
+        If the new process never gets healthy, the old one keeps serving and StartFailed is
+        raised. A failed or not yet started tenant is simply (re)started.
+        """
+        config = config or self.config
+        async with self._lock:
+            if self.current is None:
+                self.config = self.route.config = config
+                self._crashes.clear()
+                self.route.set_state("starting")
+                self._kick.set()
+                return
+            process = await self.spawner.launch(config)
+            old = self.current
+            self.config = self.route.config = config
+            old.retiring = True
+            self._install(process)
+            log.info("tenant_switched", extra={"tenant": self.name,
+                                               "from": old.handle.generation,
+                                               "to": process.handle.generation})
+        await self._retire(old)
+
+    async def _retire(self, old: TenantProcess) -> None:
+        drain_s = self.spawner.config.gateway.proxy.drain_timeout_s
+        drained = await old.backend.drain(drain_s)
+        if not drained:
+            log.warning("tenant_drain_timeout", extra={"tenant": self.name,
+                                                       "in_flight": old.backend.in_flight})
+        await old.stop(self.config.settings.stop_timeout_s)
+
+    async def stop(self) -> None:
+        """Stop routing to the tenant, let in-flight requests finish, stop the process."""
+        self._stopping = True
+        if self._task is not None:  # also abandons a start in progress (it cleans up after itself)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        async with self._lock:
+            process, self.current = self.current, None
+            self.route.set_state("stopped")
+            if process is not None:
+                self.route.withdraw(process.backend, "stopped")
+                process.retiring = True
+        if process is not None:
+            await self._retire(process)
+
+    def kill(self) -> None:
+        """Last resort on the way out: end the process now."""
+        if self.current is not None:
+            self.current.kill()
+
+    def status(self) -> dict[str, Any]:
+        process = self.current
+        return {
+            "name": self.name,
+            "state": self.route.state,
+            "failure": self.route.failure,
+            "public": self.config.settings.public,
+            "databases": list(self.config.databases),
+            "generation": process.handle.generation if process else None,
+            "pid": process.handle.signal_pid if process else None,
+            "uid": process.handle.uid if process else None,
+            "uptime_s": round(time.time() - process.started_at, 1) if process else None,
+            "in_flight": process.backend.in_flight if process else 0,
+            "restarts": self.restarts,
+        }

@@ -1,0 +1,71 @@
+"""The first code a tenant process runs, as the tenant's user, inside its sandbox.
+
+    python -m gateway.tenant_process --lifeline-fd 3 --wal /data/a.db -- serve /data/a.db ...
+
+1. Watches the lifeline: the read end of a pipe whose write end only gateways hold. When the
+   last gateway holding it is gone (even killed with SIGKILL), the read returns EOF and this
+   process exits at once, so no tenant outlives the gateway. An upgrading gateway hands the
+   write end to its successor, so tenants survive the hand-over.
+2. Puts the tenant's databases in WAL mode (the tenant owns them, so the tenant does it), so
+   that uploads writing to a database do not block Datasette's readers.
+3. Runs `datasette` in this same process.
+
+It must stay light: it is imported on every tenant start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+
+def watch_lifeline(fd: int) -> None:
+    def wait_for_eof() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        finally:
+            # os._exit, not a signal: as PID 1 of its namespace this process ignores signals it
+            # has no handler for, SIGKILL from inside included.
+            os._exit(70)
+
+    threading.Thread(target=wait_for_eof, name="lifeline", daemon=True).start()
+
+
+def enable_wal(paths: list[Path]) -> None:
+    for path in paths:
+        connection = sqlite3.connect(path)
+        try:
+            mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gateway.tenant_process")
+    parser.add_argument("--lifeline-fd", type=int, required=True)
+    parser.add_argument("--wal", type=Path, action="append", default=[])
+    parser.add_argument("datasette_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    watch_lifeline(args.lifeline_fd)
+    datasette_args = args.datasette_args
+    if datasette_args[:1] == ["--"]:
+        datasette_args = datasette_args[1:]
+    try:
+        enable_wal(args.wal)
+    except sqlite3.DatabaseError as exc:
+        sys.stderr.write(f"tenant_start_failed: cannot open a database: {exc}\n")
+        sys.exit(1)
+    from datasette.cli import cli
+
+    cli.main(datasette_args, prog_name="datasette")
+
+
+if __name__ == "__main__":
+    main()
