@@ -14,7 +14,7 @@ TEST_DEBS := python3-venv bubblewrap util-linux sqlite3 curl pebble knot knot-dn
 BENCH_DEBS := wrk caddy nginx-light
 IMAGE_DEBS := buildah debootstrap
 
-.PHONY: demo test check lint typecheck venv debs bench-debs image image-test bench lock clean
+.PHONY: demo test check lint typecheck venv debs bench-debs image image-test bench lock clean docs apt
 
 demo: $(STAMP)
 	$(BIN)/python -m gateway.demo build demo
@@ -77,3 +77,6 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
+
+docs: $(STAMP)
+	$(BIN)/python -m gateway.config_docs --write

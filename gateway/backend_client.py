@@ -202,7 +202,7 @@ class Connection(asyncio.Protocol):
             if self._complete:
                 return b""
             if self._lost is not None:
-                raise ResponseBroken(f"the backend closed the connection mid-response: {self._lost}")
+                raise self._failure()
             self._body_waiter = self.loop.create_future()
             await self._body_waiter
             self._body_waiter = None

@@ -19,7 +19,7 @@ TenantState = Literal["starting", "running", "restarting", "failed", "stopped"]
 
 
 class Backend:
-    """One tenant process as the proxy sees it: an address, a connection pool, requests in flight."""
+    """A tenant process as the proxy sees it: address, connection pool, requests in flight."""
 
     def __init__(self, address: BackendAddress, *, generation: int, connect_timeout: float) -> None:
         self.address = address
@@ -37,7 +37,7 @@ class Backend:
             self._drained.set()
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until no request is in flight (True) or the timeout passes (False); close the pool."""
+        """Wait until no request is in flight (True) or `timeout` passes (False); close the pool."""
         try:
             if self.in_flight:
                 self._drained = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -183,10 +184,9 @@ def tenant_list(ctx: click.Context, as_json: bool) -> None:
     """
     config = _config(ctx)
     states: dict[str, str] = {}
-    try:
-        states = {t["name"]: t["state"] for t in control.call(config, "GET", "/status")["tenants"]}
-    except GatewayError:
-        pass
+    with contextlib.suppress(GatewayError):  # not running: list what is on disk
+        running = control.call(config, "GET", "/status")["tenants"]
+        states = {t["name"]: t["state"] for t in running}
     rows = [
         {"name": name, "public": t.settings.public, "databases": list(t.databases),
          "state": states.get(name, "not running")}

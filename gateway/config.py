@@ -29,11 +29,12 @@ METADATA_FILES = ("metadata.json", "metadata.yaml", "metadata.yml")
 PLUGINS_DIR = "plugins"
 DATA_DIR = "data"
 
-# Names a tenant cannot take: they are, or look like, the gateway's own or well-known service hosts.
-RESERVED_NAMES = frozenset(
-    """www admin api app assets auth autoconfig autodiscover blog cdn dashboard docs ftp gateway
-    help imap login mail mx ns ns1 ns2 pop pop3 root smtp static status support webmail""".split()
-)
+# Names a tenant cannot take: they are, or look like, the gateway's own or well-known hosts.
+RESERVED_NAMES = frozenset({
+    "www", "admin", "api", "app", "assets", "auth", "autoconfig", "autodiscover", "blog", "cdn",
+    "dashboard", "docs", "ftp", "gateway", "help", "imap", "login", "mail", "mx", "ns", "ns1",
+    "ns2", "pop", "pop3", "root", "smtp", "static", "status", "support", "webmail",
+})
 _NAME_PATTERN = re.compile(r"[a-z0-9-]{1,63}")
 
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes including the terminating NUL).
@@ -43,9 +44,15 @@ _SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see supervisor.Spawner: run_
 
 def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
     """Declare one configuration key: its default, its documentation and an optional check."""
+    metadata = {"help": help, "check": check}
     if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata={"help": help, "check": check})
-    return field(default=default, metadata={"help": help, "check": check})
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def section(cls: type[Any]) -> Any:
+    """Declare a [section] of settings (a dataclass of its own)."""
+    return field(default_factory=cls, metadata={"help": "", "check": None})
 
 
 def _positive(value: float) -> str | None:
@@ -215,14 +222,14 @@ class GatewaySettings:
     """Everything in gateway.toml."""
 
     domain: str = setting("", "The apex domain: tenants live at <name>.<domain>. Required.")
-    listen: ListenSettings = setting(ListenSettings(), "")
-    paths: PathSettings = setting(PathSettings(), "")
-    proxy: ProxySettings = setting(ProxySettings(), "")
-    tenant_defaults: TenantSettings = setting(TenantSettings(), "")
-    sandbox: SandboxSettings = setting(SandboxSettings(), "")
-    supervisor: SupervisorSettings = setting(SupervisorSettings(), "")
-    tls: TlsSettings = setting(TlsSettings(), "")
-    log: LogSettings = setting(LogSettings(), "")
+    listen: ListenSettings = section(ListenSettings)
+    paths: PathSettings = section(PathSettings)
+    proxy: ProxySettings = section(ProxySettings)
+    tenant_defaults: TenantSettings = section(TenantSettings)
+    sandbox: SandboxSettings = section(SandboxSettings)
+    supervisor: SupervisorSettings = section(SupervisorSettings)
+    tls: TlsSettings = section(TlsSettings)
+    log: LogSettings = section(LogSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +358,9 @@ def list_databases(data_dir: Path) -> tuple[str, ...]:
         names = os.listdir(data_dir)
     except FileNotFoundError:
         return ()
-    return tuple(sorted(n for n in names if n.endswith(DATABASE_SUFFIXES) and not n.startswith(".")))
+    return tuple(
+        sorted(n for n in names if n.endswith(DATABASE_SUFFIXES) and not n.startswith("."))
+    )
 
 
 def _fingerprint(directory: Path, metadata_file: str | None, plugins: Path) -> str:
@@ -416,7 +425,9 @@ def _build(
         if dataclasses.is_dataclass(kind):
             if not isinstance(raw, dict):
                 raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
-            values[name] = _build(kind, raw, file=file, prefix=f"{where}.", base=current)
+            values[name] = _build(
+                typing.cast(type[Any], kind), raw, file=file, prefix=f"{where}.", base=current
+            )
             continue
         value = _convert(kind, raw, file=file, where=where)
         if isinstance(value, dict) and isinstance(current, dict):
@@ -506,7 +517,7 @@ def documented_keys(cls: type[Any] = GatewaySettings, prefix: str = "") -> list[
     keys: list[tuple[str, str]] = []
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
-            keys += documented_keys(hints[f.name], f"{prefix}{f.name}.")
+            keys += documented_keys(typing.cast(type[Any], hints[f.name]), f"{prefix}{f.name}.")
         else:
             keys.append((f"{prefix}{f.name}", f.metadata["help"]))
     return keys

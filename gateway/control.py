@@ -91,8 +91,8 @@ def call(config: Config, method: str, path: str, timeout: float = 120.0, **kwarg
         )
     transport = httpx.HTTPTransport(uds=str(socket_path))
     try:
-        with httpx.Client(transport=transport, base_url="http://gateway", timeout=timeout) as client:
-            response = client.request(method, path, **kwargs)
+        with httpx.Client(transport=transport, base_url="http://gateway", timeout=timeout) as c:
+            response = c.request(method, path, **kwargs)
     except httpx.TransportError as exc:
         raise GatewayError(f"cannot reach the gateway at {socket_path}: {exc}") from None
     answer = response.json()

@@ -7,6 +7,7 @@ named fields. Never log cookies, Authorization, passwords or the environment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -105,7 +106,6 @@ class AccessLog:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        try:
+        # stdout closed or full: no request may fail for it.
+        with contextlib.suppress(OSError, ValueError):
             self.stream.flush()
-        except (OSError, ValueError):  # stdout closed or full: the request must not fail for it
-            pass

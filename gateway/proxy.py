@@ -160,7 +160,7 @@ def should_retry(error: BackendUnavailable, *, method: str, replayable: bool) ->
 
 def backoff_s(attempt: int) -> float:
     """10 ms, 20 ms, 40 ms ... at most 500 ms between attempts."""
-    return min(0.01 * 2 ** (attempt - 1), 0.5)
+    return min(0.01 * 2.0 ** (attempt - 1), 0.5)
 
 
 class Proxy:

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from . import sandbox
 from .backends import TenantRoute
-from .config import Config, ConfigError, TenantConfig, load_config
-from .errors import GatewayError
+from .config import Config, TenantConfig, load_config, load_tenant
+from .errors import ConfigError, GatewayError
 from .keys import load_master_key
 from .logs import AccessLog
 from .proxy import Proxy
 from .reload import ReloadPlan, plan_reload
-from .supervisor import Spawner, StartFailed, TenantSupervisor
+from .supervisor import Spawner, TenantSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,9 @@ class Gateway:
         if supervisor is None:
             raise GatewayError(f"no tenant {name!r} is running")
         tenant_dir = self.config.gateway.paths.tenants_dir / name
-        fresh = await asyncio.to_thread(_reload_tenant, tenant_dir, self.config)
+        fresh = await asyncio.to_thread(
+            load_tenant, tenant_dir, self.config.gateway.tenant_defaults
+        )
         await supervisor.replace(fresh)
 
     async def stop(self) -> None:
@@ -125,11 +126,3 @@ class Gateway:
             "tenants": [s.status() for s in self.supervisors.values()],
         }
 
-
-def _reload_tenant(tenant_dir: Path, config: Config) -> TenantConfig:
-    from .config import load_tenant
-
-    return load_tenant(tenant_dir, config.gateway.tenant_defaults)
-
-
-__all__ = ["Gateway", "StartFailed"]

@@ -201,7 +201,8 @@ def launch(
         "--ro-bind", str(paths.package_parent / "gateway"), f"{SANDBOX_PACKAGE_PARENT}/gateway",
     ]
     if paths.metadata_file is not None:
-        mounts += ["--ro-bind", str(paths.metadata_file), f"{SANDBOX_CONF}/{paths.metadata_file.name}"]
+        name = paths.metadata_file.name
+        mounts += ["--ro-bind", str(paths.metadata_file), f"{SANDBOX_CONF}/{name}"]
     if paths.plugins_dir is not None:
         mounts += ["--ro-bind", str(paths.plugins_dir), f"{SANDBOX_CONF}/plugins"]
     mounts += [

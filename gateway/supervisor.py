@@ -376,15 +376,16 @@ class TenantSupervisor:
                         return
                     backoff = await self._after_crash(str(exc), backoff)
                     continue
-            process = self.current
-            assert process is not None
-            await asyncio.wait({process.exited})
-            if self._stopping or process is not self.current or process.retiring:
+            running = self.current
+            if running is None:
+                continue
+            await asyncio.wait({running.exited})
+            if self._stopping or running is not self.current or running.retiring:
                 continue
             self.current = None
-            reason = f"tenant {self.name!r} {process.describe_exit()}"
-            self.route.withdraw(process.backend, "restarting", reason)
-            await process.stop(0)
+            reason = f"tenant {self.name!r} {running.describe_exit()}"
+            self.route.withdraw(running.backend, "restarting", reason)
+            await running.stop(0)
             backoff = await self._after_crash(reason, backoff)
 
     async def _after_crash(self, reason: str, backoff: float) -> float:

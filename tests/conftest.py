@@ -24,6 +24,9 @@ import httpx
 import pytest
 import sqlite_utils
 
+from gateway import control
+from gateway.config import load_config
+
 BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
 
@@ -131,6 +134,7 @@ class RunningGateway:
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        self.config = load_config(site.config_path)  # as started: later edits may break it
         self.events: list[dict[str, Any]] = []
         self.access: list[dict[str, Any]] = []
         self.process = subprocess.Popen(
@@ -188,10 +192,7 @@ class RunningGateway:
         return self.client.request(method, path, headers=headers, **kwargs)
 
     def status(self) -> dict[str, Any]:
-        from gateway import control
-        from gateway.config import load_config
-
-        status: dict[str, Any] = control.call(load_config(self.site.config_path), "GET", "/status")
+        status: dict[str, Any] = control.call(self.config, "GET", "/status")
         self.tenant_pids.update(t["pid"] for t in status["tenants"] if t["pid"])
         return status
 

@@ -10,7 +10,6 @@ import pytest
 
 from .conftest import RunningGateway, Site, wait_until
 
-
 ECHO_PLUGIN = """
 from datasette import hookimpl
 from datasette.utils.asgi import Response
