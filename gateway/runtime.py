@@ -7,6 +7,7 @@ decides what runs. Only the supervisor touches processes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -73,7 +74,11 @@ class Gateway:
         """
         async with self._reload_lock:
             new = await asyncio.to_thread(load_config, self.config.path)
-            plan = plan_reload(self.config, new)
+            # Compare with what really runs: a replacement that failed last time is tried again.
+            running = dataclasses.replace(
+                self.config, tenants={n: s.config for n, s in self.supervisors.items()}
+            )
+            plan = plan_reload(running, new)
             log.info("reload_planned", extra=plan.summary())
             self._apply_settings(new)
             await asyncio.gather(*(self._remove(name) for name in plan.removed))

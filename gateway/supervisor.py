@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class ProcessHandle:
     pid: int  # the process the gateway started (bwrap outside the sandbox, else the tenant)
     signal_pid: int  # the process that drains on SIGTERM (Datasette itself)
     lifeline_fd: int  # write end; closing it (in every gateway) ends the process
+    output_fd: int  # read end of the process's stdout and stderr
+    status_fd: int  # read end of bwrap's --json-status-fd, or -1 without bwrap
     run_dir: Path
     uid: int | None
 
@@ -64,11 +67,7 @@ class TenantProcess:
     """One running generation of a tenant's Datasette."""
 
     def __init__(
-        self,
-        handle: ProcessHandle,
-        backend: Backend,
-        popen: subprocess.Popen[bytes] | None,
-        output_fd: int | None,
+        self, handle: ProcessHandle, backend: Backend, popen: subprocess.Popen[bytes] | None
     ) -> None:
         self.handle = handle
         self.backend = backend
@@ -78,11 +77,17 @@ class TenantProcess:
         self.output: collections.deque[str] = collections.deque(maxlen=_OUTPUT_LINES_KEPT)
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.child_pid: asyncio.Future[int | None] = loop.create_future()
+        self._exit_code: int | None = None
         self._pidfd = os.pidfd_open(handle.pid)
         loop.add_reader(self._pidfd, self._on_exit)
-        self._output_task = (
-            asyncio.ensure_future(self._read_output(output_fd)) if output_fd is not None else None
-        )
+        self._readers = [asyncio.ensure_future(_read_lines(handle.output_fd, self._on_output))]
+        if handle.status_fd >= 0:
+            self._readers.append(
+                asyncio.ensure_future(_read_lines(handle.status_fd, self._on_status))
+            )
+        else:
+            self.child_pid.set_result(None)
 
     @property
     def pid(self) -> int:
@@ -94,22 +99,30 @@ class TenantProcess:
         os.close(self._pidfd)
         code = self.popen.poll() if self.popen is not None else None
         if not self.exited.done():
-            self.exited.set_result(code)
+            self.exited.set_result(code if code is not None else self._exit_code)
 
-    async def _read_output(self, fd: int) -> None:
+    def _on_output(self, line: bytes) -> None:
         """Log what the tenant prints, one event per line, and keep the last lines."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-        )
+        text = line.decode("utf-8", "replace").rstrip()
+        self.output.append(text)
+        log.info("tenant_output", extra={"tenant": self.handle.tenant, "line": text})
+
+    def _on_status(self, line: bytes) -> None:
+        """bwrap's status: {"child-pid": N} once the sandbox is up, {"exit-code": N} at the end."""
         try:
-            while line := await reader.readline():
-                text = line.decode("utf-8", "replace").rstrip()
-                self.output.append(text)
-                log.info("tenant_output", extra={"tenant": self.handle.tenant, "line": text})
-        finally:
-            transport.close()
+            status = json.loads(line)
+        except ValueError:
+            return
+        if "child-pid" in status and not self.child_pid.done():
+            self.child_pid.set_result(int(status["child-pid"]))
+        if "exit-code" in status:
+            self._exit_code = int(status["exit-code"])
+
+    def stop_reading(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        if not self.child_pid.done():
+            self.child_pid.set_result(None)
 
     def describe_exit(self) -> str:
         code = self.exited.result() if self.exited.done() else None
@@ -133,9 +146,9 @@ class TenantProcess:
         self.kill()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
-        if self._output_task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._output_task, 1)
+        with contextlib.suppress(TimeoutError):  # the last lines it printed
+            await asyncio.wait(self._readers, timeout=1)
+        self.stop_reading()
         shutil.rmtree(self.handle.run_dir, ignore_errors=True)
 
     def kill(self) -> None:
@@ -232,17 +245,17 @@ class Spawner:
             raise StartFailed(f"cannot start {launch.argv[0]}: {exc}") from None
         for fd in (lifeline_read, status_write, output_write):
             os.close(fd)
-        signal_pid = None
-        if self.isolation.uses_bwrap:
-            signal_pid = await _read_child_pid(status_read, popen.pid)
-        else:
+        if not self.isolation.uses_bwrap:
             os.close(status_read)
+            status_read = -1
         handle = ProcessHandle(
             tenant=tenant.name,
             generation=generation,
             pid=popen.pid,
-            signal_pid=signal_pid or popen.pid,
+            signal_pid=popen.pid,
             lifeline_fd=lifeline_write,
+            output_fd=output_read,
+            status_fd=status_read,
             run_dir=run_dir,
             uid=uid,
         )
@@ -251,7 +264,13 @@ class Spawner:
             generation=generation,
             connect_timeout=gateway.proxy.connect_timeout_s,
         )
-        return TenantProcess(handle, backend, popen, output_read)
+        process = TenantProcess(handle, backend, popen)
+        # Inside bwrap, Datasette (the process that drains on SIGTERM) has a pid of its own.
+        with contextlib.suppress(TimeoutError):
+            child_pid = await asyncio.wait_for(asyncio.shield(process.child_pid), 10)
+            if child_pid is not None:
+                handle.signal_pid = child_pid
+        return process
 
     def _datasette_args(
         self, tenant: TenantConfig, view: sandbox.TenantPaths, databases: list[str]
@@ -303,25 +322,18 @@ async def _probe(address: BackendAddress, host: bytes) -> int | None:
         connection.close()
 
 
-async def _read_child_pid(fd: int, outer_pid: int) -> int | None:
-    """bwrap writes {"child-pid": N} on its status fd once the sandbox is set up (closes fd)."""
+async def _read_lines(fd: int, on_line: Callable[[bytes], None]) -> None:
+    """Call `on_line` for each line read from pipe `fd` until end of file; closes `fd`."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
     )
     try:
-        async with asyncio.timeout(10):
-            line = await reader.readline()
-    except TimeoutError:
-        line = b""
+        while line := await reader.readline():
+            on_line(line)
     finally:
         transport.close()
-    try:
-        return int(json.loads(line)["child-pid"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("bwrap_status_unreadable", extra={"pid": outer_pid})
-        return None
 
 
 def _highest_generation(run_dir: Path) -> int:
