@@ -30,6 +30,7 @@ def _config(ctx: click.Context) -> Config:
 
 
 def _call(config: Config, method: str, path: str, **kwargs: Any) -> Any:
+    """Ask the running gateway through its control socket."""
     try:
         return control.call(config, method, path, **kwargs)
     except GatewayError as exc:
@@ -60,18 +61,62 @@ def cli(ctx: click.Context, config_path: Path) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Serve every tenant until SIGTERM or Ctrl-C (SIGHUP reloads).
+    """Serve every tenant until SIGTERM or Ctrl-C (SIGHUP reloads, SIGUSR2 upgrades).
 
     \b
     Example:
         gateway --config gateway.toml serve
     """
-    from .server import serve as run
+    from .master import serve as run
 
     try:
-        run(ctx.obj["config_path"])
+        code = run(ctx.obj["config_path"])
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
+    ctx.exit(code)
+
+
+@cli.command(hidden=True, context_settings=CONTEXT)
+@click.option("--master-fd", type=int, required=True)
+@click.option("--master-pid", type=int, required=True)
+@click.option("--listen-fd", "listen_fds", multiple=True, required=True, help="NAME=FD")
+@click.option("--handover-fd", type=int)
+@click.pass_context
+def worker(ctx: click.Context, master_fd: int, master_pid: int, listen_fds: tuple[str, ...],
+           handover_fd: int | None) -> None:
+    """The gateway's worker process; `gateway serve` starts it (never run it by hand)."""
+    from .server import run_worker
+
+    try:
+        run_worker(
+            ctx.obj["config_path"],
+            master_fd=master_fd,
+            master_pid=master_pid,
+            listen_fds={n: int(fd) for n, _, fd in (s.partition("=") for s in listen_fds)},
+            handover_fd=handover_fd,
+        )
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command(context_settings=CONTEXT)
+@click.pass_context
+def upgrade(ctx: click.Context) -> None:
+    """Replace the running gateway with the code now installed, losing no request.
+
+    A new worker starts, inherits the listening sockets, adopts the running tenants and starts
+    serving; then the old one stops accepting, drains and exits. Same as SIGUSR2 to
+    `gateway serve`.
+
+    \b
+    Example:
+        pip install -U ./gateway && gateway upgrade
+    """
+    config = _config(ctx)
+    before = _call(config, "GET", "/status")["worker_pid"]
+    _call(config, "POST", "/upgrade", timeout=180)
+    after = _call(config, "GET", "/status")["worker_pid"]
+    click.echo(f"Upgraded: worker {before} replaced by {after}.")
 
 
 @cli.command("check-config", context_settings=CONTEXT)

@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from typing import Any
 
 from . import sandbox
 from .backends import TenantRoute
 from .config import Config, TenantConfig, load_config, load_tenant
 from .errors import ConfigError, GatewayError
+from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
 from .proxy import Proxy
 from .reload import ReloadPlan, plan_reload
-from .supervisor import Spawner, TenantSupervisor
+from .supervisor import Spawner, StartFailed, TenantSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,52 @@ class Gateway:
         )
         await supervisor.replace(fresh)
 
+    async def detach(self) -> list[HandedOver]:
+        """Pause supervision and describe every running process, for a new worker."""
+        await self._reload_lock.acquire()
+        await asyncio.gather(*(s.pause() for s in self.supervisors.values()))
+        return [
+            HandedOver(config=s.config, handle=s.current.handle)
+            for s in self.supervisors.values()
+            if s.current is not None
+        ]
+
+    def resume(self) -> None:
+        """The new worker never took over: carry on as before."""
+        for supervisor in self.supervisors.values():
+            supervisor.resume()
+        self._reload_lock.release()
+
+    def release(self) -> None:
+        """The new worker owns the tenants now: let go of them without stopping any."""
+        for supervisor in self.supervisors.values():
+            supervisor.release()
+        self.supervisors.clear()
+        self._reload_lock.release()
+
+    async def adopt(self, tenants: list[HandedOver], generation: int) -> None:
+        """Take over the processes an old worker ran, then apply whatever changed on disk."""
+        self.spawner.continue_generations(generation)
+        for tenant in tenants:
+            route = TenantRoute(tenant.config, self.config.gateway.proxy.max_connections_per_tenant)
+            supervisor = TenantSupervisor(self.spawner, route)
+            self.routes[tenant.config.name] = route
+            self.supervisors[tenant.config.name] = supervisor
+            try:
+                process = await self.spawner.adopt(tenant.config, tenant.handle)
+            except StartFailed as exc:
+                log.warning("tenant_not_adopted", extra={"tenant": tenant.config.name,
+                                                         "error": str(exc)})
+                supervisor.start()
+                continue
+            supervisor.start(process)
+        adopted = self.config
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            log.error("reload_rejected", extra={"error": str(exc)})
+            self.config = adopted
+
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
 
@@ -123,6 +171,8 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         return {
+            "worker_pid": os.getpid(),
+            "master_pid": os.getppid(),
             "domain": self.domain,
             "config": str(self.config.path),
             "isolation": self.isolation.describe(),

@@ -1,7 +1,8 @@
-"""The process: listening sockets, uvicorn servers, signals, and an orderly way out.
+"""The worker process: the gateway itself, on sockets inherited from the master (master.py).
 
 Signals only set things in motion (uvicorn's capture_signals idea): SIGHUP reloads, SIGTERM and
-SIGINT start a graceful stop: stop accepting, finish in-flight requests, stop tenants, exit 0.
+SIGINT start a graceful stop: stop accepting, let in-flight requests finish, stop tenants, exit 0.
+An upgrade ends the same way except that the tenants are handed to the new worker, not stopped.
 """
 
 from __future__ import annotations
@@ -9,23 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 import uvloop
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 
+from . import handover
 from .app import GatewayApp
 from .config import Config, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
-from .errors import ConfigError
+from .errors import ConfigError, GatewayError
 from .logs import setup_logging
+from .master import PR_SET_PDEATHSIG, prctl
 from .runtime import Gateway
 
 log = logging.getLogger(__name__)
+
+_UPGRADE_WAIT_S = 150.0
+_IDLE_GRACE_S = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -45,7 +55,7 @@ def _uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
         access_log=False,
         proxy_headers=False,  # the gateway is the edge: no client gets to claim an address
         server_header=False,
-        timeout_graceful_shutdown=int(drain_s) or None,
+        timeout_graceful_shutdown=max(int(drain_s), 1),
         log_config=None,
     )
     config.ssl = ssl
@@ -53,72 +63,157 @@ def _uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
     return _Server(config)
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-class GatewayProcess:
-    def __init__(self, config: Config) -> None:
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        listeners: dict[str, socket.socket],
+        master: socket.socket,
+        handover_socket: socket.socket | None,
+    ) -> None:
         self.config = config
+        self.listeners = listeners
+        self.master = master
+        self.handover_socket = handover_socket
         self.gateway = Gateway(config)
         self.app = GatewayApp(self.gateway)
         self.stopping = asyncio.Event()
+        self.handed_over = False
+        self._upgrade_result: asyncio.Future[str] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> None:
         gateway = self.gateway
-        listen = self.config.gateway.listen
         drain_s = self.config.gateway.proxy.drain_timeout_s
-        http_socket = bind_tcp(listen.host, listen.http_port)
-        control_path = control_socket_path(self.config)
-        control_socket = bind_control_socket(control_path)
         public = _uvicorn_server(self.app, drain_s=drain_s)
-        control = _uvicorn_server(build_control_app(gateway), drain_s=5)
         self._install_signal_handlers()
-        log.info("gateway_listening", extra={
-            "http": f"{listen.host}:{http_socket.getsockname()[1]}",
-            "control": str(control_path), "domain": gateway.domain,
-            "tenants": sorted(self.config.tenants),
-        })
-        try:
+        if self.handover_socket is not None:
+            tenants, generation = await asyncio.to_thread(
+                handover.receive_tenants, self.handover_socket
+            )
+            await gateway.adopt(tenants, generation)
+        else:
             await gateway.start()
-            servers = [
-                asyncio.ensure_future(public.serve(sockets=[http_socket])),
-                asyncio.ensure_future(control.serve(sockets=[control_socket])),
-            ]
-            await self.stopping.wait()
-            log.info("gateway_stopping", extra={"in_flight_connections":
-                                                len(public.server_state.connections)})
-            gateway.draining = True
-            public.should_exit = True
-            await servers[0]
+        serving = asyncio.ensure_future(public.serve(sockets=list(self.listeners.values())))
+        await _started(public)
+        if self.handover_socket is not None:
+            handover.send(self.handover_socket, {"op": "ready"})
+            self.handover_socket.close()
+        control_path = control_socket_path(self.config)
+        control = _uvicorn_server(self._control_app(), drain_s=5)
+        controlling = asyncio.ensure_future(control.serve(sockets=[
+            bind_control_socket(control_path)
+        ]))
+        handover.send(self.master, {"op": "ready"})
+        asyncio.get_running_loop().add_reader(self.master.fileno(), self._on_master_message)
+        log.info("gateway_listening", extra={
+            **{name: _address(sock) for name, sock in self.listeners.items()},
+            "control": str(control_path), "domain": gateway.domain, "worker": os.getpid(),
+            "tenants": sorted(gateway.routes),
+        })
+        await self.stopping.wait()
+        log.info("gateway_stopping", extra={"handed_over": self.handed_over,
+                                            "connections": len(public.server_state.connections)})
+        await self._drain(public)
+        await serving
+        if not self.handed_over:
             await gateway.stop()
-            control.should_exit = True
-            await servers[1]
-            log.info("gateway_stopped")
-        finally:
-            gateway.kill_all()
+        control.should_exit = True
+        await controlling
+        if not self.handed_over:
             with contextlib.suppress(FileNotFoundError):
                 control_path.unlink()
+        log.info("gateway_stopped", extra={"handed_over": self.handed_over})
+
+    async def _drain(self, public: _Server) -> None:
+        """Stop accepting; every response from now on says `Connection: close`, so busy clients
+        go away after their next response. Then uvicorn closes idle connections and waits for
+        in-flight requests (up to proxy.drain_timeout_s).
+
+        Closing an idle keep-alive connection races with a client that sends on it just then;
+        letting busy clients leave first makes that race rare (wrk's connections, never idle,
+        all leave within milliseconds)."""
+        self.gateway.draining = True
+        for server in public.servers:
+            server.close()
+        deadline = time.monotonic() + _IDLE_GRACE_S
+        while public.server_state.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        public.should_exit = True
+
+    def _control_app(self) -> Any:
+        async def upgrade(request: Request) -> JSONResponse:
+            return JSONResponse({"result": await self.request_upgrade()})
+
+        return build_control_app(self.gateway, {"/upgrade": upgrade})
+
+    async def request_upgrade(self) -> str:
+        """Ask the master for a new worker; wait until it has taken over (or failed)."""
+        if self._upgrade_result is not None and not self._upgrade_result.done():
+            raise GatewayError("an upgrade is already in progress")
+        self._upgrade_result = asyncio.get_running_loop().create_future()
+        handover.send(self.master, {"op": "upgrade"})
+        try:
+            async with asyncio.timeout(_UPGRADE_WAIT_S):
+                return await self._upgrade_result
+        except TimeoutError:
+            raise GatewayError("the upgrade did not finish in time; see the log") from None
+
+    def _on_master_message(self) -> None:
+        try:
+            message, fds = handover.receive(self.master)
+        except BlockingIOError:
+            return
+        if not message:  # the master is gone: so are we (PDEATHSIG may not have fired yet)
+            os._exit(1)
+        if message.get("op") == "handover" and fds:
+            self._spawn(self._hand_over(socket.socket(fileno=fds[0])))
+        elif message.get("op") == "upgrade_failed":
+            self._settle_upgrade(GatewayError(f"upgrade failed: {message.get('error')}"))
+
+    async def _hand_over(self, peer: socket.socket) -> None:
+        """Give every running tenant to the new worker; stop once it serves."""
+        gateway = self.gateway
+        tenants = await gateway.detach()
+        try:
+            await asyncio.to_thread(handover.send_tenants, peer, tenants,
+                                    gateway.spawner.current_generation())
+            reply, _ = await asyncio.to_thread(handover.receive, peer)
+            if reply.get("op") != "ready":
+                raise ConnectionError("the new worker exited before it was ready")
+        except OSError as exc:
+            gateway.resume()
+            log.error("handover_failed", extra={"error": str(exc)})
+            self._settle_upgrade(GatewayError(f"upgrade failed: {exc}; nothing changed"))
+            return
+        finally:
+            peer.close()
+        gateway.release()
+        self.handed_over = True
+        log.info("handover_done", extra={"tenants": [t.config.name for t in tenants]})
+        self._settle_upgrade("upgraded")
+        self.stopping.set()
+
+    def _settle_upgrade(self, outcome: str | Exception) -> None:
+        future = self._upgrade_result
+        if future is None or future.done():
+            return
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self._spawn, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn_reload)
+
+    def _spawn_reload(self) -> None:
+        self._spawn(self._reload())
 
     def _spawn(self, job: Any) -> None:
-        task = asyncio.ensure_future(job())
+        task = asyncio.ensure_future(job)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -129,13 +224,38 @@ class GatewayProcess:
             log.error("reload_rejected", extra={"error": str(exc)})
 
 
-def serve(config_path: Path) -> None:
-    """Run the gateway until SIGTERM/SIGINT. Raises ConfigError before starting if invalid."""
+async def _started(server: _Server) -> None:
+    while not server.started:
+        await asyncio.sleep(0.005)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def run_worker(
+    config_path: Path,
+    *,
+    master_fd: int,
+    master_pid: int,
+    listen_fds: dict[str, int],
+    handover_fd: int | None,
+) -> None:
+    """`gateway worker` (started by the master only)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != master_pid:  # the master died before PDEATHSIG was armed
+        raise SystemExit(1)
     config = load_config(config_path)
     setup_logging(config.gateway.log.level)
+    master = socket.socket(fileno=master_fd)
+    master.setblocking(False)
+    listeners = {name: socket.socket(fileno=fd) for name, fd in listen_fds.items()}
+    peer = socket.socket(fileno=handover_fd) if handover_fd is not None else None
 
     async def main() -> None:
-        await GatewayProcess(config).run()
+        await Worker(config, listeners, master, peer).run()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+

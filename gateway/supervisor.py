@@ -79,8 +79,13 @@ class TenantProcess:
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.child_pid: asyncio.Future[int | None] = loop.create_future()
         self._exit_code: int | None = None
-        self._pidfd = os.pidfd_open(handle.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
+        try:
+            self._pidfd = os.pidfd_open(handle.pid)  # works for adopted processes too
+        except ProcessLookupError:
+            self._pidfd = -1
+            self.exited.set_result(None)
+        else:
+            loop.add_reader(self._pidfd, self._on_exit)
         self._readers = [asyncio.ensure_future(_read_lines(handle.output_fd, self._on_output))]
         if handle.status_fd >= 0:
             self._readers.append(
@@ -94,9 +99,7 @@ class TenantProcess:
         return self.handle.pid
 
     def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
+        self._close_pidfd()
         code = self.popen.poll() if self.popen is not None else None
         if not self.exited.done():
             self.exited.set_result(code if code is not None else self._exit_code)
@@ -117,6 +120,21 @@ class TenantProcess:
             self.child_pid.set_result(int(status["child-pid"]))
         if "exit-code" in status:
             self._exit_code = int(status["exit-code"])
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def release(self) -> None:
+        """Let go of the process without stopping it: a new worker has adopted it."""
+        self.stop_reading()
+        self._close_pidfd()
+        if self.handle.lifeline_fd >= 0:
+            os.close(self.handle.lifeline_fd)
+            self.handle.lifeline_fd = -1
+        self.backend.pool.close()
 
     def stop_reading(self) -> None:
         for reader in self._readers:
@@ -175,6 +193,29 @@ class Spawner:
         self.master_key = master_key
         self.run_dir = config.gateway.paths.run_dir
         self._generation = _highest_generation(self.run_dir)
+
+    def continue_generations(self, generation: int) -> None:
+        """After a handover: never reuse a generation (a socket folder) the old worker used."""
+        self._generation = max(self._generation, generation)
+
+    async def adopt(self, tenant: TenantConfig, handle: ProcessHandle) -> TenantProcess:
+        """Take over a process another worker started; StartFailed if it does not answer."""
+        backend = Backend(
+            BackendAddress(path=str(handle.run_dir / sandbox.SOCKET_NAME)),
+            generation=handle.generation,
+            connect_timeout=self.config.gateway.proxy.connect_timeout_s,
+        )
+        process = TenantProcess(handle, backend, popen=None)
+        process.child_pid.cancel()  # known already: handle.signal_pid
+        host = f"{tenant.name}.{self.config.domain}".encode()
+        status = None if process.exited.done() else await _probe(backend.address, host)
+        if status is None or status >= 500:
+            await process.stop(0)
+            raise StartFailed(f"tenant {tenant.name!r}: the adopted process does not answer")
+        return process
+
+    def current_generation(self) -> int:
+        return self._generation
 
     def next_generation(self) -> int:
         self._generation += 1
@@ -364,8 +405,33 @@ class TenantSupervisor:
     def name(self) -> str:
         return self.config.name
 
-    def start(self) -> None:
+    def start(self, process: TenantProcess | None = None) -> None:
+        """Supervise: start a process, or watch `process` (adopted from an old worker)."""
+        if process is not None:
+            self._install(process)
         self._task = asyncio.ensure_future(self._run())
+
+    async def pause(self) -> None:
+        """Stop supervising (for a handover); the process keeps running and serving."""
+        await self._lock.acquire()  # waits for a replacement in progress to finish
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def resume(self) -> None:
+        """The handover failed: supervise again."""
+        self._lock.release()
+        self._task = asyncio.ensure_future(self._run())
+
+    def release(self) -> None:
+        """The handover succeeded: forget the process (a new worker owns it now)."""
+        if self.current is not None:
+            self.current.release()
+            self.current = None
+        self._stopping = True
+        self._lock.release()
 
     async def _run(self) -> None:
         supervisor = self.spawner.config.gateway.supervisor

@@ -196,6 +196,11 @@ class RunningGateway:
         self.tenant_pids.update(t["pid"] for t in status["tenants"] if t["pid"])
         return status
 
+    @property
+    def worker_pid(self) -> int:
+        """The process that serves requests (`gateway serve` itself is the master)."""
+        return int(self.status()["worker_pid"])
+
     def tenant(self, name: str) -> dict[str, Any]:
         return next(t for t in self.status()["tenants"] if t["name"] == name)
 
@@ -220,6 +225,7 @@ class RunningGateway:
         """SIGTERM and wait; return the exit status. Checks that no tenant process is left."""
         with contextlib.suppress(Exception):
             self.status()
+        self.client.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -228,7 +234,6 @@ class RunningGateway:
             self.process.kill()
             self.process.wait()
             raise AssertionError("the gateway did not stop within 30 s of SIGTERM") from None
-        self.client.close()
         for collector in self._collectors:
             collector.join(10)
         assert_gone(self.tenant_pids)

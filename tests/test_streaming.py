@@ -91,7 +91,7 @@ def make_big_table(path: Path) -> None:
 @pytest.mark.slow
 def test_a_million_row_csv_export_streams_with_flat_memory(gateway: RunningGateway) -> None:
     """`?_stream=on` of a 1M-row table: every row arrives; the gateway's RSS grows < 20 MB."""
-    sampler = RssSampler(gateway.pid)
+    sampler = RssSampler(gateway.worker_pid)
     lines = 0
     size = 0
     with gateway.client.stream("GET", "/big/rows.csv?_stream=on&_size=max",
@@ -114,7 +114,7 @@ def test_a_large_request_body_streams_with_flat_memory(gateway: RunningGateway) 
         for _ in range(200):
             yield chunk
 
-    sampler = RssSampler(gateway.pid)
+    sampler = RssSampler(gateway.worker_pid)
     response = gateway.request("POST", "alice", "/-/sink", content=body(), timeout=300)
     growth = sampler.stop()
     assert response.status_code == 200, response.text

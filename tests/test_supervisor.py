@@ -72,7 +72,12 @@ def test_sigterm_finishes_in_flight_requests_then_exits_0(site: Site, start_gate
     slow = ("/data.json?sql=with+recursive+c(x)+as+(select+1+union+all+select+x%2B1+from+c"
             "+where+x<3000000)+select+count(*)+from+c")
     result: dict[str, httpx.Response] = {}
-    thread = threading.Thread(target=lambda: result.setdefault("r", gateway.get("alice", slow)))
+
+    def query() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            result["r"] = client.get(slow, headers={"host": gateway.host("alice")})
+
+    thread = threading.Thread(target=query)
     thread.start()
     wait_until(lambda: gateway.tenant("alice")["in_flight"] == 1, message="query in flight")
     gateway.signal(signal.SIGTERM)

@@ -139,8 +139,9 @@ def test_post_whose_backend_dies_is_not_replayed(site: Site, gateway: RunningGat
     result: dict[str, httpx.Response] = {}
 
     def post() -> None:
-        result["r"] = gateway.request("POST", "alice", "/-/record?sleep=5", content=b"once",
-                                      headers={"accept": "application/json"})
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            result["r"] = client.post("/-/record?sleep=5", content=b"once", headers={
+                "host": gateway.host("alice"), "accept": "application/json"})
 
     thread = threading.Thread(target=post)
     thread.start()

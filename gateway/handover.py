@@ -1,0 +1,95 @@
+"""Handing running tenant processes from an old worker to a new one (gateway upgrade).
+
+Over a SOCK_SEQPACKET socket pair (message boundaries kept, file descriptors passed with
+SCM_RIGHTS), the old worker sends one message per tenant, carrying the file descriptors that
+make the process its owner's (the lifeline's write end, its output and status pipes), then
+"end". The new worker adopts them and answers "ready" once it serves; only then does the old
+worker let go. If the new worker dies first, the old one reads end-of-file and keeps everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from .config import TenantConfig, TenantSettings
+from .supervisor import ProcessHandle
+
+_MAX_MESSAGE = 1 << 20
+_FDS_PER_TENANT = 3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandedOver:
+    """One tenant process as it travels between workers."""
+
+    config: TenantConfig
+    handle: ProcessHandle
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(message, default=str).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One message and the file descriptors it carried; ({}, []) at end of file."""
+    data, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _FDS_PER_TENANT)
+    if not data:
+        return {}, []
+    return json.loads(data), fds
+
+
+def send_tenants(sock: socket.socket, tenants: list[HandedOver], generation: int) -> None:
+    for tenant in tenants:
+        handle = tenant.handle
+        fds = [handle.lifeline_fd, handle.output_fd]
+        if handle.status_fd >= 0:
+            fds.append(handle.status_fd)
+        send(sock, {
+            "op": "tenant",
+            "config": dataclasses.asdict(tenant.config),
+            "handle": dataclasses.asdict(handle),
+        }, fds)
+    send(sock, {"op": "end", "generation": generation})
+
+
+def receive_tenants(sock: socket.socket) -> tuple[list[HandedOver], int]:
+    """Everything the old worker sent; raises ConnectionError if it stops half-way."""
+    tenants: list[HandedOver] = []
+    while True:
+        message, fds = receive(sock)
+        if message.get("op") == "end":
+            return tenants, int(message["generation"])
+        if message.get("op") != "tenant":
+            raise ConnectionError(f"handover ended early ({message or 'end of file'})")
+        tenants.append(HandedOver(
+            config=tenant_config_from_dict(message["config"]),
+            handle=_handle_from_dict(message["handle"], fds),
+        ))
+
+
+def tenant_config_from_dict(data: dict[str, Any]) -> TenantConfig:
+    return TenantConfig(
+        name=data["name"],
+        directory=Path(data["directory"]),
+        settings=TenantSettings(**data["settings"]),
+        databases=tuple(data["databases"]),
+        metadata_file=data["metadata_file"],
+        has_plugins=data["has_plugins"],
+        fingerprint=data["fingerprint"],
+    )
+
+
+def _handle_from_dict(data: dict[str, Any], fds: list[int]) -> ProcessHandle:
+    fields = dict(data)
+    fields["lifeline_fd"], fields["output_fd"] = fds[0], fds[1]
+    fields["status_fd"] = fds[2] if len(fds) > 2 else -1
+    fields["run_dir"] = Path(data["run_dir"])
+    return ProcessHandle(**fields)
