@@ -24,7 +24,6 @@ def load_master_key(state_dir: Path) -> bytes:
     except FileNotFoundError:
         pass
     state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(state_dir, 0o700)
     key = secrets.token_bytes(32)
     write_private_file(path, key.hex().encode() + b"\n")
     return key

@@ -30,8 +30,11 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         gateway = config.gateway
+        # Tenant users must pass through to their own socket folders (0700 each), which may
+        # live inside the state folder; what is secret in there is 0600 file by file.
         for folder in (gateway.paths.state_dir, gateway.paths.run_dir):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o711)
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o711)
         self.isolation = sandbox.probe_isolation(gateway.sandbox.isolation, gateway.sandbox.uid_min)
         if gateway.sandbox.isolation == "required" and not self.isolation.uses_bwrap:
             raise ConfigError(
@@ -54,6 +57,7 @@ class Gateway:
 
     async def start(self) -> None:
         """Start every tenant; each gets traffic as soon as its own health check passes."""
+        self.spawner.remove_stale_run_dirs()
         for tenant in self.config.tenants.values():
             self._add(tenant)
 

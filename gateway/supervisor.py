@@ -214,6 +214,13 @@ class Spawner:
             raise StartFailed(f"tenant {tenant.name!r}: the adopted process does not answer")
         return process
 
+    def remove_stale_run_dirs(self) -> None:
+        """Socket folders left by processes of an earlier gateway (all gone: they die with it)."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.run_dir.iterdir():
+                if entry.name.isdigit() and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+
     def current_generation(self) -> int:
         return self._generation
 
