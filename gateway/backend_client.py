@@ -78,7 +78,6 @@ class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.reused = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
         self._head_only = False
@@ -282,7 +281,6 @@ class ConnectionPool:
             while self._idle:
                 connection = self._idle.pop()
                 if connection.reusable and now - connection.idle_since < _IDLE_REUSE_S:
-                    connection.reused = True
                     return connection
                 connection.close()
         return await self._connect()

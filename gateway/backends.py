@@ -9,7 +9,6 @@ then drains the old one, so every request is served by exactly one of them.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Literal
 
 from .backend_client import BackendAddress, ConnectionPool
@@ -101,7 +100,3 @@ class TenantRoute:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
-
-
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds

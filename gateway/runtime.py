@@ -169,10 +169,6 @@ class Gateway:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
 
-    def kill_all(self) -> None:
-        for supervisor in self.supervisors.values():
-            supervisor.kill()
-
     def status(self) -> dict[str, Any]:
         return {
             "worker_pid": os.getpid(),

@@ -548,11 +548,6 @@ class TenantSupervisor:
         if process is not None:
             await self._retire(process)
 
-    def kill(self) -> None:
-        """Last resort on the way out: end the process now."""
-        if self.current is not None:
-            self.current.kill()
-
     def status(self) -> dict[str, Any]:
         process = self.current
         return {

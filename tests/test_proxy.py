@@ -193,3 +193,16 @@ def test_websocket_upgrade_is_refused(gateway: RunningGateway) -> None:
 def test_json_error_pages_are_valid_json(gateway: RunningGateway) -> None:
     response = gateway.client.get("/x.json", headers={"host": "nope.gw.test"})
     assert json.loads(response.text)["status"] == 404
+
+
+def test_backend_addresses() -> None:
+    from gateway.backend_client import BackendAddress
+
+    unix = BackendAddress.parse("unix:/run/gateway/3/ds.sock")
+    assert (unix.path, str(unix)) == ("/run/gateway/3/ds.sock", "unix:/run/gateway/3/ds.sock")
+    tcp = BackendAddress.parse("tcp:10.0.0.7:8001")
+    assert (tcp.host, tcp.port, str(tcp)) == ("10.0.0.7", 8001, "tcp:10.0.0.7:8001")
+    assert BackendAddress.parse("tcp:[::1]:80").host == "::1"
+    for bad in ("", "unix:", "tcp:host", "http://x", "tcp::80"):
+        with pytest.raises(ValueError, match="not a backend address"):
+            BackendAddress.parse(bad)
