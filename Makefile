@@ -60,7 +60,11 @@ apt:
 	fi
 
 bench: bench-debs $(STAMP)
-	$(BIN)/python bench/proxy
+	for script in bench/proxy bench/swap bench/acme bench/upload; do \
+		test -x $$script && $(BIN)/python $$script || exit 1; done
+
+bench-%: bench-debs $(STAMP)
+	$(BIN)/python bench/$*
 
 image:
 	@$(MAKE) --no-print-directory apt DEBS="$(IMAGE_DEBS)"
