@@ -41,7 +41,8 @@ class Gateway:
                 f"{config.path.name}: sandbox.isolation: required, but {self.isolation.reason}"
             )
         if self.isolation.level != "full":
-            log.warning("isolation_reduced", extra=self.isolation.describe())
+            # Nested: a flat "level" field would overwrite the log line's own level.
+            log.warning("isolation_reduced", extra={"isolation": self.isolation.describe()})
         self.master_key = load_master_key(gateway.paths.state_dir)
         self.spawner = Spawner(config, self.isolation, self.master_key)
         self.proxy = Proxy(gateway.proxy)
