@@ -104,23 +104,29 @@ def probe_isolation(mode: str, probe_uid: int) -> Isolation:
         return Isolation("uid", "bubblewrap (bwrap) is not installed")
     unprivileged = [
         "setpriv", f"--reuid={probe_uid}", f"--regid={probe_uid}", "--clear-groups",
-        "--inh-caps=-all", bwrap, "--unshare-all", *_BASE_MOUNTS, "/usr/bin/true",
+        "--inh-caps=-all", bwrap, "--unshare-all", *_PROBE_MOUNTS, "/usr/bin/true",
     ]
-    if _runs(unprivileged):
+    failure = _failure(unprivileged)
+    if failure is None:
         return Isolation("full", "bubblewrap with user namespaces")
-    as_root = [bwrap, *_ROOT_UNSHARE, *_BASE_MOUNTS, "/usr/bin/true"]
-    if _runs(as_root):
+    as_root = [bwrap, *_ROOT_UNSHARE, *_PROBE_MOUNTS, "/usr/bin/true"]
+    if _failure(as_root) is None:
         return Isolation("root-bwrap", "bubblewrap as root (no unprivileged user namespaces)")
     return Isolation(
-        "uid", "bubblewrap cannot create namespaces here (in Docker: see README, Deploy)"
+        "uid", f"bubblewrap cannot sandbox here ({failure}; in Docker: see README, Deploy)"
     )
 
 
-def _runs(argv: list[str]) -> bool:
+def _failure(argv: list[str]) -> str | None:
+    """None when the command succeeds, else what went wrong (its last line's first sentence)."""
     try:
-        return subprocess.run(argv, capture_output=True, timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        result = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode == 0:
+        return None
+    lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1].split(". ")[0] if lines else f"exit status {result.returncode}"
 
 
 _BASE_MOUNTS = [
@@ -130,6 +136,9 @@ _BASE_MOUNTS = [
     "--symlink", "usr/lib64", "/lib64",
     "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache",
 ]
+# The probe mounts what every tenant sandbox mounts besides binds: a container's masked /proc
+# (Docker's default) lets bwrap create namespaces but not mount a new /proc.
+_PROBE_MOUNTS = [*_BASE_MOUNTS, "--proc", "/proc", "--dev", "/dev"]
 _ROOT_UNSHARE = [
     "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup",
 ]

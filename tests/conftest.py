@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +132,14 @@ def site() -> Iterator[Site]:
 class RunningGateway:
     """`gateway serve` in a subprocess, with its logs collected line by line."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, wrapper: Sequence[str] = ()) -> None:
+        """`wrapper`: a command that execs the rest (e.g. tests/docker_like.py ... --)."""
         self.site = site
         self.config = load_config(site.config_path)  # as started: later edits may break it
         self.events: list[dict[str, Any]] = []
         self.access: list[dict[str, Any]] = []
         self.process = subprocess.Popen(
-            [str(BIN / "gateway"), "--config", str(site.config_path), "serve"],
+            [*wrapper, str(BIN / "gateway"), "--config", str(site.config_path), "serve"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -254,11 +255,11 @@ def assert_gone(pids: set[int], timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def start_gateway(site: Site) -> Iterator[Callable[[], RunningGateway]]:
+def start_gateway(site: Site) -> Iterator[Callable[..., RunningGateway]]:
     started: list[RunningGateway] = []
 
-    def start() -> RunningGateway:
-        gateway = RunningGateway(site)
+    def start(wrapper: Sequence[str] = ()) -> RunningGateway:
+        gateway = RunningGateway(site, wrapper)
         started.append(gateway)
         return gateway
 
