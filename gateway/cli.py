@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import control, tenant_files
+from . import control, health, tenant_files
 from .config import Config, load_config
 from .errors import GatewayError
 
@@ -189,6 +189,27 @@ def _status_text(status: dict[str, Any]) -> str:
         if tenant["failure"]:
             lines.append(f"{'':<20} {tenant['failure']}")
     return "\n".join(lines)
+
+
+@cli.command("health", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def health_command(ctx: click.Context, as_json: bool) -> None:
+    """Ask the running gateway's HTTP listener for /-/health; exit 1 unless it answers 200.
+
+    Docker's HEALTHCHECK runs this.
+
+    \b
+    Example:
+        gateway health
+    """
+    try:
+        answer = health.check_health(_config(ctx))
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from None
+    states = answer["tenants"]
+    running = sum(1 for state in states.values() if state == "running")
+    _print(answer, as_json, lambda _: f"healthy: {running} of {len(states)} tenants running")
 
 
 @cli.group(context_settings=CONTEXT)
