@@ -2,7 +2,9 @@
 
 What Docker's HEALTHCHECK (and any load balancer) does: the answer proves that the process
 accepts connections and its event loop answers, not merely that it exists. The request goes to
-the loopback address of `listen.host`, on `listen.http_port`, with the apex domain as Host.
+the loopback address of `listen.host` with the apex domain as Host: on `listen.http_port`, or
+with TLS on (where plain HTTP only redirects) on `listen.https_port`, naming the domain in SNI.
+The certificate is not checked: it is for the domain, and this is the gateway asking itself.
 """
 
 from __future__ import annotations
@@ -25,14 +27,18 @@ def health_url(config: Config) -> str:
         host = f"[{listen.host}]"
     else:
         host = listen.host
+    if config.tls_enabled:
+        return f"https://{host}:{listen.https_port}/-/health"
     return f"http://{host}:{listen.http_port}/-/health"
 
 
 def check_health(config: Config, timeout_s: float = 5.0) -> dict[str, Any]:
     """The apex's /-/health answer; GatewayError unless it answered 200."""
     url = health_url(config)
+    extensions = {"sni_hostname": config.domain} if config.tls_enabled else {}
     try:
-        response = httpx.get(url, headers={"host": config.domain}, timeout=timeout_s)
+        with httpx.Client(verify=False, timeout=timeout_s) as client:
+            response = client.get(url, headers={"host": config.domain}, extensions=extensions)
     except httpx.HTTPError as exc:
         raise GatewayError(f"unhealthy: no answer from {url} ({exc})") from None
     if response.status_code != 200:

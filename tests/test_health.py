@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
 from collections.abc import Callable
+
+from gateway.config import load_config
+from gateway.health import health_url
 
 from .conftest import BIN, RunningGateway, Site
 
@@ -46,3 +50,12 @@ def test_health_without_a_gateway(site: Site) -> None:
         f"Error: unhealthy: no answer from http://127.0.0.1:{port}/-/health"
         " ([Errno 111] Connection refused)\n"
     )
+
+
+def test_health_asks_https_when_tls_is_on(site: Site) -> None:
+    """With TLS on, plain HTTP only redirects: the probe goes to the HTTPS port."""
+    config = load_config(site.config_path)
+    assert health_url(config) == "http://127.0.0.1:0/-/health"
+    tls = dataclasses.replace(config.gateway.tls, mode="files")
+    with_tls = dataclasses.replace(config, gateway=dataclasses.replace(config.gateway, tls=tls))
+    assert health_url(with_tls) == "https://127.0.0.1:443/-/health"
