@@ -6,7 +6,7 @@
 #     -v /srv/gateway/tenants:/srv/gateway/tenants -v /srv/gateway/certs:/srv/gateway/certs \
 #     -v /srv/gateway/state:/srv/gateway/state gateway
 #
-# Two stages: `build` makes the venv (pip, setuptools, wheels and caches stay behind); the final
+# Two stages: `build` makes the venv (wheels, caches and setuptools stay behind); the final
 # stage has only what runs: Debian's python3, bubblewrap and tini, the venv, and a default config.
 
 FROM debian:bookworm-slim AS build
@@ -21,15 +21,15 @@ COPY gateway ./gateway
 # the venv's symlinks resolve there, and tenant users can read the interpreter. Everything the
 # package depends on is pinned by requirements.lock and installed as wheels (no compiler: a
 # dependency without a wheel fails the build rather than compiling), and the build fails if
-# anything got installed that the lock does not pin. pip and setuptools are removed afterwards:
-# nothing at run time needs them.
+# anything got installed that the lock does not pin. setuptools is removed afterwards; pip stays,
+# for upgrading the package in place before `gateway upgrade` (README.md, "Deploy").
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/gateway \
     && /opt/gateway/bin/pip install --only-binary=:all: -c requirements.lock . \
     && /opt/gateway/bin/pip freeze | grep -v '^gateway @' > installed.txt \
     && if grep -vxF -f requirements.lock installed.txt; then \
         echo "^ installed but not pinned in requirements.lock (make lock)"; exit 1; fi \
-    && /opt/gateway/bin/pip uninstall --yes --quiet pip setuptools \
+    && /opt/gateway/bin/pip uninstall --yes --quiet setuptools \
     && /opt/gateway/bin/gateway --version
 
 FROM debian:bookworm-slim

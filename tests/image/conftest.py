@@ -111,14 +111,16 @@ class Container:
                     events.append(entry)
         return events
 
-    def wait_for_event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+    def wait_for_event(self, name: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             if self.process is not None and self.process.poll() is not None:
                 raise AssertionError(f"the container exited ({self.process.returncode}):\n"
                                      + self.output.read_text(errors="replace")[-3000:])
-            return next((e for e in self.events() if e["event"] == name), None)
+            return next((e for e in self.events() if e["event"] == name
+                         and all(e.get(key) == value for key, value in fields.items())), None)
 
-        return wait_until(find, timeout, message=f"event {name}")  # type: ignore[no-any-return]
+        return wait_until(find, timeout,  # type: ignore[no-any-return]
+                          message=f"event {name} {fields}")
 
     def exec(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`docker exec CONTAINER COMMAND...`"""
