@@ -248,6 +248,12 @@ class Master:
             self.worker = None
             if self.stopping:
                 self.exit_code = code
+            elif not worker.ready.done():
+                # It never served: a config it refuses, a port, a broken install. Starting it
+                # again would fail the same way, so say so once and stop.
+                log.error("worker_start_failed", extra={"worker": pid, "exit_code": code})
+                self.exit_code = code or 1
+                self.stop()
             else:
                 self._restart_worker(pid, code)
 

@@ -100,4 +100,5 @@ def test_required_isolation_refuses_to_start_under_docker_defaults(site: Site) -
     )
     assert result.returncode == 1
     refusal = f"Error: gateway.toml: sandbox.isolation: required, but {NO_NAMESPACES}\n"
-    assert refusal in result.stderr.splitlines(keepends=True)
+    assert result.stderr.splitlines(keepends=True).count(refusal) == 1  # said once, not retried
+    assert '"event": "worker_start_failed"' in result.stderr
