@@ -244,7 +244,8 @@ class AuthSettings:
         " password_* parameters change.", check=_positive
     )
     password_memory_kib: int = setting(
-        65536, "argon2id memory per hash, in KiB (64 MiB: about 0.1 s per sign-in here).",
+        65536,
+        "argon2id memory per hash, in KiB (64 MiB takes about 0.1 s per sign-in on one core).",
         check=_positive,
     )
     password_parallelism: int = setting(4, "argon2id lanes.", check=_positive)

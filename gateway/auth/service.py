@@ -174,6 +174,8 @@ class Auth:
         """The live session among the request's session cookies, valid on `tenant` (None: the
         apex, where only sign-in sessions count)."""
         for value in cookie_values(cookie, _SESSION) if cookie else ():
+            if not _is_code(value):  # not one we made: no need to ask the database
+                continue
             principal = await self._lookup("s:" + digest(value), self._load_session)
             if principal is not None and principal.only_tenant in (None, tenant):
                 return principal

@@ -131,7 +131,7 @@ class AccountStore:
 
     def _create(self) -> None:
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # 0600 from the start
         with self._connect() as db:
             if db.execute("PRAGMA user_version").fetchone()[0] == 0:
