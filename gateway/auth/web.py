@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import AccountError, RequestError
+from ..errors import AccountError, HandOffFailed
 from ..pages import page, render
 from ..proxy import Receive, Scope, Send
 from .cookies import SESSION_COOKIE, STATE_COOKIE, cookie_values, csrf_cookie_name, set_cookie
@@ -38,11 +38,6 @@ MAX_FORM_BYTES = 16 * 1024
 TENANT_SIGNIN_PATH = "/-/gateway-signin"
 
 TenantPage = Callable[[Scope, Receive, Send, str], Awaitable[None]]
-
-
-class HandOffFailed(RequestError):
-    status = 400
-    title = "Sign-in link not valid"
 
 
 class _Form:
