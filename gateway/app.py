@@ -1,6 +1,7 @@
 """The ASGI application: every request starts here and reads top to bottom.
 
-    Host header --routing--> tenant --access--> proxy --> the tenant's Datasette
+    Host header --routing--> tenant --auth--> proxy --> the tenant's Datasette
+                                   \\-> /-/logout, /-/gateway-signin (auth.web)
                           \\-> apex   --> site (the gateway's own pages, a Starlette app)
                           \\-> unknown --> 404 page
 
@@ -15,9 +16,10 @@ import os
 import time
 from typing import Any
 
+from .auth.web import tenant_pages
 from .errors import RequestError, UnknownHost
 from .pages import send_error, wants_json
-from .proxy import NO_IDENTITY, Identity, Message, Outcome, Receive, ResponseAborted, Scope, Send
+from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scope, Send
 from .routing import route_host
 from .runtime import Gateway
 from .site import build_site
@@ -25,15 +27,11 @@ from .site import build_site
 ASGIApp = Any
 
 
-class Forbidden(RequestError):
-    status = 403
-    title = "Private site"
-
-
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
+        self.tenant_pages = tenant_pages(gateway)
         self._request_ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,9 +46,14 @@ class GatewayApp:
         if gateway.draining:
             send = _closing_connection(send)
         tenant = gateway.routes.get(route.tenant) if route.kind == "tenant" else None
+        identity = NO_IDENTITY
         try:
-            if tenant is not None:
-                identity = self._identity(scope, tenant.config.name)
+            if tenant is not None and scope["path"] in self.tenant_pages:
+                await self.tenant_pages[scope["path"]](
+                    scope, receive, _recording(send, outcome), tenant.name
+                )
+            elif tenant is not None:
+                identity = await gateway.auth.identity(scope, tenant.config)
                 await gateway.proxy.forward(
                     scope, receive, send, tenant,
                     request_id=request_id.encode(), identity=identity, outcome=outcome,
@@ -82,13 +85,8 @@ class GatewayApp:
                 bytes_sent=outcome.bytes_sent,
                 attempts=outcome.attempts,
                 request_id=request_id,
+                user=identity.user,
             )
-
-    def _identity(self, scope: Scope, tenant: str) -> Identity:
-        route = self.gateway.routes[tenant]
-        if not route.config.settings.public:
-            raise Forbidden(f"The site {tenant!r} is private.", tenant=tenant)
-        return NO_IDENTITY
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

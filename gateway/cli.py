@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from . import control, health, tenant_files
+from .auth.accounts import Accounts
+from .auth.passwords import normalise_email
 from .config import Config, load_config
 from .errors import GatewayError
 
@@ -112,11 +116,8 @@ def upgrade(ctx: click.Context) -> None:
     Example:
         pip install -U ./gateway && gateway upgrade
     """
-    config = _config(ctx)
-    before = _call(config, "GET", "/status")["worker_pid"]
-    _call(config, "POST", "/upgrade", timeout=180)
-    after = _call(config, "GET", "/status")["worker_pid"]
-    click.echo(f"Upgraded: worker {before} replaced by {after}.")
+    result = _call(_config(ctx), "POST", "/upgrade", timeout=180)["result"]
+    click.echo(f"Upgraded: worker {result['old_worker']} replaced by {result['new_worker']}.")
 
 
 @cli.command("check-config", context_settings=CONTEXT)
@@ -220,18 +221,24 @@ def tenant() -> None:
 @tenant.command("add", context_settings=CONTEXT)
 @click.argument("name")
 @click.option("--public", is_flag=True, help="Anyone may browse it (default: members only).")
+@click.option("--member", "members", multiple=True, metavar="EMAIL",
+              help="An account that may see it (repeatable).")
 @click.pass_context
-def tenant_add(ctx: click.Context, name: str, public: bool) -> None:
+def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, ...]) -> None:
     """Create tenants/NAME; run `gateway reload` to start it.
 
     \b
     Example:
-        gateway tenant add carol && gateway reload
+        gateway tenant add carol --member ann@example.com && gateway reload
     """
     config = _config(ctx)
     try:
+        accounts = Accounts(config)
+        accounts.check_users_exist(members)
         directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
                                                public=public)
+        for email in members:
+            accounts.store.add_member(name, normalise_email(email))
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
@@ -295,6 +302,217 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
     """
     _call(_config(ctx), "POST", f"/tenants/{name}/restart")
     click.echo(f"Restarted {name}.")
+
+
+@tenant.command("members", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--add", "added", multiple=True, metavar="EMAIL", help="Add a member (repeatable).")
+@click.option("--remove", "removed", multiple=True, metavar="EMAIL",
+              help="Remove a member (repeatable).")
+@json_option
+@click.pass_context
+def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
+                   removed: tuple[str, ...], as_json: bool) -> None:
+    """List, add or remove the accounts that may see a private tenant.
+
+    The running gateway applies changes within auth.session_cache_s seconds.
+
+    \b
+    Example:
+        gateway tenant members bob --add ann@example.com --remove joe@example.com
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        for email in added:
+            accounts.add_member(name, email)
+        for email in removed:
+            accounts.remove_member(name, email)
+        members = accounts.members(name)
+    _print(members, as_json, lambda members: "\n".join(members) or f"{name} has no members")
+
+
+@cli.group(context_settings=CONTEXT)
+def user() -> None:
+    """Accounts: add, invite, list, remove; API tokens."""
+
+
+def _accounts(ctx: click.Context) -> Accounts:
+    with _reported():
+        return Accounts(_config(ctx))
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    try:
+        yield
+    except GatewayError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+password_stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+
+
+@user.command("add", context_settings=CONTEXT)
+@click.argument("email")
+@password_stdin_option
+@click.pass_context
+def user_add(ctx: click.Context, email: str, password_stdin: bool) -> None:
+    """Create an account; the password is asked for (or read from stdin).
+
+    \b
+    Example:
+        gateway user add ann@example.com
+        echo "$PASSWORD" | gateway user add ann@example.com --password-stdin
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        email = accounts.add_user(email, _read_password(password_stdin))
+    click.echo(f"Added {email}. Give it tenants with `gateway tenant members NAME --add {email}`.")
+
+
+@user.command("password", context_settings=CONTEXT)
+@click.argument("email")
+@password_stdin_option
+@click.pass_context
+def user_password(ctx: click.Context, email: str, password_stdin: bool) -> None:
+    """Set a new password; the account's sessions end.
+
+    \b
+    Example:
+        gateway user password ann@example.com
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        accounts.set_password(email, _read_password(password_stdin))
+    click.echo(f"Changed the password of {email}; its sessions have ended.")
+
+
+@user.command("remove", context_settings=CONTEXT)
+@click.argument("email")
+@click.pass_context
+def user_remove(ctx: click.Context, email: str) -> None:
+    """Delete an account with its sessions, API tokens and memberships.
+
+    \b
+    Example:
+        gateway user remove ann@example.com
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        accounts.remove_user(email)
+    click.echo(f"Removed {email}.")
+
+
+@user.command("list", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """List the accounts and the tenants they are members of.
+
+    \b
+    Example:
+        gateway user list
+    """
+    rows = [
+        {"email": u.email, "tenants": list(u.tenants), "created": _iso(u.created),
+         "last_sign_in": _iso(u.last_sign_in)}
+        for u in _accounts(ctx).users()
+    ]
+    _print(rows, as_json, lambda rows: "\n".join(
+        f"{r['email']:<32} {', '.join(r['tenants']) or '-':<24} last sign-in"
+        f" {r['last_sign_in'] or 'never'}" for r in rows) or "no accounts")
+
+
+@user.command("invite", context_settings=CONTEXT)
+@click.argument("email")
+@click.option("--tenant", "tenants", multiple=True, metavar="NAME",
+              help="A tenant the new account will be a member of (repeatable).")
+@click.pass_context
+def user_invite(ctx: click.Context, email: str, tenants: tuple[str, ...]) -> None:
+    """Print a one-time sign-up link (valid for auth.invite_ttl_s) for a new account.
+
+    \b
+    Example:
+        gateway user invite ann@example.com --tenant bob
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        link = accounts.invite(email, tenants)
+    click.echo(link)
+
+
+@user.command("token", context_settings=CONTEXT)
+@click.argument("email")
+@click.option("--name", default="", help="What the token is for (shown by `user tokens`).")
+@click.pass_context
+def user_token(ctx: click.Context, email: str, name: str) -> None:
+    """Issue an API token for scripts: send it as `Authorization: Bearer TOKEN` to a tenant.
+
+    The token is printed once; only its hash is kept. Revoke it with `gateway user
+    revoke-token ID`.
+
+    \b
+    Example:
+        gateway user token ann@example.com --name nightly-export
+        curl -H "Authorization: Bearer $TOKEN" https://bob.example.com/data.json
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        token_id, token = accounts.issue_token(email, name)
+    click.echo(token)
+    click.echo(f"(token id {token_id}: `gateway user revoke-token {token_id}` revokes it)",
+               err=True)
+
+
+@user.command("tokens", context_settings=CONTEXT)
+@click.argument("email", required=False)
+@json_option
+@click.pass_context
+def user_tokens(ctx: click.Context, email: str | None, as_json: bool) -> None:
+    """List API tokens (of one account, or of all).
+
+    \b
+    Example:
+        gateway user tokens ann@example.com
+    """
+    with _reported():
+        tokens = _accounts(ctx).tokens(email)
+    rows = [{"id": t.id, "email": t.email, "name": t.name, "created": _iso(t.created),
+             "last_used": _iso(t.last_used)} for t in tokens]
+    _print(rows, as_json, lambda rows: "\n".join(
+        f"{r['id']}  {r['email']:<32} {r['name'] or '-':<20} last used {r['last_used'] or 'never'}"
+        for r in rows) or "no API tokens")
+
+
+@user.command("revoke-token", context_settings=CONTEXT)
+@click.argument("token_id")
+@click.pass_context
+def user_revoke_token(ctx: click.Context, token_id: str) -> None:
+    """Revoke an API token by its id (see `gateway user tokens`).
+
+    \b
+    Example:
+        gateway user revoke-token 3f9a0c1d
+    """
+    accounts = _accounts(ctx)
+    with _reported():
+        accounts.revoke_token(token_id)
+    click.echo(f"Revoked token {token_id}.")
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 if __name__ == "__main__":

@@ -218,6 +218,62 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    session_idle_s: float = setting(
+        7 * 86400.0, "A session nobody uses for this long ends (seconds).", check=_positive
+    )
+    session_max_s: float = setting(
+        30 * 86400.0, "A session ends this long after sign-in, used or not (seconds).",
+        check=_positive,
+    )
+    session_cache_s: float = setting(
+        5.0,
+        "How long the gateway trusts what it read about a session or API token before reading"
+        " it again. Changes made with the CLI (removed users, memberships, revoked tokens), and"
+        " sign-outs served by another gateway process, take effect within this time.",
+        check=_positive,
+    )
+    invite_ttl_s: float = setting(
+        7 * 86400.0, "How long a `gateway user invite` link stays valid (seconds).", check=_positive
+    )
+    password_min_length: int = setting(
+        10, "Shortest password accepted for a new account or a new password.", check=_positive
+    )
+    password_time_cost: int = setting(
+        3, "argon2id iterations. Stored hashes are upgraded at the next sign-in when the three"
+        " password_* parameters change.", check=_positive
+    )
+    password_memory_kib: int = setting(
+        65536,
+        "argon2id memory per hash, in KiB (64 MiB takes about 0.1 s per sign-in on one core).",
+        check=_positive,
+    )
+    password_parallelism: int = setting(4, "argon2id lanes.", check=_positive)
+    throttle_account_attempts: int = setting(
+        5,
+        "Failed sign-ins allowed for one email address before each further attempt must wait"
+        " (the wait doubles with every failure).",
+        check=_positive,
+    )
+    throttle_address_attempts: int = setting(
+        20,
+        "Failed sign-ins allowed from one client address (IPv6: one /64) before each further"
+        " attempt must wait.",
+        check=_positive,
+    )
+    throttle_backoff_initial_s: float = setting(
+        1.0, "The first wait once the free attempts are used up.", check=_positive
+    )
+    throttle_backoff_max_s: float = setting(
+        900.0, "The longest wait between two sign-in attempts.", check=_positive
+    )
+    throttle_window_s: float = setting(
+        3600.0, "Failed attempts are forgotten after this long without another failure.",
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -230,6 +286,7 @@ class GatewaySettings:
     supervisor: SupervisorSettings = section(SupervisorSettings)
     tls: TlsSettings = section(TlsSettings)
     log: LogSettings = section(LogSettings)
+    auth: AuthSettings = section(AuthSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,16 +35,22 @@ def control_socket_path(config: Config) -> Path:
 
 
 def bind_control_socket(path: Path) -> socket.socket:
-    """A listening Unix socket that only this user (and root) can connect to."""
+    """A listening Unix socket that only this user (and root) can connect to.
+
+    Bound under a temporary name and renamed over `path`, so that during an upgrade the path
+    always leads to a worker: the old one's socket until the new one's replaces it.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        temporary.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # created 0600: no window in which others could connect
     try:
-        sock.bind(str(path))
+        sock.bind(str(temporary))
     finally:
         os.umask(old_umask)
     sock.listen(64)
+    os.replace(temporary, path)
     return sock
 
 

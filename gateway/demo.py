@@ -4,6 +4,8 @@
                     from the vega_datasets package
     bob    private  US airports (FAA), from the same package
 
+and an account that is a member of bob, with a random password kept in demo/ACCOUNT.txt.
+
 Idempotent: an existing demo keeps its databases and accounts; missing pieces are added.
 """
 
@@ -14,10 +16,14 @@ import csv
 import importlib.util
 import json
 import os
+import secrets
 from pathlib import Path
 
 import sqlite_utils
 
+from .auth.accounts import Accounts
+from .config import load_config
+from .keys import write_private_file
 from .tenant_files import create_tenant
 
 CONFIG = """\
@@ -88,6 +94,32 @@ def build(root: Path) -> None:
         (directory / "metadata.json").write_text(
             json.dumps({"databases": {name: metadata}}, indent=2) + "\n"
         )
+    add_demo_account(root)
+
+
+DEMO_EMAIL = "demo@example.com"
+ACCOUNT_FILE = "ACCOUNT.txt"
+
+
+def add_demo_account(root: Path) -> None:
+    """A member of bob, whose email and password are in ACCOUNT.txt (0600) for `make demo`."""
+    account_file = root / ACCOUNT_FILE
+    if account_file.exists():
+        return
+    password = secrets.token_urlsafe(12)
+    accounts = Accounts(load_config(root / "gateway.toml"))
+    if accounts.store.credentials(DEMO_EMAIL) is None:
+        accounts.add_user(DEMO_EMAIL, password)
+    else:  # ACCOUNT.txt was deleted: a new password
+        accounts.set_password(DEMO_EMAIL, password)
+    accounts.add_member("bob", DEMO_EMAIL)
+    write_private_file(account_file, f"{DEMO_EMAIL} {password}\n".encode())
+
+
+def account_line(root: Path) -> str:
+    email, password = (root / ACCOUNT_FILE).read_text().split()
+    return (f"Sign in at http://localhost:8000/-/login as {email}, password {password}"
+            " (a member of bob)")
 
 
 def _detected_types(rows: list[dict[str, str | None]]) -> dict[str, type]:
@@ -108,6 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     build(args.directory)
     print(f"Demo site in {args.directory}/ (config {args.directory / 'gateway.toml'})")
+    print(account_line(args.directory))
 
 
 if __name__ == "__main__":

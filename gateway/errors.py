@@ -3,7 +3,12 @@
     GatewayError                 anything the gateway reports to a person
     ├── ConfigError              gateway.toml or tenants/ is wrong (names file and key)
     ├── TenantNameError          a tenant name that cannot exist
+    ├── AccountError             an account operation that cannot be done (no such user, ...)
     └── RequestError             one HTTP request failed; carries the status to answer with
+        ├── SignInRequired       303: a browser must sign in first (to the sign-in page)
+        ├── HandOffFailed        400: a tenant host got a sign-in ticket it cannot use
+        ├── Unauthorized         401: a script must sign in first, or its API token is invalid
+        ├── NotAMember           403: signed in, but not a member of this private tenant
         ├── UnknownHost          404: no tenant at this host
         ├── BackendUnavailable   502: could not reach the tenant's process
         ├── BackendTimeout       504: the tenant's process did not answer in time
@@ -28,13 +33,44 @@ class TenantNameError(GatewayError):
     """A tenant name that is not allowed."""
 
 
+class AccountError(GatewayError):
+    """An account, membership, token or invitation operation that cannot be done."""
+
+
 class RequestError(GatewayError):
     status = 500
     title = "Gateway error"
 
-    def __init__(self, message: str, *, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.tenant = tenant
+        self.headers = headers or []  # sent with the error page (Location, WWW-Authenticate)
+
+
+class SignInRequired(RequestError):
+    status = 303
+    title = "Sign in required"
+
+
+class HandOffFailed(RequestError):
+    status = 400
+    title = "Sign-in link not valid"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    title = "Sign in required"
+
+
+class NotAMember(RequestError):
+    status = 403
+    title = "Private site"
 
 
 class UnknownHost(RequestError):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jinja2
+from starlette.responses import Response
 
 from .errors import RequestError
 from .proxy import Send
@@ -40,6 +41,13 @@ def wants_json(path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 def render(template: str, **context: Any) -> bytes:
     return templates.get_template(template).render(**context).encode()
+
+
+def page(body: bytes, status: int = 200) -> Response:
+    """A page of the apex site (Starlette), with the same headers as send_page's."""
+    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
+    return Response(body, status, headers={"cache-control": "no-store", **headers},
+                    media_type="text/html")
 
 
 async def send_page(
@@ -77,7 +85,8 @@ async def send_error(
             "tenant": error.tenant,
             "request_id": request_id,
         }).encode()
-        await send_page(send, error.status, body, content_type=b"application/json")
+        await send_page(send, error.status, body, content_type=b"application/json",
+                        headers=error.headers)
         return
     body = render(
         "error.html",
@@ -88,4 +97,4 @@ async def send_error(
         request_id=request_id,
         site_name=site_name,
     )
-    await send_page(send, error.status, body)
+    await send_page(send, error.status, body, headers=error.headers)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .auth.cookies import OWNED_COOKIES
 from .backend_client import ConnectFailed, Connection, NoResponse
 from .backends import Backend, TenantRoute
 from .config import ProxySettings
@@ -35,10 +36,13 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade"
     b" proxy-authorization proxy-authenticate expect".split()
 )
-# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239).
+# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239), and so is
+# who the user is: identity headers that auth proxies set, which a tenant plugin might trust.
 CLIENT_CLAIMS = frozenset(
     b"x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip forwarded"
-    b" x-request-id".split()
+    b" x-request-id remote-user x-remote-user x-forwarded-user x-forwarded-email"
+    b" x-forwarded-preferred-username x-auth-request-user x-auth-request-email"
+    b" x-auth-request-preferred-username x-gateway-actor x-actor".split()
 )
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Responses bigger than this are watched for the client going away, so that an abandoned
@@ -57,7 +61,9 @@ class Identity:
     strip_cookies: frozenset[bytes] = frozenset()
     add_cookie: bytes = b""
     strip_authorization: bool = False
+    # Replace the backend's headers of the same names (cache-control, vary).
     extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    user: str = ""  # for the access log
 
 
 NO_IDENTITY = Identity()
@@ -142,11 +148,18 @@ def downstream_headers(
     headers: Iterable[tuple[bytes, bytes]], identity: Identity = NO_IDENTITY
 ) -> list[tuple[bytes, bytes]]:
     dropped = set(HOP_BY_HOP)
+    dropped.update(name for name, _ in identity.extra_response_headers)
     for name, value in headers:
         if name == b"connection":
             dropped.update(token.strip().lower() for token in value.split(b","))
-    result = [(n, v) for n, v in headers if n not in dropped]
+    result = [(n, v) for n, v in headers if n not in dropped and not _sets_gateway_cookie(n, v)]
     return result + identity.extra_response_headers if identity.extra_response_headers else result
+
+
+def _sets_gateway_cookie(name: bytes, value: bytes) -> bool:
+    """A tenant must not set the gateway's cookies: a session planted for the whole domain
+    would sign every tenant's visitors in as someone else (cookie tossing)."""
+    return name == b"set-cookie" and value.partition(b"=")[0].strip() in OWNED_COOKIES
 
 
 def should_retry(error: BackendUnavailable, *, method: str, replayable: bool) -> bool:

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from . import sandbox
+from .auth.service import Auth
 from .backends import TenantRoute
 from .config import Config, TenantConfig, load_config, load_tenant
 from .errors import ConfigError, GatewayError
@@ -44,6 +45,7 @@ class Gateway:
             # Nested: a flat "level" field would overwrite the log line's own level.
             log.warning("isolation_reduced", extra={"isolation": self.isolation.describe()})
         self.master_key = load_master_key(gateway.paths.state_dir)
+        self.auth = Auth(config, self.master_key)
         self.spawner = Spawner(config, self.isolation, self.master_key)
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
@@ -108,6 +110,7 @@ class Gateway:
         self.spawner.config = new
         self.proxy.settings = new.gateway.proxy
         self.access_log.enabled = new.gateway.log.access_log
+        self.auth.configure(new)
         logging.getLogger().setLevel(new.gateway.log.level.upper())
 
     async def restart_tenant(self, name: str) -> None:
@@ -169,6 +172,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
+        self.auth.close()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -79,7 +79,7 @@ class Worker:
         self.app = GatewayApp(self.gateway)
         self.stopping = asyncio.Event()
         self.handed_over = False
-        self._upgrade_result: asyncio.Future[str] | None = None
+        self._upgrade_result: asyncio.Future[dict[str, int]] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> None:
@@ -97,7 +97,7 @@ class Worker:
         serving = asyncio.ensure_future(public.serve(sockets=list(self.listeners.values())))
         await _started(public)
         if self.handover_socket is not None:
-            handover.send(self.handover_socket, {"op": "ready"})
+            handover.send(self.handover_socket, {"op": "ready", "pid": os.getpid()})
             self.handover_socket.close()
         control_path = control_socket_path(self.config)
         control = _uvicorn_server(self._control_app(), drain_s=5)
@@ -147,7 +147,7 @@ class Worker:
 
         return build_control_app(self.gateway, {"/upgrade": upgrade})
 
-    async def request_upgrade(self) -> str:
+    async def request_upgrade(self) -> dict[str, int]:
         """Ask the master for a new worker; wait until it has taken over (or failed)."""
         if self._upgrade_result is not None and not self._upgrade_result.done():
             raise GatewayError("an upgrade is already in progress")
@@ -191,10 +191,10 @@ class Worker:
         gateway.release()
         self.handed_over = True
         log.info("handover_done", extra={"tenants": [t.config.name for t in tenants]})
-        self._settle_upgrade("upgraded")
+        self._settle_upgrade({"old_worker": os.getpid(), "new_worker": int(reply["pid"])})
         self.stopping.set()
 
-    def _settle_upgrade(self, outcome: str | Exception) -> None:
+    def _settle_upgrade(self, outcome: dict[str, int] | Exception) -> None:
         future = self._upgrade_result
         if future is None or future.done():
             return

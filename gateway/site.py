@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .pages import SECURITY_HEADERS, render
+from .auth.web import auth_routes
+from .pages import page, render
 
 if TYPE_CHECKING:
     from .runtime import Gateway
@@ -22,21 +23,20 @@ def tenant_url(request: Request, gateway: Gateway, tenant: str) -> str:
     return f"{request.url.scheme}://{netloc}/"
 
 
-def page(body: bytes, status: int = 200) -> Response:
-    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
-    return Response(body, status, headers=headers, media_type="text/html")
-
-
 def build_site(gateway: Gateway) -> Any:
     async def home(request: Request) -> Response:
+        user = await gateway.auth.session_principal(request.headers.get("cookie", "").encode(),
+                                                    None)
+        member_of = user.tenants if user else frozenset()
         tenants = [
             {"url": tenant_url(request, gateway, name),
-             "title": route.config.settings.title or name}
+             "title": route.config.settings.title or name,
+             "public": route.config.settings.public, "member": name in member_of}
             for name, route in sorted(gateway.routes.items())
-            if route.config.settings.public
+            if route.config.settings.public or name in member_of
         ]
         return page(render("home.html", title=gateway.domain, site_name=gateway.domain,
-                           tenants=tenants))
+                           tenants=tenants, user=user.email if user else None))
 
     async def health(request: Request) -> Response:
         states = {name: route.state for name, route in gateway.routes.items()}
@@ -46,4 +46,5 @@ def build_site(gateway: Gateway) -> Any:
     return Starlette(routes=[
         Route("/", home),
         Route("/-/health", health),
+        *auth_routes(gateway),
     ])

@@ -210,10 +210,11 @@ class RunningGateway:
             wait_until(lambda name=name: self.tenant(name)["state"] == "running", timeout,
                        message=f"tenant {name} running")
 
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(BIN / "gateway"), "--config", str(self.site.config_path), *args],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, input=input,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"gateway {' '.join(args)} failed: {result.stderr}")

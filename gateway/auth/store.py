@@ -1,0 +1,407 @@
+"""The accounts database: users, memberships, sessions, API tokens, invitations, sign-in tickets.
+
+One SQLite file in the gateway's state folder (never in a tenant's), mode 0600, in WAL mode so
+that the CLI can write while the gateway reads. Every secret that grants access (session ids,
+API tokens, invitation and ticket codes) is stored as its SHA-256 only: a copy of the file
+signs nobody in. They are 256-bit random values, so a plain hash is enough (no salt, no KDF).
+
+Synchronous: the gateway calls it through asyncio.to_thread, the CLI directly. Each call opens
+its own connection (~0.1 ms), so any thread may call any method.
+
+    sessions   a sign-in on the apex (parent NULL, valid on every host), and the sessions it
+               handed to tenant hosts whose browser did not send the apex cookie (parent set,
+               valid on that tenant only). Deleting the parent deletes its children: sign-out
+               ends the session everywhere.
+    tickets    one-time codes that hand a session to a tenant host (see service.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import AccountError
+
+ACCOUNTS_FILE = "accounts.db"
+# last_seen is written at most this often per session (a write per request would be wasteful),
+# or a quarter of the idle timeout if that is shorter.
+TOUCH_EVERY_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_sign_in REAL
+);
+CREATE TABLE memberships (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    tenant TEXT NOT NULL,
+    PRIMARY KEY (user_id, tenant)
+) WITHOUT ROWID;
+CREATE INDEX memberships_by_tenant ON memberships(tenant);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    parent TEXT REFERENCES sessions(id_hash) ON DELETE CASCADE,
+    tenant TEXT,
+    created REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX sessions_by_parent ON sessions(parent);
+CREATE INDEX sessions_by_user ON sessions(user_id);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL
+);
+CREATE INDEX tokens_by_user ON tokens(user_id);
+CREATE TABLE invites (
+    code_hash TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    tenants TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE tickets (
+    code_hash TEXT PRIMARY KEY,
+    session TEXT NOT NULL REFERENCES sessions(id_hash) ON DELETE CASCADE,
+    tenant TEXT NOT NULL,
+    state_hash TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+_SCHEMA_VERSION = 1
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a session or API token belongs to, as the request path needs it."""
+
+    user_id: int
+    email: str
+    tenants: frozenset[str]  # the private tenants they are a member of
+    session_root: str = ""  # the sign-in's session id hash; "" for an API token
+    only_tenant: str | None = None  # a tenant host's session is valid on that tenant only
+    expires: float = float("inf")  # when the session ends (idle or absolute), wall clock
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    email: str
+    tenants: tuple[str, ...]
+    created: float
+    last_sign_in: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    email: str
+    name: str
+    created: float
+    last_used: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    email: str
+    tenants: tuple[str, ...]
+    expires: float
+
+
+class AccountStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._create()
+
+    def _create(self) -> None:
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # 0600 from the start
+        with self._connect() as db:
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {_SCHEMA_VERSION};"
+                                 " COMMIT;")
+                db.execute("PRAGMA journal_mode = WAL")
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            db.execute("PRAGMA foreign_keys = ON")
+            # In WAL mode, NORMAL never corrupts; a power cut may lose the last sign-ins.
+            db.execute("PRAGMA synchronous = NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- users --------------------------------------------------------------------------------
+
+    def add_user(self, email: str, password_hash: str, now: float) -> int:
+        with self._transaction() as db:
+            return _insert_user(db, email, password_hash, now)
+
+    def credentials(self, email: str) -> tuple[int, str] | None:
+        """(user id, password hash) of the account with this (normalised) email."""
+        with self._connect() as db:
+            row = db.execute("SELECT id, password_hash FROM users WHERE email = ?",
+                             (email,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_password(self, email: str, password_hash: str) -> None:
+        """A new password ends every session of the account."""
+        with self._transaction() as db:
+            user_id = _user_id(db, email)
+            db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+            db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,))
+
+    def remove_user(self, email: str) -> None:
+        """Removes its sessions, tokens and memberships too."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM users WHERE id = ?", (_user_id(db, email),))
+
+    def users(self) -> list[UserInfo]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT email, created, last_sign_in, (SELECT json_group_array(tenant) FROM"
+                " (SELECT tenant FROM memberships WHERE user_id = users.id ORDER BY tenant))"
+                " FROM users ORDER BY email"
+            ).fetchall()
+        return [UserInfo(email, tuple(json.loads(tenants)), created, last)
+                for email, created, last, tenants in rows]
+
+    # --- memberships --------------------------------------------------------------------------
+
+    def add_member(self, tenant: str, email: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO memberships (user_id, tenant) VALUES (?, ?)",
+                       (_user_id(db, email), tenant))
+
+    def remove_member(self, tenant: str, email: str) -> None:
+        with self._transaction() as db:
+            removed = db.execute("DELETE FROM memberships WHERE user_id = ? AND tenant = ?",
+                                 (_user_id(db, email), tenant)).rowcount
+        if not removed:
+            raise AccountError(f"{email} is not a member of {tenant!r}")
+
+    def members(self, tenant: str) -> list[str]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT email FROM users JOIN memberships ON memberships.user_id = users.id"
+                " WHERE tenant = ? ORDER BY email", (tenant,)
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    def sign_in(self, id_hash: str, user_id: int, now: float, *, replaces: list[str],
+                new_password_hash: str | None) -> None:
+        """Start a sign-in session. The browser's previous sessions (`replaces`) end, so a
+        session id planted before sign-in is worth nothing after it (no fixation)."""
+        with self._transaction() as db:
+            for previous in replaces:
+                _delete_session(db, previous)
+            db.execute("INSERT INTO sessions (id_hash, user_id, created, last_seen)"
+                       " VALUES (?, ?, ?, ?)", (id_hash, user_id, now, now))
+            db.execute("UPDATE users SET last_sign_in = ? WHERE id = ?", (now, user_id))
+            if new_password_hash is not None:  # argon2 parameters changed since it was made
+                db.execute("UPDATE users SET password_hash = ? WHERE id = ?",
+                           (new_password_hash, user_id))
+
+    def session(self, id_hash: str, now: float, idle_s: float, max_s: float) -> Principal | None:
+        """The principal of a live session (touching it), or None if unknown or expired."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT s.user_id, u.email, s.parent, s.tenant, s.created, s.last_seen"
+                " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id_hash = ?",
+                (id_hash,),
+            ).fetchone()
+            if row is None:
+                return None
+            user_id, email, parent, tenant, created, last_seen = row
+            if now > created + max_s or now > last_seen + idle_s:
+                return None  # purge_expired deletes it
+            if now - last_seen > min(TOUCH_EVERY_S, idle_s / 4):
+                db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash IN (?, ?)",
+                           (now, id_hash, parent or id_hash))
+                last_seen = now
+            return Principal(
+                user_id=user_id,
+                email=email,
+                tenants=_tenants_of(db, user_id),
+                session_root=parent or id_hash,
+                only_tenant=tenant,
+                expires=min(created + max_s, last_seen + idle_s),
+            )
+
+    def delete_session(self, root_hash: str) -> None:
+        """End a sign-in session and every session it handed to a tenant host."""
+        with self._transaction() as db:
+            _delete_session(db, root_hash)
+
+    def purge_expired(self, now: float, idle_s: float, max_s: float) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM sessions WHERE created < ? OR last_seen < ?",
+                       (now - max_s, now - idle_s))
+            db.execute("DELETE FROM tickets WHERE expires < ?", (now,))
+            db.execute("DELETE FROM invites WHERE expires < ?", (now,))
+
+    # --- tickets: handing a session to a tenant host -------------------------------------------
+
+    def add_ticket(self, code_hash: str, root_hash: str, tenant: str, state_hash: str,
+                   expires: float) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO tickets (code_hash, session, tenant, state_hash, expires)"
+                       " VALUES (?, ?, ?, ?, ?)", (code_hash, root_hash, tenant, state_hash,
+                                                    expires))
+
+    def redeem_ticket(self, code_hash: str, tenant: str, state_hash: str, child_hash: str,
+                      now: float) -> bool:
+        """Use a ticket once: on success the tenant host's session `child_hash` exists."""
+        with self._transaction() as db:
+            row = db.execute(
+                "DELETE FROM tickets WHERE code_hash = ? RETURNING session, tenant, state_hash,"
+                " expires", (code_hash,)
+            ).fetchone()
+            if row is None:
+                return False
+            root, ticket_tenant, ticket_state, expires = row
+            if ticket_tenant != tenant or ticket_state != state_hash or now > expires:
+                return False
+            db.execute(
+                "INSERT INTO sessions (id_hash, user_id, parent, tenant, created, last_seen)"
+                " SELECT ?, user_id, id_hash, ?, created, ? FROM sessions WHERE id_hash = ?",
+                (child_hash, tenant, now, root),
+            )
+            return True
+
+    # --- API tokens ---------------------------------------------------------------------------
+
+    def add_token(self, email: str, token_id: str, token_hash: str, name: str,
+                  now: float) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT INTO tokens (id, token_hash, user_id, name, created)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (token_id, token_hash, _user_id(db, email), name, now))
+
+    def token(self, token_hash: str, now: float) -> Principal | None:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT t.id, t.user_id, u.email, t.last_used FROM tokens t"
+                " JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (token_hash,)
+            ).fetchone()
+            if row is None:
+                return None
+            token_id, user_id, email, last_used = row
+            if last_used is None or now - last_used > TOUCH_EVERY_S:
+                db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
+            return Principal(user_id=user_id, email=email, tenants=_tenants_of(db, user_id))
+
+    def tokens(self, email: str | None = None) -> list[TokenInfo]:
+        query = ("SELECT t.id, u.email, t.name, t.created, t.last_used FROM tokens t"
+                 " JOIN users u ON u.id = t.user_id")
+        with self._connect() as db:
+            if email is None:
+                rows = db.execute(query + " ORDER BY u.email, t.created").fetchall()
+            else:
+                _user_id(db, email)
+                rows = db.execute(query + " WHERE u.email = ? ORDER BY t.created",
+                                  (email,)).fetchall()
+        return [TokenInfo(*row) for row in rows]
+
+    def revoke_token(self, token_id: str) -> None:
+        with self._transaction() as db:
+            if not db.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount:
+                raise AccountError(f"no API token with id {token_id!r}"
+                                   " (see `gateway user tokens`)")
+
+    # --- invitations --------------------------------------------------------------------------
+
+    def add_invite(self, code_hash: str, email: str, tenants: tuple[str, ...], now: float,
+                   expires: float) -> None:
+        with self._transaction() as db:
+            if _find_user(db, email) is not None:
+                raise AccountError(
+                    f"{email} already has an account; add it to a tenant with"
+                    " `gateway tenant members NAME --add EMAIL`"
+                )
+            db.execute("INSERT INTO invites (code_hash, email, tenants, created, expires)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (code_hash, email, json.dumps(list(tenants)), now, expires))
+
+    def invite(self, code_hash: str, now: float) -> Invite | None:
+        with self._connect() as db:
+            row = db.execute("SELECT email, tenants, expires FROM invites WHERE code_hash = ?"
+                             " AND expires >= ?", (code_hash, now)).fetchone()
+        return Invite(row[0], tuple(json.loads(row[1])), row[2]) if row else None
+
+    def accept_invite(self, code_hash: str, password_hash: str, session_hash: str,
+                      now: float) -> None:
+        """Create the invited account with its memberships, signed in as `session_hash`; the
+        invitation is used up."""
+        with self._transaction() as db:
+            row = db.execute("DELETE FROM invites WHERE code_hash = ? RETURNING email, tenants,"
+                             " expires", (code_hash,)).fetchone()
+            if row is None or now > row[2]:
+                raise AccountError("This invitation is not valid: it was used already or it"
+                                   " has expired. Ask for a new one.")
+            user_id = _insert_user(db, row[0], password_hash, now)
+            db.executemany("INSERT INTO memberships (user_id, tenant) VALUES (?, ?)",
+                           [(user_id, tenant) for tenant in json.loads(row[1])])
+            db.execute("INSERT INTO sessions (id_hash, user_id, created, last_seen)"
+                       " VALUES (?, ?, ?, ?)", (session_hash, user_id, now, now))
+
+
+def _find_user(db: sqlite3.Connection, email: str) -> int | None:
+    row = db.execute("SELECT id FROM users WHERE email = ?", (email,)).fetchone()
+    return row[0] if row else None
+
+
+def _user_id(db: sqlite3.Connection, email: str) -> int:
+    user_id = _find_user(db, email)
+    if user_id is None:
+        raise AccountError(f"no account for {email} (see `gateway user list`)")
+    return user_id
+
+
+def _insert_user(db: sqlite3.Connection, email: str, password_hash: str, now: float) -> int:
+    if _find_user(db, email) is not None:
+        raise AccountError(f"{email} already has an account")
+    cursor = db.execute("INSERT INTO users (email, password_hash, created) VALUES (?, ?, ?)",
+                        (email, password_hash, now))
+    return cursor.lastrowid or 0
+
+
+def _tenants_of(db: sqlite3.Connection, user_id: int) -> frozenset[str]:
+    rows = db.execute("SELECT tenant FROM memberships WHERE user_id = ?", (user_id,))
+    return frozenset(row[0] for row in rows)
+
+
+def _delete_session(db: sqlite3.Connection, id_hash: str) -> None:
+    db.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,))
