@@ -276,7 +276,8 @@ def tenant_list(ctx: click.Context, as_json: bool) -> None:
 def tenant_remove(ctx: click.Context, name: str) -> None:
     """Move tenants/NAME aside (to tenants/.removed/); run `gateway reload` to stop it.
 
-    Nothing is deleted: the folder, with its databases, is kept under tenants/.removed/.
+    No data is deleted: the folder, with its databases, is kept under tenants/.removed/. Its
+    memberships end (they are printed), so a later tenant of the same name starts with none.
 
     \b
     Example:
@@ -285,9 +286,12 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
     config = _config(ctx)
     try:
         moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
+        former = Accounts(config).forget_tenant(name)
     except GatewayError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
+    if former:
+        click.echo(f"Memberships ended: {', '.join(former)}")
 
 
 @tenant.command("restart", context_settings=CONTEXT)

@@ -679,3 +679,13 @@ def test_idle_sessions_end(site: Site, start_gateway: Any) -> None:
 def test_accounts_database_is_private(site: Site, gateway: RunningGateway) -> None:
     path: Path = site.root / "state" / "accounts.db"
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_removed_tenants_members_do_not_carry_over_to_a_new_one(gateway: RunningGateway) -> None:
+    """1. dave has member ann. 2. `tenant remove dave` ends that membership (and says so).
+    3. A new tenant dave starts with no members."""
+    gateway.cli("tenant", "add", "dave", "--member", ANN)
+    removed = gateway.cli("tenant", "remove", "dave").stdout
+    assert f"Memberships ended: {ANN}" in removed
+    gateway.cli("tenant", "add", "dave")
+    assert gateway.cli("tenant", "members", "dave", "--json").stdout.split() == ["[]"]

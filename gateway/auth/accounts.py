@@ -66,6 +66,11 @@ class Accounts:
     def members(self, tenant: str) -> list[str]:
         return self.store.members(tenant)
 
+    def forget_tenant(self, tenant: str) -> list[str]:
+        """A removed tenant's members lose it, so that a new tenant of the same name starts
+        with none of them."""
+        return self.store.forget_tenant(tenant)
+
     def add_member(self, tenant: str, email: str) -> None:
         self._check_tenant(tenant)
         self.store.add_member(tenant, normalise_email(email))

@@ -210,6 +210,13 @@ class AccountStore:
         if not removed:
             raise AccountError(f"{email} is not a member of {tenant!r}")
 
+    def forget_tenant(self, tenant: str) -> list[str]:
+        """Remove every membership of `tenant`; return who were members."""
+        former = self.members(tenant)
+        with self._transaction() as db:
+            db.execute("DELETE FROM memberships WHERE tenant = ?", (tenant,))
+        return former
+
     def members(self, tenant: str) -> list[str]:
         with self._connect() as db:
             rows = db.execute(
