@@ -519,5 +519,75 @@ def _iso(seconds: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+@cli.group(context_settings=CONTEXT)
+def cert() -> None:
+    """Show and renew the HTTPS certificate of the running gateway."""
+
+
+@cert.command("status", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def cert_status(ctx: click.Context, as_json: bool) -> None:
+    """Show the certificate's names, issuer and expiry, and when it will be renewed.
+
+    \b
+    Example:
+        gateway cert status
+    """
+    _print(_call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
+
+
+@cert.command("renew", context_settings=CONTEXT)
+@click.option("--force", is_flag=True, help="Renew now, even if the certificate is not due.")
+@json_option
+@click.pass_context
+def cert_renew(ctx: click.Context, force: bool, as_json: bool) -> None:
+    """Renew the certificate if it is due (or now, with --force); wait for the result.
+
+    The certificate being served stays in place if renewal fails. New connections get the new
+    certificate at once; open ones keep theirs.
+
+    \b
+    Example:
+        gateway cert renew --force
+    """
+    config = _config(ctx)
+    tls = config.gateway.tls
+    timeout = tls.acme.timeout_s + tls.dns.wait_timeout_s + 60
+    result = _call(config, "POST", "/certificate/renew", params={"force": int(force)},
+                   timeout=timeout)
+
+    def text(result: dict[str, Any]) -> str:
+        if result["renewed"]:
+            return "Renewed.\n" + _certificate_text(result)
+        return (f"Not due: the next renewal is at {result['next_renewal']}"
+                f" ({result['renewal_basis']}). Use --force to renew now.")
+
+    _print(result, as_json, text)
+
+
+def _certificate_text(status: dict[str, Any]) -> str:
+    certificate = status["certificate"]
+    lines = [f"mode          {status['mode']}"]
+    if certificate is None:
+        lines.append("certificate   none yet: HTTPS refuses connections until one is issued")
+    else:
+        lines += [
+            f"names         {', '.join(certificate['names'])}",
+            f"issuer        {certificate['issuer']}",
+            f"serial        {certificate['serial']}",
+            f"valid         {certificate['not_before']} to {certificate['not_after']}",
+        ]
+    if status["next_renewal"]:
+        lines.append(f"next renewal  {status['next_renewal']} ({status['renewal_basis']})")
+    else:
+        lines.append(f"renewal       {status['renewal_basis']}")
+    if status.get("last_error"):
+        failures = status["failures"]
+        lines.append(f"last error    {status['last_error']} (failed {failures} time"
+                     f"{'s' if failures != 1 else ''} in a row)")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     cli()

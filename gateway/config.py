@@ -201,12 +201,124 @@ class SupervisorSettings:
     )
 
 
+def _hsts_age(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 or more (0 tells browsers to forget the policy)"
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeSettings:
+    directory_url: str = setting(
+        "https://acme-v02.api.letsencrypt.org/directory",
+        "The CA's ACME directory. Let's Encrypt's staging CA, for trying things out:"
+        " https://acme-staging-v02.api.letsencrypt.org/directory.",
+    )
+    email: str = setting("", "Contact address registered with the CA (optional).")
+    ca_file: Path | None = setting(
+        None,
+        "PEM file of CA certificates to trust for the ACME server's own HTTPS (a private CA,"
+        " or a test CA such as pebble). Default: the system's trust store.",
+    )
+    eab_kid: str = setting(
+        "", "External Account Binding key id, for CAs that require one (ZeroSSL, Google, ...)."
+    )
+    eab_hmac_key_file: Path | None = setting(
+        None, "File holding the External Account Binding HMAC key (base64url, as the CA gives it)."
+    )
+    key_type: Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-4096"] = setting(
+        "ecdsa-p256", "Type of the certificate's private key; a new key is made for every"
+        " certificate."
+    )
+    timeout_s: float = setting(
+        120.0, "How long the CA may take to validate and issue, per attempt.", check=_positive
+    )
+    retry_initial_s: float = setting(
+        60.0, "Wait after a failed issuance or renewal before trying again; doubles on each"
+        " failure.", check=_positive
+    )
+    retry_max_s: float = setting(
+        3600.0, "Longest wait between attempts after failures.", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    provider: Literal["rfc2136", "digitalocean", "exec"] = setting(
+        "rfc2136", "How the DNS-01 TXT records are published: rfc2136 (dynamic update, with"
+        " TSIG), digitalocean (its DNS API) or exec (your own script)."
+    )
+    zone: str = setting(
+        "", "The DNS zone holding the domain; default: the domain itself. Set it when the"
+        " domain is a subdomain of the zone (domain = data.example.com, zone = example.com)."
+    )
+    ttl_s: int = setting(60, "TTL of the TXT records.", check=_positive)
+    wait_servers: tuple[str, ...] = setting(
+        (),
+        "Name servers (host or host:port) that must answer with the TXT values before the CA"
+        " is asked to look. Default: the zone's authoritative servers (its NS records).",
+    )
+    wait_timeout_s: float = setting(
+        300.0, "How long to wait for those servers to answer with the TXT values.",
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rfc2136Settings:
+    server: str = setting("", "Host name or address of the name server that takes updates.")
+    port: int = setting(53, "Its port.", check=_port)
+    tsig_key_name: str = setting("", "Name of the TSIG key that signs updates.")
+    tsig_algorithm: Literal["hmac-sha256", "hmac-sha384", "hmac-sha512"] = setting(
+        "hmac-sha256", "Algorithm of the TSIG key."
+    )
+    tsig_secret_file: Path | None = setting(
+        None, "File holding the TSIG secret (base64, as `keymgr` or `tsig-keygen` print it)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DigitalOceanSettings:
+    token_file: Path | None = setting(
+        None, "File holding a DigitalOcean API token with read and write access to domains."
+    )
+    api_url: str = setting("https://api.digitalocean.com/v2", "DigitalOcean's API.")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecSettings:
+    command: tuple[str, ...] = setting(
+        (),
+        "Program and arguments run as COMMAND... add|remove NAME VALUE, e.g."
+        ' ["/etc/gateway/dns-hook"]. NAME is the full record name (_acme-challenge.<domain>);'
+        " exit 0 on success.",
+    )
+    timeout_s: float = setting(60.0, "How long one run of the command may take.",
+                               check=_positive)
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
     mode: Literal["off", "files", "acme"] = setting(
-        "off", "off: plain HTTP only (the demo); files: certificate files you supply; acme: see"
-        " the TLS section."
+        "off", "off: plain HTTP only (the demo); files: a certificate you supply (cert_file,"
+        " key_file); acme: a wildcard certificate obtained and renewed over DNS-01."
     )
+    cert_file: Path | None = setting(
+        None, "files mode: the certificate chain (PEM, leaf first). Re-read on reload."
+    )
+    key_file: Path | None = setting(None, "files mode: its private key (PEM).")
+    min_version: Literal["1.2", "1.3"] = setting("1.2", "Oldest TLS version accepted.")
+    hsts_max_age_s: int = setting(
+        31536000, "max-age of the Strict-Transport-Security header on HTTPS answers.",
+        check=_hsts_age,
+    )
+    hsts_include_subdomains: bool = setting(
+        False, "Add includeSubDomains to that header. Only if every name under the domain"
+        " speaks HTTPS: it also covers names the gateway does not serve."
+    )
+    acme: AcmeSettings = setting(AcmeSettings(), "")
+    dns: DnsSettings = setting(DnsSettings(), "")
+    rfc2136: Rfc2136Settings = setting(Rfc2136Settings(), "")
+    digitalocean: DigitalOceanSettings = setting(DigitalOceanSettings(), "")
+    exec: ExecSettings = setting(ExecSettings(), "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +483,8 @@ def load_config(path: Path) -> Config:
     paths = _resolve_paths(settings.paths, path.parent, file=path.name)
     if settings.sandbox.uid_min > settings.sandbox.uid_max:
         raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
-    settings = dataclasses.replace(settings, domain=domain, paths=paths)
+    tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
+    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls)
     tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
     return Config(path=path, gateway=settings, tenants=tenants)
 
@@ -454,6 +567,81 @@ def _resolve_paths(paths: PathSettings, base: Path, *, file: str) -> PathSetting
             " e.g. /run/gateway)"
         )
     return PathSettings(**resolved)
+
+
+def _check_tls(tls: TlsSettings, domain: str, *, base: Path, file: str) -> TlsSettings:
+    """Cross-key rules of [tls]; file paths made absolute (relative to gateway.toml)."""
+
+    def absolute(section: Any) -> Any:
+        return dataclasses.replace(section, **{
+            f.name: base / getattr(section, f.name) for f in dataclasses.fields(section)
+            if isinstance(getattr(section, f.name), Path)
+        })
+
+    def value(dotted: str) -> Any:
+        keys: Any = tls
+        for part in dotted.split("."):
+            keys = getattr(keys, part)
+        return keys
+
+    def require(when: str, *names: str) -> None:
+        for name in names:
+            if not value(name):
+                raise ConfigError(f"{file}: tls.{name}: required when {when}")
+
+    def together(first: str, second: str) -> None:
+        if bool(value(first)) != bool(value(second)):
+            raise ConfigError(f"{file}: tls.{first}, tls.{second}: set both or neither")
+
+    tls = dataclasses.replace(
+        absolute(tls), acme=absolute(tls.acme), rfc2136=absolute(tls.rfc2136),
+        digitalocean=absolute(tls.digitalocean),
+    )
+    if tls.mode == "files":
+        require('tls.mode is "files"', "cert_file", "key_file")
+    if tls.mode != "acme":
+        return tls
+    require('tls.mode is "acme"', "acme.directory_url")
+    together("acme.eab_kid", "acme.eab_hmac_key_file")
+    if tls.acme.retry_initial_s > tls.acme.retry_max_s:
+        raise ConfigError(f"{file}: tls.acme.retry_max_s: must not be below"
+                          " tls.acme.retry_initial_s")
+    provider = tls.dns.provider
+    when = f'tls.dns.provider is "{provider}"'
+    if provider == "rfc2136":
+        require(when, "rfc2136.server")
+        together("rfc2136.tsig_key_name", "rfc2136.tsig_secret_file")
+    elif provider == "digitalocean":
+        require(when, "digitalocean.token_file")
+    else:
+        require(when, "exec.command")
+    try:
+        zone = normalise_domain(tls.dns.zone or domain)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: tls.dns.zone: {exc}") from None
+    if domain != zone and not domain.endswith("." + zone):
+        raise ConfigError(f"{file}: tls.dns.zone: the domain {domain} is not in the zone {zone}")
+    for server in tls.dns.wait_servers:
+        if parse_server(server) is None:
+            raise ConfigError(f"{file}: tls.dns.wait_servers: {server!r} is not a host or"
+                              " host:port")
+    return dataclasses.replace(tls, dns=dataclasses.replace(tls.dns, zone=zone))
+
+
+def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:
+    """'ns1.example.com' / '192.0.2.1:5353' / '[2001:db8::1]:53' -> (host, port); None if not."""
+    host, port = server, str(default_port)
+    if server.startswith("["):
+        host, _, rest = server[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return None
+            port = rest[1:]
+    elif server.count(":") == 1:
+        host, _, port = server.partition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 # --- the schema machinery: dataclass fields -> checked values ---------------------------------
@@ -543,7 +731,8 @@ def _convert(kind: Any, raw: Any, *, file: str, where: str) -> Any:
 
 
 def _convert_union(kind: Any, raw: Any, *, file: str, where: str) -> Any:
-    options = typing.get_args(kind) or (kind,)
+    # TOML has no null: an optional key is either absent (its default, None) or a value.
+    options = tuple(o for o in typing.get_args(kind) or (kind,) if o is not type(None))
     for option in options:
         try:
             return _convert(option, raw, file=file, where=where)
@@ -553,7 +742,8 @@ def _convert_union(kind: Any, raw: Any, *, file: str, where: str) -> Any:
     raise ConfigError(f"{file}: {where}: expected {names}, got {_show(raw)}")
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               Path: "a path"}
 
 
 def _show(raw: Any) -> str:

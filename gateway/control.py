@@ -23,6 +23,7 @@ from .config import Config
 from .errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
+    from .certs import Certificates
     from .runtime import Gateway
 
 CONTROL_SOCKET = "control.sock"
@@ -78,14 +79,30 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         await gateway.restart_tenant(name)
         return JSONResponse({"restarted": name})
 
+    async def certificate(request: Request) -> JSONResponse:
+        return JSONResponse(_certificates(gateway).status())
+
+    async def renew_certificate(request: Request) -> JSONResponse:
+        force = request.query_params.get("force") == "1"
+        return JSONResponse(await _certificates(gateway).renew(force))
+
     routes = [
         Route("/status", reports_errors(status)),
+        Route("/certificate", reports_errors(certificate)),
+        Route("/certificate/renew", reports_errors(renew_certificate), methods=["POST"]),
         Route("/reload", reports_errors(reload), methods=["POST"]),
         Route("/tenants/{name}/restart", reports_errors(restart), methods=["POST"]),
     ]
     for path, handler in (extra or {}).items():
         routes.append(Route(path, reports_errors(handler), methods=["GET", "POST"]))
     return Starlette(routes=routes)
+
+
+def _certificates(gateway: Gateway) -> Certificates:
+    if gateway.certificates is None:
+        raise GatewayError('tls.mode is "off": the gateway serves plain HTTP and has no'
+                           " certificate")
+    return gateway.certificates
 
 
 def call(config: Config, method: str, path: str, timeout: float = 120.0, **kwargs: Any) -> Any:

@@ -4,6 +4,7 @@
     ├── ConfigError              gateway.toml or tenants/ is wrong (names file and key)
     ├── TenantNameError          a tenant name that cannot exist
     ├── AccountError             an account operation that cannot be done (no such user, ...)
+    ├── CertificateError         a certificate could not be obtained, renewed or loaded
     └── RequestError             one HTTP request failed; carries the status to answer with
         ├── SignInRequired       303: a browser must sign in first (to the sign-in page)
         ├── HandOffFailed        400: a tenant host got a sign-in ticket it cannot use
@@ -35,6 +36,10 @@ class TenantNameError(GatewayError):
 
 class AccountError(GatewayError):
     """An account, membership, token or invitation operation that cannot be done."""
+
+
+class CertificateError(GatewayError):
+    """Obtaining, renewing or loading the TLS certificate failed; the message says why."""
 
 
 class RequestError(GatewayError):

@@ -10,7 +10,7 @@ from .config import Config, GatewaySettings
 # Sections that only take effect when the gateway starts (or is upgraded in place).
 NEEDS_RESTART = ("listen", "paths")
 # Sections every tenant process is started from: a change restarts all of them.
-SHAPES_TENANTS = ("sandbox", "tls")
+SHAPES_TENANTS = ("sandbox",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     everything_changed = any(
         getattr(old.gateway, section) != getattr(new.gateway, section)
         for section in SHAPES_TENANTS
-    ) or old.domain != new.domain
+    ) or old.domain != new.domain or old.tls_enabled != new.tls_enabled
     changed = [n for n in shared if everything_changed or old.tenants[n] != new.tenants[n]]
     return ReloadPlan(
         added=tuple(sorted(new_names - old_names)),
@@ -49,8 +49,10 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
 
 
 def _sections_needing_restart(old: GatewaySettings, new: GatewaySettings) -> tuple[str, ...]:
-    return tuple(
+    sections = tuple(
         f.name
         for f in dataclasses.fields(old)
         if f.name in NEEDS_RESTART and getattr(old, f.name) != getattr(new, f.name)
     )
+    # The HTTPS listener exists or not from the start; the rest of [tls] applies live.
+    return sections + (("tls.mode",) if old.tls.mode != new.tls.mode else ())

@@ -15,6 +15,7 @@ from typing import Any
 from . import sandbox
 from .auth.service import Auth
 from .backends import TenantRoute
+from .certs import certificates_for
 from .config import Config, TenantConfig, load_config, load_tenant
 from .errors import ConfigError, GatewayError
 from .handover import HandedOver
@@ -51,6 +52,7 @@ class Gateway:
         self.access_log = AccessLog(enabled=gateway.log.access_log)
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
+        self.certificates = certificates_for(config)
         self.draining = False
         self._reload_lock = asyncio.Lock()
 
@@ -61,6 +63,8 @@ class Gateway:
     async def start(self) -> None:
         """Start every tenant; each gets traffic as soon as its own health check passes."""
         self.spawner.remove_stale_run_dirs()
+        if self.certificates is not None:
+            await self.certificates.start()
         for tenant in self.config.tenants.values():
             self._add(tenant)
 
@@ -88,6 +92,8 @@ class Gateway:
                 self.config, tenants={n: s.config for n, s in self.supervisors.items()}
             )
             plan = plan_reload(running, new)
+            if self.certificates is not None and "tls.mode" not in plan.needs_restart:
+                await self.certificates.apply(new)  # first: unusable files reject the reload
             log.info("reload_planned", extra=plan.summary())
             self._apply_settings(new)
             await asyncio.gather(*(self._remove(name) for name in plan.removed))
@@ -149,6 +155,8 @@ class Gateway:
 
     async def adopt(self, tenants: list[HandedOver], generation: int) -> None:
         """Take over the processes an old worker ran, then apply whatever changed on disk."""
+        if self.certificates is not None:
+            await self.certificates.start()
         self.spawner.continue_generations(generation)
         for tenant in tenants:
             route = TenantRoute(tenant.config, self.config.gateway.proxy.max_connections_per_tenant)
@@ -171,6 +179,8 @@ class Gateway:
             self.config = adopted
 
     async def stop(self) -> None:
+        if self.certificates is not None:
+            await self.certificates.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
         self.auth.close()
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -28,6 +29,7 @@ from .app import GatewayApp
 from .config import Config, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
+from .https import RedirectToHttps, StrictTransportSecurity
 from .logs import setup_logging
 from .master import PR_SET_PDEATHSIG, prctl
 from .runtime import Gateway
@@ -58,8 +60,8 @@ def _uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
         timeout_graceful_shutdown=max(int(drain_s), 1),
         log_config=None,
     )
-    config.ssl = ssl
     config.load()
+    config.ssl = ssl  # after load(), which resets it: the gateway brings its own SSLContext
     return _Server(config)
 
 
@@ -85,7 +87,8 @@ class Worker:
     async def run(self) -> None:
         gateway = self.gateway
         drain_s = self.config.gateway.proxy.drain_timeout_s
-        public = _uvicorn_server(self.app, drain_s=drain_s)
+        public = [(_uvicorn_server(app, drain_s=drain_s, ssl=context), sockets)
+                  for app, context, sockets in self._public_apps()]
         self._install_signal_handlers()
         if self.handover_socket is not None:
             tenants, generation = await asyncio.to_thread(
@@ -94,8 +97,10 @@ class Worker:
             await gateway.adopt(tenants, generation)
         else:
             await gateway.start()
-        serving = asyncio.ensure_future(public.serve(sockets=list(self.listeners.values())))
-        await _started(public)
+        serving = [asyncio.ensure_future(server.serve(sockets=sockets))
+                   for server, sockets in public]
+        for server, _ in public:
+            await _started(server)
         if self.handover_socket is not None:
             handover.send(self.handover_socket, {"op": "ready", "pid": os.getpid()})
             self.handover_socket.close()
@@ -112,10 +117,11 @@ class Worker:
             "tenants": sorted(gateway.routes),
         })
         await self.stopping.wait()
-        log.info("gateway_stopping", extra={"handed_over": self.handed_over,
-                                            "connections": len(public.server_state.connections)})
-        await self._drain(public)
-        await serving
+        servers = [server for server, _ in public]
+        log.info("gateway_stopping", extra={"handed_over": self.handed_over, "connections": sum(
+            len(server.server_state.connections) for server in servers)})
+        await self._drain(servers)
+        await asyncio.gather(*serving)
         if not self.handed_over:
             await gateway.stop()
         control.should_exit = True
@@ -125,7 +131,7 @@ class Worker:
                 control_path.unlink()
         log.info("gateway_stopped", extra={"handed_over": self.handed_over})
 
-    async def _drain(self, public: _Server) -> None:
+    async def _drain(self, public: list[_Server]) -> None:
         """Stop accepting; every response from now on says `Connection: close`, so busy clients
         go away after their next response. Then uvicorn closes idle connections and waits for
         in-flight requests (up to proxy.drain_timeout_s).
@@ -134,12 +140,27 @@ class Worker:
         letting busy clients leave first makes that race rare (wrk's connections, never idle,
         all leave within milliseconds)."""
         self.gateway.draining = True
-        for server in public.servers:
-            server.close()
+        for server in public:
+            for listener in server.servers:
+                listener.close()
         deadline = time.monotonic() + _IDLE_GRACE_S
-        while public.server_state.connections and time.monotonic() < deadline:
+        while any(s.server_state.connections for s in public) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        public.should_exit = True
+        for server in public:
+            server.should_exit = True
+
+    def _public_apps(self) -> list[tuple[Any, ssl.SSLContext | None, list[socket.socket]]]:
+        """What each listener serves: the gateway on HTTP; or, with TLS, redirects on HTTP and
+        the gateway on HTTPS."""
+        certificates = self.gateway.certificates
+        https = self.listeners.get("https")
+        if https is None or certificates is None:
+            return [(self.app, None, list(self.listeners.values()))]
+        return [
+            (RedirectToHttps(self.gateway, https.getsockname()[1]), None,
+             [self.listeners["http"]]),
+            (StrictTransportSecurity(self.app, self.gateway), certificates.live.listener, [https]),
+        ]
 
     def _control_app(self) -> Any:
         async def upgrade(request: Request) -> JSONResponse:

@@ -1,0 +1,45 @@
+"""Certificates for the HTTPS listener: where they come from, and keeping them current.
+
+    files.py        tls.mode = "files": the operator's files, re-read on reload
+    renewal.py      tls.mode = "acme": issue, schedule renewals, install (the background task)
+    acme.py         the ACME conversation (the `acme` library, in worker threads)
+    dns.py          DNS-01 records: rfc2136, digitalocean, exec; waiting; cleanup
+    store.py        the certs/ folder
+    certificate.py  what a certificate says (pure)
+
+Both modes install into the same `tls.LiveContext`, and answer `gateway cert status|renew`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import Config
+from ..tls import LiveContext
+from .files import FileCertificates
+from .renewal import AcmeCertificates
+
+
+class Certificates(Protocol):
+    live: LiveContext
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def apply(self, config: Config) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def renew(self, force: bool) -> dict[str, Any]: ...
+
+
+def certificates_for(config: Config) -> Certificates | None:
+    """The certificate source for tls.mode, with a fresh live context; None when TLS is off."""
+    tls = config.gateway.tls
+    if tls.mode == "off":
+        return None
+    live = LiveContext(tls.min_version)
+    if tls.mode == "files":
+        return FileCertificates(config, live)
+    return AcmeCertificates(config, live)

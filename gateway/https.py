@@ -1,0 +1,82 @@
+"""The HTTP side of HTTPS: plain HTTP redirects to HTTPS; HTTPS answers carry HSTS.
+
+With TLS on, the plain HTTP listener serves nothing but redirects: 308 (the method and body are
+kept, RFC 9110 15.4.9) to the same host, path and query on the HTTPS port. It redirects even
+before the first certificate exists, so links made while it is being issued already point at
+HTTPS. Only the gateway's own names are redirected; any other Host gets a 404.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .config import TlsSettings
+from .proxy import Message, Receive, Scope, Send
+from .routing import route_host
+
+if TYPE_CHECKING:
+    from .app import ASGIApp
+    from .runtime import Gateway
+
+
+def hsts_header(tls: TlsSettings) -> bytes:
+    value = f"max-age={tls.hsts_max_age_s}"
+    if tls.hsts_include_subdomains:
+        value += "; includeSubDomains"
+    return value.encode()
+
+
+class RedirectToHttps:
+    def __init__(self, gateway: Gateway, https_port: int) -> None:
+        self.gateway = gateway
+        self.port_suffix = "" if https_port == 443 else f":{https_port}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        host = _host_header(scope)
+        route = route_host(host, self.gateway.domain)
+        if route.kind == "unknown":
+            await _answer(send, 404, [], b"No site here.\n")
+            return
+        location = f"https://{route.host}{self.port_suffix}".encode() + (
+            scope.get("raw_path") or scope["path"].encode())
+        if scope["query_string"]:
+            location += b"?" + scope["query_string"]
+        await _answer(send, 308, [(b"location", location)], b"")
+
+
+class StrictTransportSecurity:
+    """Adds Strict-Transport-Security (RFC 6797) to every answer of the wrapped app."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        header = (b"strict-transport-security", hsts_header(self.gateway.config.gateway.tls))
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def _host_header(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"host":
+            return bytes(value)
+    return None
+
+
+async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                  body: bytes) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", b"%d" % len(body))],
+    })
+    await send({"type": "http.response.body", "body": body})
