@@ -22,6 +22,10 @@ END = "<!-- config-reference:end -->"
 
 
 def _default(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
     if isinstance(value, bool):
         return "`true`" if value else "`false`"
     if isinstance(value, str):
@@ -48,15 +52,24 @@ def _rows(cls: type[Any], prefix: str) -> list[str]:
     return rows
 
 
-def reference() -> str:
-    hints = typing.get_type_hints(GatewaySettings)
-    lines = [START, "", "| key | default | meaning |", "|---|---|---|"]
-    lines += _rows(GatewaySettings, "")
-    for field in dataclasses.fields(GatewaySettings):
+def _sections(cls: type[Any], prefix: str) -> list[str]:
+    """A header and rows for each table in `cls`, then for the tables inside it ([tls.acme])."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for field in dataclasses.fields(cls):
         kind = hints[field.name]
         if dataclasses.is_dataclass(kind):
-            lines.append(f"| **[{field.name}]** | | |")
-            lines += _rows(typing.cast(type[Any], kind), f"{field.name}.")
+            table = typing.cast(type[Any], kind)
+            lines.append(f"| **[{prefix}{field.name}]** | | |")
+            lines += _rows(table, f"{prefix}{field.name}.")
+            lines += _sections(table, f"{prefix}{field.name}.")
+    return lines
+
+
+def reference() -> str:
+    lines = [START, "", "| key | default | meaning |", "|---|---|---|"]
+    lines += _rows(GatewaySettings, "")
+    lines += _sections(GatewaySettings, "")
     lines += [
         "",
         "A tenant's own `tenants/NAME/tenant.toml` takes the same keys as `[tenant_defaults]`,"

@@ -52,17 +52,20 @@ def load_certificate(chain_file: Path, key_file: Path | None,
     `key_file` None means the key is in `chain_file` too. Raises CertificateError naming the
     problem (missing file, not PEM, key does not match the certificate).
     """
+    for path in (chain_file, key_file):
+        if path is None:
+            continue
+        try:
+            path.open("rb").close()  # load_cert_chain's own errors do not name the file
+        except OSError as exc:
+            raise CertificateError(f"{path}: {exc.strerror}") from None
     context = server_context(min_version)
     try:
         context.load_cert_chain(chain_file, key_file)
-    except FileNotFoundError as exc:
-        raise CertificateError(f"{exc.filename}: file not found") from None
-    except PermissionError as exc:
-        raise CertificateError(f"{exc.filename}: permission denied") from None
     except ssl.SSLError as exc:
         files = f"{chain_file}, {key_file}" if key_file else str(chain_file)
-        raise CertificateError(f"{files}: not a usable certificate and key ({exc.reason})"
-                               ) from None
+        raise CertificateError(f"{files}: not a usable certificate and key"
+                               f" ({exc.reason or 'not PEM'})") from None
     return context
 
 

@@ -115,6 +115,21 @@ def make_certificate(names: list[str], *, issuer: tuple[x509.Certificate,
     return builder.sign(issuer_key, hashes.SHA256()), key
 
 
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def serial_bytes(serial: int) -> bytes:
+    """The DER INTEGER content of a (positive) serial: big-endian, room for the sign bit."""
+    return serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+
+
+def ari_cert_id(certificate: x509.Certificate) -> str:
+    """RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(DER serial), unpadded."""
+    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    return f"{b64(aki.key_identifier or b'')}.{b64(serial_bytes(certificate.serial_number))}"
+
+
 class Knot:
     """knotd, authoritative for `zone`, taking TSIG-signed TXT updates."""
 

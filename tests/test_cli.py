@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from gateway.cli import cli
 
 COMMANDS = [[], ["serve"], ["check-config"], ["reload"], ["status"], ["tenant"],
-            ["tenant", "add"], ["tenant", "list"], ["tenant", "remove"], ["tenant", "restart"]]
+            ["tenant", "add"], ["tenant", "list"], ["tenant", "remove"], ["tenant", "restart"],
+            ["cert"], ["cert", "status"], ["cert", "renew"]]
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -91,7 +92,8 @@ def test_tenant_remove_keeps_the_data(tmp_path: Path) -> None:
     assert code == 1 and "no tenant 'carol'" in output
 
 
-@pytest.mark.parametrize("command", [["reload"], ["status"], ["tenant", "restart", "alice"]])
+@pytest.mark.parametrize("command", [["reload"], ["status"], ["tenant", "restart", "alice"],
+                                     ["cert", "status"], ["cert", "renew"]])
 def test_commands_needing_a_gateway_say_none_is_running(tmp_path: Path, command: list[str]) -> None:
     code, output = run("--config", config(tmp_path), *command)
     assert code == 1

@@ -28,7 +28,20 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .acme_servers import TSIG_KEY_NAME, Knot, Pebble, key_pem, make_certificate
+from gateway.certs.dns import DigitalOcean, Rfc2136, published, wait_until_visible
+from gateway.config import DigitalOceanSettings, DnsSettings, Rfc2136Settings
+from gateway.errors import CertificateError
+
+from .acme_servers import (
+    TSIG_KEY_NAME,
+    Knot,
+    Pebble,
+    ari_cert_id,
+    b64,
+    key_pem,
+    make_certificate,
+    serial_bytes,
+)
 from .conftest import RunningGateway, Site, wait_until
 
 ZONE = "gw.test"  # the Site fixture's domain
@@ -427,21 +440,6 @@ class RenewalInfoStub:
         self.server.server_close()
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def serial_bytes(serial: int) -> bytes:
-    """The DER INTEGER content of a (positive) serial: big-endian, room for the sign bit."""
-    return serial.to_bytes(serial.bit_length() // 8 + 1, "big")
-
-
-def ari_cert_id(certificate: x509.Certificate) -> str:
-    """RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(DER serial), unpadded."""
-    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    return f"{b64(aki.key_identifier or b'')}.{b64(serial_bytes(certificate.serial_number))}"
-
-
 def test_renewal_follows_the_cas_renewal_information(site: Site, start_gateway: Any,
                                                      acme_stack: AcmeStack) -> None:
     """1. The CA's directory offers renewalInfo (a stub in front of pebble).
@@ -481,3 +479,124 @@ def test_certificate_commands_say_when_tls_is_off(site: Site, start_gateway: Any
     assert result.stderr == ('Error: tls.mode is "off": the gateway serves plain HTTP and has'
                              " no certificate\n")
 
+
+
+# --- DNS providers -----------------------------------------------------------------------------
+
+
+def dns_settings(stack: AcmeStack, **overrides: Any) -> DnsSettings:
+    settings: dict[str, Any] = {"zone": ZONE, "wait_timeout_s": 5.0,
+                                "wait_servers": (f"127.0.0.1:{stack.knot.port}",)}
+    return DnsSettings(**{**settings, **overrides})
+
+
+def rfc2136(stack: AcmeStack, secret_file: Path) -> Rfc2136:
+    settings = Rfc2136Settings(server="127.0.0.1", port=stack.knot.port,
+                               tsig_key_name=TSIG_KEY_NAME, tsig_secret_file=secret_file)
+    return Rfc2136(settings, dns_settings(stack))
+
+
+async def test_rfc2136_publishes_both_values_and_removes_only_its_own(
+        acme_stack: AcmeStack) -> None:
+    """1. Another order's value is already there. 2. Both values are published in one update
+    and visible on the zone's server inside the block. 3. Afterwards only the other value is
+    left, also when the block fails."""
+    knot = acme_stack.knot
+    knot.set_txt(CHALLENGE_NAME, ["someone-elses"])
+    provider = rfc2136(acme_stack, knot.secret_file)
+    records = {CHALLENGE_NAME: ["value-apex", "value-wildcard"]}
+    async with published(provider, records, dns_settings(acme_stack)):
+        assert knot.txt(CHALLENGE_NAME) == {"someone-elses", "value-apex", "value-wildcard"}
+    assert knot.txt(CHALLENGE_NAME) == {"someone-elses"}
+    with pytest.raises(RuntimeError):
+        async with published(provider, records, dns_settings(acme_stack)):
+            raise RuntimeError("validation failed")
+    assert knot.txt(CHALLENGE_NAME) == {"someone-elses"}
+    knot.set_txt(CHALLENGE_NAME, [])
+
+
+async def test_rfc2136_with_a_wrong_key_is_refused(acme_stack: AcmeStack,
+                                                   tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text(base64.b64encode(secrets.token_bytes(32)).decode())
+    provider = rfc2136(acme_stack, wrong)
+    with pytest.raises(CertificateError) as info:
+        async with published(provider, {CHALLENGE_NAME: ["v"]}, dns_settings(acme_stack)):
+            pass
+    assert str(info.value) == (
+        f"127.0.0.1:{acme_stack.knot.port} refused the DNS update (PeerBadSignature): check"
+        " tls.rfc2136.tsig_key_name, the secret, and the server's update policy")
+    assert acme_stack.knot.txt(CHALLENGE_NAME) == set()
+
+
+async def test_values_that_never_show_up_time_out(acme_stack: AcmeStack) -> None:
+    settings = dns_settings(acme_stack, wait_timeout_s=0.5)
+    with pytest.raises(CertificateError) as info:
+        await wait_until_visible({CHALLENGE_NAME: ["never-published"]}, settings)
+    assert str(info.value) == (
+        f"127.0.0.1:{acme_stack.knot.port} still does not answer the TXT values for"
+        f" {CHALLENGE_NAME} after 0.5 s (tls.dns.wait_timeout_s)")
+
+
+class DigitalOceanStub:
+    """The slice of DigitalOcean's domain records API the provider uses, in memory."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, dict[str, Any]] = {1: {
+            "id": 1, "type": "TXT", "name": "_acme-challenge", "data": "someone-elses"}}
+        self.seen: list[tuple[str, str, str]] = []
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                record = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                record["id"] = max(stub.records) + 1
+                stub.records[record["id"]] = record
+                self.answer(201, {"domain_record": record})
+
+            def do_GET(self) -> None:
+                listed = [r for r in stub.records.values()
+                          if f"name={r['name']}.{ZONE}" in self.path]
+                self.answer(200, {"domain_records": listed})
+
+            def do_DELETE(self) -> None:
+                stub.records.pop(int(self.path.rpartition("/")[2]))
+                self.answer(204, None)
+
+            def answer(self, status: int, body: Any) -> None:
+                stub.seen.append((self.command, self.path, self.headers["authorization"]))
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_digitalocean_adds_and_removes_records_by_value(tmp_path: Path) -> None:
+    stub = DigitalOceanStub()
+    try:
+        (tmp_path / "token").write_text("do-token\n")
+        provider = DigitalOcean(
+            DigitalOceanSettings(token_file=tmp_path / "token", api_url=stub.url),
+            DnsSettings(zone=ZONE, ttl_s=10))
+        await provider.add(CHALLENGE_NAME, ["a", "b"])
+        assert sorted((r["name"], r["data"], r.get("ttl")) for r in stub.records.values()) == [
+            ("_acme-challenge", "a", 30), ("_acme-challenge", "b", 30),
+            ("_acme-challenge", "someone-elses", None)]
+        await provider.remove(CHALLENGE_NAME, ["a", "b"])
+        assert [r["data"] for r in stub.records.values()] == ["someone-elses"]
+        assert {auth for _, _, auth in stub.seen} == {"Bearer do-token"}
+        assert [(method, path.partition("?")[0]) for method, path, _ in stub.seen] == [
+            ("POST", "/v2/domains/gw.test/records"), ("POST", "/v2/domains/gw.test/records"),
+            ("GET", "/v2/domains/gw.test/records"), ("DELETE", "/v2/domains/gw.test/records/2"),
+            ("DELETE", "/v2/domains/gw.test/records/3")]
+    finally:
+        stub.server.shutdown()
+        stub.server.server_close()

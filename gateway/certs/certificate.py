@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,3 +57,19 @@ def read_certificate(chain_pem: bytes, source: str) -> CertificateInfo:
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
     )
+
+
+def renewal_certificate_id(chain_pem: bytes) -> str:
+    """RFC 9773 4.1: base64url(authority key id) "." base64url(DER serial), unpadded.
+
+    Names the certificate to the CA's renewalInfo resource and in a new order's `replaces`.
+    """
+    leaf = x509.load_pem_x509_certificate(chain_pem)
+    key_id = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    serial = leaf.serial_number
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # room for the sign bit
+    return f"{_b64url(key_id.key_identifier or b'')}.{_b64url(serial_der)}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

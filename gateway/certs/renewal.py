@@ -27,6 +27,7 @@ from ..config import Config, TlsSettings
 from ..errors import CertificateError
 from ..tls import LiveContext, load_certificate
 from .acme import RenewalAdvice, obtain_certificate, renewal_advice
+from .certificate import renewal_certificate_id
 from .dns import dns_provider
 from .store import CertificateStore, StoredCertificate
 
@@ -181,7 +182,7 @@ class AcmeCertificates:
             try:
                 account_key = await asyncio.to_thread(self.store.account_key_pem)
                 issued = await obtain_certificate(self.tls, self.names, account_key,
-                                                  self.provider)
+                                                  self.provider, replaces=self._replaces())
                 stored = await asyncio.to_thread(self.store.save, issued.chain_pem,
                                                  issued.key_pem, self.tls.acme.directory_url)
                 await self._install(stored, "issued",
@@ -191,6 +192,15 @@ class AcmeCertificates:
                 raise
             self.failures, self.last_failure, self.last_error = 0, None, None
             return True
+
+    def _replaces(self) -> str | None:
+        """The current certificate's id, for a CA that offers renewal information (RFC 9773)."""
+        current, advice = self.current, self.advice
+        if current is None or advice is None or advice.renew_at is None:
+            return None
+        if current.directory_url != self.tls.acme.directory_url:
+            return None
+        return renewal_certificate_id(current.chain_pem)
 
     def _failed(self, error: str) -> None:
         self.failures += 1
