@@ -211,8 +211,9 @@ class Pebble:
     """pebble on free ports, resolving DNS-01 names with `dns_port` on 127.0.0.1."""
 
     def __init__(self, directory: Path, dns_port: int, *, nonce_reject_percent: int = 5,
-                 eab_keys: dict[str, str] | None = None) -> None:
+                 eab_keys: dict[str, str] | None = None, ocsp_url: str = "") -> None:
         self.directory = directory
+        self.ocsp_url = ocsp_url  # put in issued certificates (testssl rates none as HIGH)
         self.dns_port = dns_port
         self.nonce_reject_percent = nonce_reject_percent
         self.eab_keys = eab_keys or {}
@@ -238,7 +239,7 @@ class Pebble:
             "managementListenAddress": f"127.0.0.1:{self.management_port}",
             "certificate": str(d / "localhost.pem"),
             "privateKey": str(d / "localhost.key"),
-            "httpPort": free_port(), "tlsPort": free_port(), "ocspResponderURL": "",
+            "httpPort": free_port(), "tlsPort": free_port(), "ocspResponderURL": self.ocsp_url,
             "externalAccountBindingRequired": bool(self.eab_keys),
             "externalAccountMACKeys": self.eab_keys,
             "certificateValidityPeriod": 7776000,

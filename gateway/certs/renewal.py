@@ -95,13 +95,18 @@ class AcmeCertificates:
         self.provider = dns_provider(self.tls)
 
     async def start(self) -> None:
-        """Serve the stored certificate if there is one; renewal runs in the background."""
-        stored = await asyncio.to_thread(self.store.load)
-        if stored is not None:
-            try:
+        """Serve the stored certificate if there is a usable one; renewal runs in the background.
+
+        An expired or unreadable one is not served: HTTPS refuses handshakes until the new one.
+        """
+        try:
+            stored = await asyncio.to_thread(self.store.load)
+            if stored is not None and stored.info.not_after <= _now():
+                raise CertificateError(f"{stored.path}: expired on {stored.info.not_after}")
+            if stored is not None:
                 await self._install(stored, "stored")
-            except CertificateError as exc:
-                log.error("certificate_unusable", extra={"error": str(exc)})
+        except CertificateError as exc:
+            log.error("certificate_unusable", extra={"error": str(exc)})
         self._task = asyncio.create_task(self._run(), name="certificate renewal")
 
     async def stop(self) -> None:
