@@ -61,11 +61,11 @@ apt:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-bench: bench-debs $(STAMP)
+bench: debs bench-debs $(STAMP)  # debs: bench/acme runs pebble and knot
 	for script in bench/proxy bench/swap bench/acme bench/upload; do \
 		test -x $$script && $(BIN)/python $$script || exit 1; done
 
-bench-%: bench-debs $(STAMP)
+bench-%: debs bench-debs $(STAMP)
 	$(BIN)/python bench/$*
 
 # The Docker image, built with buildah: no Docker engine needed (README.md, "Deploy"). Where

@@ -88,14 +88,15 @@ def make_certificate(names: list[str], *, issuer: tuple[x509.Certificate,
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     issuer_cert, issuer_key = issuer if issuer else (None, key)
     now = dt.datetime.now(dt.UTC)
+    end = now + dt.timedelta(days=days)  # days < 0: already expired
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer_cert.subject if issuer_cert else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(min(now - dt.timedelta(minutes=5), end - dt.timedelta(days=1)))
+        .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)

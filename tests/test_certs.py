@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.certs.acme import NewOrder
+from gateway.certs.acme import NewOrder, RenewalAdvice
 from gateway.certs.certificate import CertificateInfo, read_certificate, renewal_certificate_id
-from gateway.certs.renewal import NOW, backoff_s, next_attempt, renewal_due
+from gateway.certs.renewal import (
+    NOW,
+    AcmeCertificates,
+    backoff_s,
+    next_attempt,
+    renewal_due,
+)
 from gateway.certs.store import StoredCertificate
 from gateway.config import load_config, parse_server
 from gateway.errors import CertificateError, ConfigError
@@ -102,8 +110,6 @@ def test_renewal_is_due_at_two_thirds_of_the_lifetime() -> None:
 
 
 def test_renewal_follows_the_cas_window_but_never_past_expiry() -> None:
-    from gateway.certs.acme import RenewalAdvice
-
     window = START + dt.timedelta(days=75)
     due = renewal_due(stored(90), NAMES, DIRECTORY, RenewalAdvice(window, None))
     assert (due.at, due.basis) == (window, "the CA's renewal window (ARI)")
@@ -261,3 +267,38 @@ def test_unusable_files_are_named(tmp_path: Path) -> None:
         load_certificate(tmp_path / "a.crt", tmp_path / "b.key", "1.2")
     assert str(info.value) == (f"{tmp_path}/a.crt, {tmp_path}/b.key: not a usable certificate"
                                " and key (not PEM)")
+
+
+async def test_an_expired_stored_certificate_is_not_served(tmp_path: Path) -> None:
+    """1. certs/ holds a certificate that expired. 2. At start it is not installed (HTTPS would
+    refuse handshakes) and renewal starts at once. 3. The CA is unreachable: the failure is
+    recorded with its reason, and retried later."""
+    ca = make_certificate(["Test CA"], is_ca=True)
+    certificate, key = make_certificate(["gw.test", "*.gw.test"], issuer=ca, days=-1)
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "certificate.pem").write_bytes(
+        certificate.public_bytes(serialization.Encoding.PEM) + key_pem(key))
+    config = load_config(write(tmp_path, ACME + '[tls.acme]\ndirectory_url ='
+                               ' "https://127.0.0.1:1/dir"\n[tls.rfc2136]\nserver = "ns"\n'))
+    certificates = AcmeCertificates(config, LiveContext("1.2"))
+    await certificates.start()
+    try:
+        assert not certificates.live.has_certificate
+        status = await wait_for_failure(certificates)
+        assert status["certificate"] is None and status["failures"] == 1
+        assert status["last_error"].startswith(
+            "reading the directory: cannot reach the CA at https://127.0.0.1:1/dir: ")
+        assert status["renewal_basis"] == "no certificate yet"
+        retry = dt.datetime.fromisoformat(status["next_renewal"]) - dt.datetime.now(dt.UTC)
+        assert 50 < retry.total_seconds() <= 60  # tls.acme.retry_initial_s
+    finally:
+        await certificates.stop()
+
+
+async def wait_for_failure(certificates: AcmeCertificates) -> dict[str, Any]:
+    for _ in range(200):
+        status: dict[str, Any] = certificates.status()
+        if status["failures"]:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError("no failure recorded")
