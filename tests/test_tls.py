@@ -157,7 +157,8 @@ def test_first_certificate_is_issued_stored_and_reused(site: Site, start_gateway
     """1. An empty certs/: the gateway orders gw.test + *.gw.test over DNS-01.
     2. curl, trusting only pebble's root, gets 200 from alice.gw.test with SNI; a name two
        labels deep does not match. 3. HSTS is on; the TXT records are gone; certs/ is private.
-    4. `gateway cert status` tells. 5. A restart serves the stored certificate, orders nothing.
+    4. `gateway cert status` tells. 5. A restart, and then an upgrade (a new worker), serve the
+    stored certificate and order nothing.
     """
     site.add_tenant("alice")
     site.write_config(listen={"https_port": 0}, tls=acme_stack.tls_settings())
@@ -195,6 +196,9 @@ def test_first_certificate_is_issued_stored_and_reused(site: Site, start_gateway
     assert gateway.stop() == 0
     again = start_gateway()
     assert again.wait_for_event("certificate_installed")["source"] == "stored"
+    assert serial_over_https(https_port(again), acme_stack.root_pem) == serial
+    assert again.cli("upgrade").stdout.startswith("Upgraded: worker ")
+    assert len(installed(again, "stored")) == 2
     assert serial_over_https(https_port(again), acme_stack.root_pem) == serial
     assert not [e for e in again.events if e.get("event") == "certificate_requesting"]
 

@@ -9,8 +9,9 @@ them:
     the zone's servers -> challenges answered, authorizations valid -> records removed
     -> finalize with a fresh key's CSR -> chain downloaded
 
-CAs reject a valid nonce now and then (RFC 8555 6.5: badNonce) and the library retries only
-once, so every step is retried on badNonce. Library errors become CertificateError here, once.
+CAs reject a valid nonce now and then (RFC 8555 6.5: badNonce) and the library retries a
+request only once, so RetryingNetwork retries it more. Library errors become CertificateError
+here, once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 USER_AGENT = "gateway (acme-python)"
-BAD_NONCE_ATTEMPTS = 8  # each is already two tries inside the library
+BAD_NONCE_ATTEMPTS = 8  # each is two tries: the library retries once itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,8 @@ class AcmeSession:
             else ec.generate_private_key(ec.SECP256R1())  # unsigned GETs only (renewal info)
         self.account_key = JWKEC(key=key)
         verify: Any = str(settings.ca_file) if settings.ca_file else True  # requests' verify=
-        self.network = client.ClientNetwork(self.account_key, alg=ES256,
-                                            user_agent=USER_AGENT, verify_ssl=verify)
+        self.network = RetryingNetwork(self.account_key, alg=ES256, user_agent=USER_AGENT,
+                                       verify_ssl=verify)
         self._client: client.ClientV2 | None = None
 
     @property
@@ -223,7 +224,6 @@ class AcmeSession:
                           self._deadline())
 
     def finalize(self, order: messages.OrderResource) -> str:
-        # finalize_order tolerates orderNotReady, so repeating it after a badNonce is safe.
         done = self._step("finalizing", self.client.finalize_order, order, self._deadline())
         return str(done.fullchain_pem)
 
@@ -245,25 +245,37 @@ class AcmeSession:
         return dt.datetime.now() + dt.timedelta(seconds=self.settings.timeout_s)
 
     def _step(self, step: str, call: Callable[..., T], *args: Any) -> T:
-        for attempt in range(1, BAD_NONCE_ATTEMPTS + 1):
+        """Run one step of the conversation; the library's errors become CertificateError."""
+        try:
+            return call(*args)
+        except messages.Error as exc:
+            raise CertificateError(f"{step}: the CA said {_problem(exc)}") from None
+        except errors.ValidationError as exc:
+            raise CertificateError(f"{step}: {_failed_validations(exc)}") from None
+        except errors.TimeoutError:
+            raise CertificateError(f"{step}: the CA did not finish within"
+                                   f" {self.settings.timeout_s:g} s (tls.acme.timeout_s)") from None
+        except requests.RequestException as exc:
+            raise CertificateError(f"{step}: cannot reach the CA at"
+                                   f" {self.settings.directory_url}: {exc}") from None
+        except errors.Error as exc:
+            raise CertificateError(f"{step}: {exc}") from None
+
+
+class RetryingNetwork(client.ClientNetwork):
+    """The library's network layer, retrying a request the CA refused for its nonce up to
+    BAD_NONCE_ATTEMPTS times rather than once. RFC 8555 6.5: the CA rejects such a request
+    before acting on it, so sending it again with a fresh nonce is always safe."""
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for attempt in range(1, BAD_NONCE_ATTEMPTS):
             try:
-                return call(*args)
+                return super().post(*args, **kwargs)
             except messages.Error as exc:
-                if exc.code != "badNonce" or attempt == BAD_NONCE_ATTEMPTS:
-                    raise CertificateError(f"{step}: the CA said {_problem(exc)}") from None
-                log.warning("acme_bad_nonce", extra={"step": step, "attempt": attempt})
-            except errors.ValidationError as exc:
-                raise CertificateError(f"{step}: {_failed_validations(exc)}") from None
-            except errors.TimeoutError:
-                raise CertificateError(f"{step}: the CA did not finish within"
-                                       f" {self.settings.timeout_s:g} s"
-                                       " (tls.acme.timeout_s)") from None
-            except requests.RequestException as exc:
-                raise CertificateError(f"{step}: cannot reach the CA at"
-                                       f" {self.settings.directory_url}: {exc}") from None
-            except errors.Error as exc:
-                raise CertificateError(f"{step}: {exc}") from None
-        raise AssertionError("unreachable")
+                if exc.code != "badNonce":
+                    raise
+                log.warning("acme_bad_nonce", extra={"attempt": attempt})
+        return super().post(*args, **kwargs)
 
 
 def _problem(error: messages.Error) -> str:
