@@ -51,6 +51,8 @@ ENV PATH=/opt/gateway/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 WORKDIR /srv/gateway
 VOLUME ["/srv/gateway/tenants", "/srv/gateway/certs", "/srv/gateway/state"]
 EXPOSE 80 443
-HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 CMD ["gateway", "health"]
+# The start period covers the first ACME issuance: HTTPS refuses handshakes until a certificate
+# exists, and DNS-01 can take a few minutes to validate.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 CMD ["gateway", "health"]
 ENTRYPOINT ["/usr/bin/tini", "--", "gateway"]
 CMD ["serve"]
