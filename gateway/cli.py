@@ -27,25 +27,24 @@ def json_option(function: F) -> F:
 
 
 def _config(ctx: click.Context) -> Config:
-    try:
-        return load_config(ctx.obj["config_path"])
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _call(config: Config, method: str, path: str, **kwargs: Any) -> Any:
-    """Ask the running gateway through its control socket."""
-    try:
-        return control.call(config, method, path, **kwargs)
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_config(ctx.obj["config_path"])
 
 
 def _print(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text(data))
 
 
-@click.group(context_settings=CONTEXT)
+class GatewayGroup(click.Group):
+    """Every GatewayError, from any command, becomes one `Error: …` line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GatewayError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=GatewayGroup, context_settings=CONTEXT)
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), default=Path("gateway.toml"),
     show_default=True, help="The gateway's configuration file.",
@@ -73,10 +72,7 @@ def serve(ctx: click.Context) -> None:
     """
     from .master import serve as run
 
-    try:
-        code = run(ctx.obj["config_path"])
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    code = run(ctx.obj["config_path"])
     ctx.exit(code)
 
 
@@ -91,16 +87,13 @@ def worker(ctx: click.Context, master_fd: int, master_pid: int, listen_fds: tupl
     """The gateway's worker process; `gateway serve` starts it (never run it by hand)."""
     from .server import run_worker
 
-    try:
-        run_worker(
-            ctx.obj["config_path"],
-            master_fd=master_fd,
-            master_pid=master_pid,
-            listen_fds={n: int(fd) for n, _, fd in (s.partition("=") for s in listen_fds)},
-            handover_fd=handover_fd,
-        )
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_worker(
+        ctx.obj["config_path"],
+        master_fd=master_fd,
+        master_pid=master_pid,
+        listen_fds={n: int(fd) for n, _, fd in (s.partition("=") for s in listen_fds)},
+        handover_fd=handover_fd,
+    )
 
 
 @cli.command(context_settings=CONTEXT)
@@ -116,7 +109,7 @@ def upgrade(ctx: click.Context) -> None:
     Example:
         pip install -U ./gateway && gateway upgrade
     """
-    result = _call(_config(ctx), "POST", "/upgrade", timeout=180)["result"]
+    result = control.call(_config(ctx), "POST", "/upgrade", timeout=180)["result"]
     click.echo(f"Upgraded: worker {result['old_worker']} replaced by {result['new_worker']}.")
 
 
@@ -146,7 +139,7 @@ def reload(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway reload
     """
-    plan = _call(_config(ctx), "POST", "/reload")
+    plan = control.call(_config(ctx), "POST", "/reload")
 
     def text(plan: dict[str, list[str]]) -> str:
         lines = [f"{key}: {', '.join(names) or '-'}" for key, names in plan.items()
@@ -166,7 +159,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway status --json
     """
-    _print(_call(_config(ctx), "GET", "/status"), as_json, _status_text)
+    _print(control.call(_config(ctx), "GET", "/status"), as_json, _status_text)
 
 
 def _status_text(status: dict[str, Any]) -> str:
@@ -204,10 +197,7 @@ def health_command(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway health
     """
-    try:
-        answer = health.check_health(_config(ctx))
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    answer = health.check_health(_config(ctx))
     states = answer["tenants"]
     running = sum(1 for state in states.values() if state == "running")
     _print(answer, as_json, lambda _: f"healthy: {running} of {len(states)} tenants running")
@@ -232,15 +222,12 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
         gateway tenant add carol --member ann@example.com && gateway reload
     """
     config = _config(ctx)
-    try:
-        accounts = Accounts(config)
-        accounts.check_users_exist(members)
-        directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
-                                               public=public)
-        for email in members:
-            accounts.store.add_member(name, normalise_email(email))
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    accounts = Accounts(config)
+    accounts.check_users_exist(members)
+    directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
+                                           public=public)
+    for email in members:
+        accounts.store.add_member(name, normalise_email(email))
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
 
@@ -284,11 +271,8 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
         gateway tenant remove carol && gateway reload
     """
     config = _config(ctx)
-    try:
-        moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
-        former = Accounts(config).forget_tenant(name)
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
+    former = Accounts(config).forget_tenant(name)
     click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
     if former:
         click.echo(f"Memberships ended: {', '.join(former)}")
@@ -304,7 +288,7 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
     Example:
         gateway tenant restart alice
     """
-    _call(_config(ctx), "POST", f"/tenants/{name}/restart")
+    control.call(_config(ctx), "POST", f"/tenants/{name}/restart")
     click.echo(f"Restarted {name}.")
 
 
@@ -326,12 +310,11 @@ def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
         gateway tenant members bob --add ann@example.com --remove joe@example.com
     """
     accounts = _accounts(ctx)
-    with _reported():
-        for email in added:
-            accounts.add_member(name, email)
-        for email in removed:
-            accounts.remove_member(name, email)
-        members = accounts.members(name)
+    for email in added:
+        accounts.add_member(name, email)
+    for email in removed:
+        accounts.remove_member(name, email)
+    members = accounts.members(name)
     _print(members, as_json, lambda members: "\n".join(members) or f"{name} has no members")
 
 
@@ -341,16 +324,12 @@ def user() -> None:
 
 
 def _accounts(ctx: click.Context) -> Accounts:
-    with _reported():
-        return Accounts(_config(ctx))
+    return Accounts(_config(ctx))
 
 
 @contextlib.contextmanager
 def _reported() -> Iterator[None]:
-    try:
-        yield
-    except GatewayError as exc:
-        raise click.ClickException(str(exc)) from None
+    yield
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -378,8 +357,7 @@ def user_add(ctx: click.Context, email: str, password_stdin: bool) -> None:
         echo "$PASSWORD" | gateway user add ann@example.com --password-stdin
     """
     accounts = _accounts(ctx)
-    with _reported():
-        email = accounts.add_user(email, _read_password(password_stdin))
+    email = accounts.add_user(email, _read_password(password_stdin))
     click.echo(f"Added {email}. Give it tenants with `gateway tenant members NAME --add {email}`.")
 
 
@@ -395,8 +373,7 @@ def user_password(ctx: click.Context, email: str, password_stdin: bool) -> None:
         gateway user password ann@example.com
     """
     accounts = _accounts(ctx)
-    with _reported():
-        accounts.set_password(email, _read_password(password_stdin))
+    accounts.set_password(email, _read_password(password_stdin))
     click.echo(f"Changed the password of {email}; its sessions have ended.")
 
 
@@ -411,8 +388,7 @@ def user_remove(ctx: click.Context, email: str) -> None:
         gateway user remove ann@example.com
     """
     accounts = _accounts(ctx)
-    with _reported():
-        accounts.remove_user(email)
+    accounts.remove_user(email)
     click.echo(f"Removed {email}.")
 
 
@@ -449,8 +425,7 @@ def user_invite(ctx: click.Context, email: str, tenants: tuple[str, ...]) -> Non
         gateway user invite ann@example.com --tenant bob
     """
     accounts = _accounts(ctx)
-    with _reported():
-        link = accounts.invite(email, tenants)
+    link = accounts.invite(email, tenants)
     click.echo(link)
 
 
@@ -470,8 +445,7 @@ def user_token(ctx: click.Context, email: str, name: str) -> None:
         curl -H "Authorization: Bearer $TOKEN" https://bob.example.com/data.json
     """
     accounts = _accounts(ctx)
-    with _reported():
-        token_id, token = accounts.issue_token(email, name)
+    token_id, token = accounts.issue_token(email, name)
     click.echo(token)
     click.echo(f"(token id {token_id}: `gateway user revoke-token {token_id}` revokes it)",
                err=True)
@@ -488,8 +462,7 @@ def user_tokens(ctx: click.Context, email: str | None, as_json: bool) -> None:
     Example:
         gateway user tokens ann@example.com
     """
-    with _reported():
-        tokens = _accounts(ctx).tokens(email)
+    tokens = _accounts(ctx).tokens(email)
     rows = [{"id": t.id, "email": t.email, "name": t.name, "created": _iso(t.created),
              "last_used": _iso(t.last_used)} for t in tokens]
     _print(rows, as_json, lambda rows: "\n".join(
@@ -508,8 +481,7 @@ def user_revoke_token(ctx: click.Context, token_id: str) -> None:
         gateway user revoke-token 3f9a0c1d
     """
     accounts = _accounts(ctx)
-    with _reported():
-        accounts.revoke_token(token_id)
+    accounts.revoke_token(token_id)
     click.echo(f"Revoked token {token_id}.")
 
 
@@ -534,7 +506,7 @@ def cert_status(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway cert status
     """
-    _print(_call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
+    _print(control.call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
 
 
 @cert.command("renew", context_settings=CONTEXT)
@@ -554,7 +526,7 @@ def cert_renew(ctx: click.Context, force: bool, as_json: bool) -> None:
     config = _config(ctx)
     tls = config.gateway.tls
     timeout = tls.acme.timeout_s + tls.dns.wait_timeout_s + 60
-    result = _call(config, "POST", "/certificate/renew", params={"force": int(force)},
+    result = control.call(config, "POST", "/certificate/renew", params={"force": int(force)},
                    timeout=timeout)
 
     def text(result: dict[str, Any]) -> str:
