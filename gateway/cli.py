@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -325,11 +325,6 @@ def user() -> None:
 
 def _accounts(ctx: click.Context) -> Accounts:
     return Accounts(_config(ctx))
-
-
-@contextlib.contextmanager
-def _reported() -> Iterator[None]:
-    yield
 
 
 def _read_password(password_stdin: bool) -> str:
