@@ -48,7 +48,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
+def uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -87,7 +87,7 @@ class Worker:
     async def run(self) -> None:
         gateway = self.gateway
         drain_s = self.config.gateway.proxy.drain_timeout_s
-        public = [(_uvicorn_server(app, drain_s=drain_s, ssl=context), sockets)
+        public = [(uvicorn_server(app, drain_s=drain_s, ssl=context), sockets)
                   for app, context, sockets in self._public_apps()]
         self._install_signal_handlers()
         if self.handover_socket is not None:
@@ -105,7 +105,7 @@ class Worker:
             handover.send(self.handover_socket, {"op": "ready", "pid": os.getpid()})
             self.handover_socket.close()
         control_path = control_socket_path(self.config)
-        control = _uvicorn_server(self._control_app(), drain_s=5)
+        control = uvicorn_server(self._control_app(), drain_s=5)
         controlling = asyncio.ensure_future(control.serve(sockets=[
             bind_control_socket(control_path)
         ]))
