@@ -61,12 +61,17 @@ apt:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-bench: debs bench-debs $(STAMP)  # debs: bench/acme runs pebble and knot
+bench: debs bench-debs $(VENV)/.bench-installed  # debs: bench/acme runs pebble and knot
 	for script in bench/proxy bench/swap bench/acme bench/upload; do \
 		test -x $$script && $(BIN)/python $$script || exit 1; done
 
-bench-%: debs bench-debs $(STAMP)
+bench-%: debs bench-debs $(VENV)/.bench-installed
 	$(BIN)/python bench/$*
+
+# What only the benchmarks use (pyproject's bench extra: aiohttp for bench/proxy's comparison).
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[bench]'
+	touch $@
 
 # The Docker image, built with buildah: no Docker engine needed (README.md, "Deploy"). Where
 # Docker Hub is out of reach (CI), ../shared/tools/base-image makes debian:bookworm-slim locally.

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sys
 import time
+from json.encoder import encode_basestring_ascii as _json
 from typing import Any, TextIO
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -52,15 +54,22 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
 
 
 def _iso_time(seconds: float) -> str:
-    millis = int(seconds * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_second(int(seconds))}.{int(seconds * 1000) % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=2)
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class AccessLog:
     """One JSON line per request on stdout.
 
     Lines written during one turn of the event loop are flushed together with one write, so a
-    busy gateway does not pay a system call per request.
+    busy gateway does not pay a system call per request. The line is what json.dumps would
+    write, put together by hand with json's C string encoder, and the time's seconds are
+    formatted once a second: json.dumps and strftime took ~8 of the ~50 µs the gateway spends
+    on a request at the ceiling (bench/proxy).
     """
 
     def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -84,22 +93,14 @@ class AccessLog:
     ) -> None:
         if not self.enabled:
             return
-        now = time.time()
-        entry = {
-            "time": _iso_time(now),
-            "host": host,
-            "tenant": tenant,
-            "method": method,
-            "path": path,
-            "status": status,
-            "bytes": bytes_sent,
-            "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-            "attempts": attempts,
-            "request_id": request_id,
-        }
-        if user:
-            entry["user"] = user
-        self.stream.write(json.dumps(entry) + "\n")
+        duration_ms = round((time.perf_counter() - start) * 1000, 2)
+        self.stream.write(
+            f'{{"time": "{_iso_time(time.time())}", "host": {_json(host)},'
+            f' "tenant": {_json(tenant)}, "method": {_json(method)}, "path": {_json(path)},'
+            f' "status": {status:d}, "bytes": {bytes_sent:d}, "duration_ms": {duration_ms!r},'
+            f' "attempts": {attempts:d}, "request_id": {_json(request_id)}'
+            + (f', "user": {_json(user)}}}\n' if user else "}\n")
+        )
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)

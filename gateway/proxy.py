@@ -144,10 +144,14 @@ def _filter_cookies(values: list[bytes], identity: Identity) -> bytes:
     return b"; ".join(pairs)
 
 
+# uvicorn writes its own Date on every response: the backend's would make two (RFC 9110 6.6.1).
+_NOT_RETURNED = HOP_BY_HOP | {b"date"}
+
+
 def downstream_headers(
     headers: Iterable[tuple[bytes, bytes]], identity: Identity = NO_IDENTITY
 ) -> list[tuple[bytes, bytes]]:
-    dropped = set(HOP_BY_HOP)
+    dropped = set(_NOT_RETURNED)
     dropped.update(name for name, _ in identity.extra_response_headers)
     for name, value in headers:
         if name == b"connection":

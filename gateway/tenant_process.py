@@ -16,6 +16,7 @@ It must stay light: it is imported on every tenant start.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import sys
@@ -62,9 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     except sqlite3.DatabaseError as exc:
         sys.stderr.write(f"tenant_start_failed: cannot open a database: {exc}\n")
         sys.exit(1)
+    run_datasette(datasette_args)
+
+
+def run_datasette(args: list[str]) -> None:
+    """Datasette's own command line, without uvicorn's access log.
+
+    The gateway writes the access log. Datasette's uvicorn would print a line per request too,
+    which the gateway reads from this process's output and logs again as an event: that cost
+    both processes CPU on every request (bench/proxy). `datasette serve` has no option for it.
+    """
+    import uvicorn
     from datasette.cli import cli
 
-    cli.main(datasette_args, prog_name="datasette")
+    uvicorn.run = functools.partial(uvicorn.run, access_log=False)
+    cli.main(args, prog_name="datasette")
 
 
 if __name__ == "__main__":
