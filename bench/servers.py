@@ -47,7 +47,8 @@ def gateway_on_fixed_backend(config_path: Path, tenant: str, backend: BackendAdd
     setup_logging(config.gateway.log.level)
     gateway = Gateway(config)
     route = TenantRoute(config.tenants[tenant], config.gateway.proxy.max_connections_per_tenant)
-    route.publish(Backend(backend, generation=1, connect_timeout=config.gateway.proxy.connect_timeout_s))
+    timeout = config.gateway.proxy.connect_timeout_s
+    route.publish(Backend(backend, generation=1, connect_timeout=timeout))
     gateway.routes[tenant] = route
     return GatewayApp(gateway)
 
