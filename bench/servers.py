@@ -28,9 +28,9 @@ from gateway.backend_client import BackendAddress
 from gateway.backends import Backend, TenantRoute
 from gateway.config import load_config
 from gateway.logs import setup_logging
+from gateway.master import bind_tcp
 from gateway.proxy import HOP_BY_HOP, Receive, Send
 from gateway.runtime import Gateway
-from gateway.master import bind_tcp
 from gateway.server import uvicorn_server
 
 Scope = MutableMapping[str, Any]
