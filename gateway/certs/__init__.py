@@ -16,8 +16,6 @@ from typing import Any, Protocol
 
 from ..config import Config
 from ..tls import LiveContext
-from .files import FileCertificates
-from .renewal import AcmeCertificates
 
 
 class Certificates(Protocol):
@@ -40,6 +38,12 @@ def certificates_for(config: Config) -> Certificates | None:
     if tls.mode == "off":
         return None
     live = LiveContext(tls.min_version)
+    # Each mode's modules are imported only when it is on: the ACME stack (acme, josepy,
+    # pyOpenSSL, dnspython) and cryptography's x509 are ~20 MB of the worker's RSS (bench/proxy).
     if tls.mode == "files":
+        from .files import FileCertificates
+
         return FileCertificates(config, live)
+    from .renewal import AcmeCertificates
+
     return AcmeCertificates(config, live)
