@@ -55,6 +55,7 @@ class Gateway:
         self.certificates = certificates_for(config)
         self.draining = False
         self._reload_lock = asyncio.Lock()
+        self._removing: set[asyncio.Task[None]] = set()
 
     @property
     def domain(self) -> str:
@@ -75,10 +76,16 @@ class Gateway:
         self.supervisors[tenant.name] = supervisor
         supervisor.start()
 
-    async def _remove(self, name: str) -> None:
-        self.routes.pop(name, None)  # new requests get "no such site"; in-flight ones finish
-        supervisor = self.supervisors.pop(name)
-        await supervisor.stop()
+    def _remove(self, name: str) -> None:
+        """New requests get "no such site" at once; in-flight ones finish in the background."""
+        self.routes.pop(name, None)
+        task = asyncio.ensure_future(self.supervisors.pop(name).stop())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
+
+    async def settled(self) -> None:
+        """Wait until removed tenants have stopped and replaced processes have drained."""
+        await asyncio.gather(*self._removing, *(s.retired() for s in self.supervisors.values()))
 
     async def reload(self) -> ReloadPlan:
         """Re-read gateway.toml and tenants/ and apply only the difference.
@@ -96,7 +103,8 @@ class Gateway:
                 await self.certificates.apply(new)  # first: unusable files reject the reload
             log.info("reload_planned", extra=plan.summary())
             self._apply_settings(new)
-            await asyncio.gather(*(self._remove(name) for name in plan.removed))
+            for name in plan.removed:
+                self._remove(name)
             for name in plan.added:
                 self._add(new.tenants[name])
             results = await asyncio.gather(
@@ -150,6 +158,7 @@ class Gateway:
         """The new worker owns the tenants now: let go of them without stopping any."""
         for supervisor in self.supervisors.values():
             supervisor.release()
+            self._removing.add(asyncio.ensure_future(supervisor.retired()))
         self.supervisors.clear()
         self._reload_lock.release()
 
@@ -181,7 +190,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.certificates is not None:
             await self.certificates.stop()
-        await asyncio.gather(*(s.stop() for s in self.supervisors.values()))
+        await asyncio.gather(*(s.stop() for s in self.supervisors.values()), *self._removing)
         self.auth.close()
 
     def status(self) -> dict[str, Any]:

@@ -122,7 +122,9 @@ class Worker:
             len(server.server_state.connections) for server in servers)})
         await self._drain(servers)
         await asyncio.gather(*serving)
-        if not self.handed_over:
+        if self.handed_over:
+            await gateway.settled()  # processes replaced before the hand-over finish draining
+        else:
             await gateway.stop()
         control.should_exit = True
         await controlling

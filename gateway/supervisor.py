@@ -407,6 +407,7 @@ class TenantSupervisor:
         self._kick = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -522,7 +523,15 @@ class TenantSupervisor:
             log.info("tenant_switched", extra={"tenant": self.name,
                                                "from": old.handle.generation,
                                                "to": process.handle.generation})
-        await self._retire(old)
+        # The caller (a reload, `tenant restart`) is done once the new process serves; the old
+        # one drains in the background, for up to drain_timeout_s.
+        task = asyncio.ensure_future(self._retire(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def retired(self) -> None:
+        """Wait until every replaced process has drained and stopped."""
+        await asyncio.gather(*self._retiring)
 
     async def _retire(self, old: TenantProcess) -> None:
         drain_s = self.spawner.config.gateway.proxy.drain_timeout_s
@@ -547,6 +556,7 @@ class TenantSupervisor:
                 process.retiring = True
         if process is not None:
             await self._retire(process)
+        await self.retired()
 
     def status(self) -> dict[str, Any]:
         process = self.current
