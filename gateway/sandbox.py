@@ -183,32 +183,20 @@ def launch(
     """`databases` and `datasette_args` use the paths the process sees (see sandbox_view)."""
     """The command line and environment that start one tenant process."""
     env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": "/tmp",
-        "LANG": "C.UTF-8",
+        **_python_env(isolation, paths.package_parent),
         "DATASETTE_SECRET": secret,  # never in argv: /proc/PID/cmdline is world-readable
-        "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MB of address space per arena otherwise
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONUNBUFFERED": "1",
     }
     socket_path = paths.run_dir / SOCKET_NAME
     if not isolation.uses_bwrap:
-        env["PYTHONPATH"] = str(paths.package_parent)
         inner = _tenant_command(
             python=str(paths.venv / "bin" / "python"),
             lifeline_fd=lifeline_fd,
             databases=databases,
             datasette_args=datasette_args,
         )
-        drop = drop_privileges_argv(uid, before_bwrap=False) if isolation.switches_user else []
-        return Launch([*rlimit_argv(settings), *drop, *inner], env, socket_path)
+        return Launch(_without_bwrap(isolation, uid, settings, inner), env, socket_path)
 
-    env["PYTHONPATH"] = SANDBOX_PACKAGE_PARENT
-    mounts = [
-        *_BASE_MOUNTS,
-        "--ro-bind", str(paths.venv), SANDBOX_VENV,
-        "--ro-bind", str(paths.package_parent / "gateway"), f"{SANDBOX_PACKAGE_PARENT}/gateway",
-    ]
+    mounts = _code_mounts(paths.venv, paths.package_parent)
     if paths.metadata_file is not None:
         name = paths.metadata_file.name
         mounts += ["--ro-bind", str(paths.metadata_file), f"{SANDBOX_CONF}/{name}"]
@@ -227,19 +215,73 @@ def launch(
         datasette_args=datasette_args,
     )
     bwrap_common = ["--new-session", "--as-pid-1", "--json-status-fd", str(status_fd)]
+    return Launch(_bwrap(isolation, uid, settings, bwrap_common, mounts, inner), env, socket_path)
+
+
+def importer_command(
+    isolation: Isolation, *, uid: int, settings: TenantSettings, data_dir: Path,
+    importer_args: list[str],
+) -> tuple[list[str], dict[str, str]]:
+    """`python -m gateway.importer` as the tenant, isolated like its Datasette (uid, rlimits,
+    view) but with only its data folder mounted: no socket folder, no configuration."""
+    venv, package_parent = venv_prefix(), gateway_package_parent()
+    env = _python_env(isolation, package_parent)
+    if not isolation.uses_bwrap:
+        inner = [str(venv / "bin" / "python"), "-m", "gateway.importer",
+                 "--data-dir", str(data_dir), *importer_args]
+        return _without_bwrap(isolation, uid, settings, inner), env
+    inner = [f"{SANDBOX_VENV}/bin/python", "-m", "gateway.importer",
+             "--data-dir", SANDBOX_DATA, *importer_args]
+    mounts = [
+        *_code_mounts(venv, package_parent),
+        "--bind", str(data_dir), SANDBOX_DATA,
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", SANDBOX_DATA,
+    ]
+    bwrap_common = ["--new-session", "--die-with-parent"]
+    return _bwrap(isolation, uid, settings, bwrap_common, mounts, inner), env
+
+
+def _without_bwrap(isolation: Isolation, uid: int, settings: TenantSettings,
+                   inner: list[str]) -> list[str]:
+    drop = drop_privileges_argv(uid, before_bwrap=False) if isolation.switches_user else []
+    return [*rlimit_argv(settings), *drop, *inner]
+
+
+def _bwrap(isolation: Isolation, uid: int, settings: TenantSettings, options: list[str],
+           mounts: list[str], inner: list[str]) -> list[str]:
+    """rlimits, the tenant's uid and a bubblewrap sandbox in which `mounts` are all there is."""
     if isolation.level == "full":
-        argv = [
+        return [
             *rlimit_argv(settings),
             *drop_privileges_argv(uid, before_bwrap=True),
-            "bwrap", "--unshare-all", *bwrap_common, *mounts, *inner,
+            "bwrap", "--unshare-all", *options, *mounts, *inner,
         ]
-    else:
-        argv = [
-            *rlimit_argv(settings),
-            "bwrap", *_ROOT_UNSHARE, *bwrap_common, *mounts,
-            *drop_privileges_argv(uid, before_bwrap=False), *inner,
-        ]
-    return Launch(argv, env, socket_path)
+    return [
+        *rlimit_argv(settings),
+        "bwrap", *_ROOT_UNSHARE, *options, *mounts,
+        *drop_privileges_argv(uid, before_bwrap=False), *inner,
+    ]
+
+
+def _code_mounts(venv: Path, package_parent: Path) -> list[str]:
+    """The system, the venv and the gateway package, read-only."""
+    return [
+        *_BASE_MOUNTS,
+        "--ro-bind", str(venv), SANDBOX_VENV,
+        "--ro-bind", str(package_parent / "gateway"), f"{SANDBOX_PACKAGE_PARENT}/gateway",
+    ]
+
+
+def _python_env(isolation: Isolation, package_parent: Path) -> dict[str, str]:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "MALLOC_ARENA_MAX": "2",  # glibc reserves 64 MB of address space per arena otherwise
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": SANDBOX_PACKAGE_PARENT if isolation.uses_bwrap else str(package_parent),
+    }
 
 
 def _tenant_command(

@@ -244,12 +244,19 @@ class Spawner:
         })
         return process
 
-    async def _spawn(self, tenant: TenantConfig, generation: int) -> TenantProcess:
-        gateway = self.config.gateway
+    def tenant_user(self, tenant: TenantConfig) -> int | None:
+        """The uid the tenant's processes run as (None: the gateway cannot switch users), its
+        folders' owners and modes made right for it."""
         uid = None
         if self.isolation.switches_user:
-            uid = tenant_uid(tenant.directory, gateway.paths.tenants_dir, gateway.sandbox)
+            paths = self.config.gateway.paths
+            uid = tenant_uid(tenant.directory, paths.tenants_dir, self.config.gateway.sandbox)
         prepare_tenant_dir(tenant.directory, uid)
+        return uid
+
+    async def _spawn(self, tenant: TenantConfig, generation: int) -> TenantProcess:
+        gateway = self.config.gateway
+        uid = self.tenant_user(tenant)
         run_dir = self.run_dir / str(generation)  # short: socket paths are limited to 107 bytes
         make_private_dir(run_dir, uid)
         paths = sandbox.TenantPaths(
