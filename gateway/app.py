@@ -2,6 +2,7 @@
 
     Host header --routing--> tenant --auth--> proxy --> the tenant's Datasette
                                    \\-> /-/logout, /-/gateway-signin (auth.web)
+                                   \\-> /-/upload: CSV upload (upload.py)
                           \\-> apex   --> site (the gateway's own pages, a Starlette app)
                           \\-> unknown --> 404 page
 
@@ -17,12 +18,16 @@ import time
 from typing import Any
 
 from .auth.web import tenant_pages
+from .backends import TenantRoute
 from .errors import RequestError, UnknownHost
 from .pages import send_error, wants_json
 from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scope, Send
 from .routing import route_host
 from .runtime import Gateway
 from .site import build_site
+from .upload import PATHS as UPLOAD_PATHS
+from .upload import Forbidden as UploadForbidden
+from .upload import Uploads
 
 ASGIApp = Any
 
@@ -32,6 +37,7 @@ class GatewayApp:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
         self.tenant_pages = tenant_pages(gateway)
+        self.uploads = Uploads(gateway, authorize=self._may_upload)
         self._request_ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,6 +58,8 @@ class GatewayApp:
                 await self.tenant_pages[scope["path"]](
                     scope, receive, _recording(send, outcome), tenant.name
                 )
+            elif tenant is not None and scope["path"] in UPLOAD_PATHS:
+                await self.uploads(scope, receive, _recording(send, outcome), tenant, request_id)
             elif tenant is not None:
                 identity = await gateway.auth.identity(scope, tenant.config)
                 await gateway.proxy.forward(
@@ -87,6 +95,11 @@ class GatewayApp:
                 request_id=request_id,
                 user=identity.user,
             )
+
+    async def _may_upload(self, scope: Scope, tenant: TenantRoute) -> str:
+        """Uploads are for the tenant's signed-in members; without accounts there are none."""
+        raise UploadForbidden("Only signed-in members of this site may upload.",
+                              tenant=tenant.name)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

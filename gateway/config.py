@@ -386,6 +386,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadSettings:
+    max_file_mb: int = setting(
+        1024, "Largest CSV file members may upload at /-/upload; a larger one is refused (413).",
+        check=_positive,
+    )
+    idle_timeout_s: float = setting(
+        60.0, "An upload that sends nothing for this long is abandoned; nothing is imported.",
+        check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -399,6 +411,7 @@ class GatewaySettings:
     tls: TlsSettings = section(TlsSettings)
     log: LogSettings = section(LogSettings)
     auth: AuthSettings = section(AuthSettings)
+    upload: UploadSettings = section(UploadSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@
    write end to its successor, so tenants survive the hand-over.
 2. Puts the tenant's databases in WAL mode (the tenant owns them, so the tenant does it), so
    that uploads writing to a database do not block Datasette's readers.
-3. Runs `datasette` in this same process.
+3. Runs `datasette` in this same process, with the gateway's plugin (datasette_plugin.py).
 
 It must stay light: it is imported on every tenant start.
 """
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run_datasette(args: list[str]) -> None:
-    """Datasette's own command line, without uvicorn's access log.
+    """Datasette's own command line, with the gateway's plugin (datasette_plugin.py) and
+    without uvicorn's access log.
 
     The gateway writes the access log. Datasette's uvicorn would print a line per request too,
     which the gateway reads from this process's output and logs again as an event: that cost
@@ -75,7 +76,11 @@ def run_datasette(args: list[str]) -> None:
     """
     import uvicorn
     from datasette.cli import cli
+    from datasette.plugins import pm
 
+    from . import datasette_plugin
+
+    pm.register(datasette_plugin, name="gateway")
     uvicorn.run = functools.partial(uvicorn.run, access_log=False)
     cli.main(args, prog_name="datasette")
 
