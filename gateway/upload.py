@@ -77,11 +77,6 @@ class CannotImport(RequestError):
     status = 422
     title = "Cannot import this file"
 
-    def __init__(self, message: str, *, tenant: str | None = None, line: int | None = None
-                 ) -> None:
-        super().__init__(message, tenant=tenant)
-        self.line = line
-
 
 class UploadFailed(RequestError):
     status = 500
@@ -471,7 +466,7 @@ class Uploads:
             if event["event"] == name:
                 return event
             if event["event"] == "error":
-                raise CannotImport(event["message"], line=event.get("line"))
+                raise CannotImport(event["message"])
             if event["event"] == "progress" and send is not None:
                 await _send_line(send, {"event": "progress", "rows": event["rows"]})
         log.error("importer_failed", extra={"status": importer.process.returncode,

@@ -156,6 +156,23 @@ class Auth:
             user=principal.email,
         )
 
+    async def member(self, scope: Scope, tenant: TenantConfig, *, api: bool) -> Principal:
+        """The member of `tenant` this request comes from (by session or API token), public
+        tenant or not. Anyone else is turned away: sent to sign in (`api`: 401), or 403."""
+        cookie = b";".join(v for k, v in scope["headers"] if k == b"cookie") or None
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        host = next((v for k, v in scope["headers"] if k == b"host"), None)
+        principal, _ = await self._principal(cookie, authorization, tenant.name)
+        reason = f"Only members of {tenant.name!r} may change its data"
+        if principal is None:
+            raise self._sign_in_required(scope, host, tenant.name, cookie, reason=reason,
+                                         api=api)
+        if tenant.name not in principal.tenants:
+            raise NotAMember(f"You are signed in as {principal.email}, who is not a member of"
+                             f" {tenant.name!r}: only its members may change its data.",
+                             tenant=tenant.name)
+        return principal
+
     async def _principal(self, cookie: bytes | None, authorization: bytes | None,
                          tenant: str | None) -> tuple[Principal | None, bool]:
         token = _bearer_token(authorization)
@@ -182,12 +199,16 @@ class Auth:
         return None
 
     def _sign_in_required(self, scope: Scope, host: bytes | None, tenant: str,
-                          cookie: bytes | None) -> SignInRequired | Unauthorized:
+                          cookie: bytes | None, *, reason: str = "", api: bool | None = None
+                          ) -> SignInRequired | Unauthorized:
         apex = origin(scope["scheme"], self.domain, host_port(host))
-        if wants_json(scope["path"], scope["headers"]):
+        if api is None:
+            api = wants_json(scope["path"], scope["headers"])
+        if api:
             return Unauthorized(
-                f"The site {tenant!r} is private. Sign in at {apex}/-/login, or send an API"
-                " token (`gateway user token EMAIL`) as 'Authorization: Bearer <token>'.",
+                f"{reason or f'The site {tenant!r} is private'}. Sign in at {apex}/-/login, or"
+                " send an API token (`gateway user token EMAIL`) as 'Authorization: Bearer"
+                " <token>'.",
                 tenant=tenant, headers=[self._www_authenticate()],
             )
         states = cookie_values(cookie, _STATE) if cookie else []
@@ -198,6 +219,7 @@ class Auth:
             target += "?" + scope["query_string"].decode("latin-1")
         location = f"{apex}/-/login?" + urlencode({"next": target, "state": state})
         return SignInRequired(
+            f"{reason}: sign in first." if reason else
             f"The site {tenant!r} is private: sign in to see it.",
             tenant=tenant,
             headers=[
