@@ -468,7 +468,9 @@ def _plain_integers(values: tuple[str, ...]) -> bool:
     """True if every value is empty or an optional "-" and decimal digits, all of which int()
     accepts: a few passes of C over the joined column instead of an int() call per value.
     False means "ask int()" (signs, spaces, underscores, more digits than int() allows)."""
-    joined = "\x00".join(values)  # NUL never reaches here: Lines refuses it
+    joined = "\x00".join(values)
+    if joined.count("\x00") != len(values) - 1:  # a NUL inside a value (Lines refuses them)
+        return False
     if "-" in joined:
         minus_led = joined.count("\x00-") + joined.startswith("-")
         if joined.count("-") != minus_led or "-\x00" in joined or joined.endswith("-"):
@@ -531,6 +533,7 @@ def open_staging(data_dir: Path) -> sqlite3.Connection:
     try:
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
+        connection.execute("PRAGMA wal_autocheckpoint=0")  # the target's: see checkpoint()
     finally:
         path.unlink()
     return connection
@@ -649,32 +652,30 @@ class _Records:
 
     def batches(self, width: int) -> Iterator[list[list[str]]]:
         reader, offset = self.reader, self.offset
+        last_end = reader.line_num  # the line the previous record ended on
         while True:
             batch: list[list[str]] = []
             append = batch.append
+            before = reader.line_num
             try:
-                self.start_line = offset + reader.line_num + 1
-                for row in reader:
-                    if len(row) != width:
-                        fitted = self._fit(row, width)
-                        if fitted is not None:
-                            append(fitted)
-                    else:
+                for row in itertools.islice(reader, _BATCH_ROWS):
+                    if len(row) == width:
                         append(row)
-                    if len(batch) == _BATCH_ROWS:
-                        break
-                    self.start_line = offset + reader.line_num + 1
+                    elif row:  # blank lines ([]) are skipped
+                        self.start_line = offset + last_end + 1
+                        append(self._fit(row, width))
+                    last_end = reader.line_num
             except csv.Error as exc:
+                self.start_line = offset + last_end + 1
                 raise self._csv_error(exc) from None
-            if not batch:
+            if reader.line_num == before:
                 return
-            yield batch
+            if batch:
+                yield batch
 
-    def _fit(self, row: list[str], width: int) -> list[str] | None:
-        """Blank lines are skipped, short rows padded with empty cells, and extra cells are
-        allowed only when empty (spreadsheets add trailing delimiters)."""
-        if not row:
-            return None
+    def _fit(self, row: list[str], width: int) -> list[str]:
+        """Short rows are padded with empty cells; extra cells are allowed only when empty
+        (spreadsheets add trailing delimiters)."""
         if len(row) < width:
             return row + [""] * (width - len(row))
         if any(row[width:]):
@@ -876,6 +877,17 @@ def explain_sqlite_error(exc: sqlite3.Error) -> ImportFailed:
 # --- the process: stdin, stdout, fd 3 ----------------------------------------------------------
 
 
+def checkpoint(path: Path) -> None:
+    """Copy the committed rows from the write-ahead log into the database file, once the answer
+    is out (the commit is durable in the log already). Datasette's connections are read-only and
+    never do it."""
+    connection = sqlite3.connect(path, timeout=60)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        connection.close()
+
+
 def read_instruction(fd: int) -> Target | None:
     """The gateway's commit instruction; None if it closed fd 3 without one (cancelled)."""
     with os.fdopen(fd, "rb") as stream:
@@ -904,6 +916,7 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> Non
         emit({"event": "done", **imported.as_json(),
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
               "max_rss_mb": round(usage.ru_maxrss / 1024, 1)})
+        checkpoint(args.data_dir / target.database)
     finally:
         connection.close()
 

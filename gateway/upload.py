@@ -332,12 +332,13 @@ class Importer:
                 return
 
     async def close(self, kill: bool = False) -> None:
-        """Make sure the process is gone (killed if it still runs) and its pipes are read."""
+        """Make sure the process is gone (killed if it still runs) and its pipes are read.
+        After an import it may still be checkpointing the database: give it a minute."""
         self.cancel()
         await self.end_of_file()
         if self.process.returncode is None and not kill:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), 5)
+                await asyncio.wait_for(self.process.wait(), 60)
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
