@@ -54,6 +54,7 @@ NDJSON = b"application/x-ndjson"
 _NEW_DATABASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _MAX_FIELD_BYTES = 1024
 _MAX_PARTS = 16
+_PROGRESS_LINES_EVERY_S = 0.2
 _MULTIPART_OVERHEAD = 64 * 1024  # headers and small fields around the file, for Content-Length
 _DELIMITERS = {name: char for char, name in DELIMITER_NAMES.items()}
 _SCRIPT = (Path(__file__).parent / "static" / "upload.js").read_bytes()
@@ -463,12 +464,17 @@ class Uploads:
                             content_type=b"application/json")
 
     async def _wait(self, importer: Importer, name: str, send: Send | None) -> dict[str, Any]:
+        """The importer's `name` event; on the way, progress lines for a streaming client (at
+        most five a second: the ones queued while the upload arrived come all at once)."""
+        sent = 0.0
         async for event in importer.until(name, "error"):
             if event["event"] == name:
                 return event
             if event["event"] == "error":
                 raise CannotImport(event["message"])
-            if event["event"] == "progress" and send is not None:
+            due = time.monotonic() - sent >= _PROGRESS_LINES_EVERY_S
+            if event["event"] == "progress" and send is not None and due:
+                sent = time.monotonic()
                 await _send_line(send, {"event": "progress", "rows": event["rows"]})
         log.error("importer_failed", extra={"status": importer.process.returncode,
                                             "output": importer.output[-5:]})
