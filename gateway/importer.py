@@ -13,9 +13,9 @@ The gateway (upload.py) streams the uploaded file into stdin and reads JSON line
 Two phases, so that a broken file, a cancelled upload or a dead gateway never leave anything
 half-done behind:
 
-1. Staging: bytes -> text (encoding detected) -> records (delimiter sniffed) -> rows of raw
-   strings in a private temporary database (an unnamed SQLite file in the data folder, deleted
-   on close: the disk, not the sandbox's RAM-backed /tmp), while column types are tracked.
+1. Staging: bytes -> text (encoding detected) -> records (delimiter sniffed) -> rows in a
+   private scratch database on the tenant's disk (not the sandbox's RAM-backed /tmp), while
+   column types are tracked. See Import for the scratch space and how rows are staged.
 2. Commit: only once the gateway writes its instruction on fd 3 (`{"database": "data.db",
    "table": "t", "mode": "create"}`), one transaction on the target database creates (or
    replaces, or appends to) the typed table from the staged rows. If fd 3 closes without an
@@ -49,6 +49,7 @@ import re
 import resource
 import sqlite3
 import sys
+import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -502,7 +503,8 @@ _consume = collections.deque[object](maxlen=0).extend
 @dataclass(frozen=True, slots=True)
 class Staged:
     columns: list[str]
-    types: list[ColumnType]
+    types: list[ColumnType]  # from every row: the table's types
+    declared: list[str]  # the staging table's, guessed from the first rows ("": none, raw text)
     rows: int
     encoding: str
     delimiter: str
@@ -512,22 +514,75 @@ Progress = Callable[[int, int], None]  # (rows so far, bytes read so far)
 
 
 class ByteCounter:
-    """Chunks of a binary stream, counting the bytes read."""
+    """Chunks of a binary stream, counting the bytes read, copied to `copy` if given."""
 
-    def __init__(self, stream: IO[bytes], chunk_bytes: int = _CHUNK_BYTES) -> None:
+    def __init__(self, stream: IO[bytes], copy: IO[bytes] | None = None,
+                 chunk_bytes: int = _CHUNK_BYTES) -> None:
         self.stream = stream
+        self.copy = copy
         self.chunk_bytes = chunk_bytes
         self.total = 0
 
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self.stream.read(self.chunk_bytes):
             self.total += len(chunk)
+            if self.copy is not None:
+                self.copy.write(chunk)
             yield chunk
 
 
-def open_staging(data_dir: Path) -> sqlite3.Connection:
-    """A private scratch database on the tenant's disk (the sandbox's /tmp lives in RAM),
-    unlinked at once: nothing is left behind, whatever happens to this process."""
+class Import:
+    """One file's import: staged, then committed. Owns a private scratch space on the tenant's
+    disk (the sandbox's /tmp lives in RAM), gone whatever happens to this process: a staging
+    database, unlinked as soon as opened, and an anonymous file holding the upload's bytes.
+
+    Rows are staged with the column types their first batch suggests, so that a commit to
+    those types is a raw copy of SQLite records (its transfer optimisation; a third of the
+    cost of converting every value). When the file later proves a guess wrong for the target
+    (a column staged as numbers ends as text, or an append into a text column), the bytes are
+    staged again as text and converted on the way in: the result is the same either way.
+    """
+
+    def __init__(self, data_dir: Path, *, filename: str = "", encoding: str | None = None,
+                 delimiter: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.options: dict[str, Any] = {"filename": filename, "encoding": encoding,
+                                        "delimiter": delimiter}
+        self.connection = _open_staging(data_dir)
+        self.copy = tempfile.TemporaryFile(dir=data_dir)  # noqa: SIM115 - closed in close()
+        self.staged: Staged | None = None
+
+    def __enter__(self) -> Import:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.connection.close()
+        self.copy.close()
+
+    def stage(self, stream: IO[bytes], progress: Progress | None = None) -> Staged:
+        """Read the whole upload into table `staging`, tracking the column types."""
+        self.staged = stage(ByteCounter(stream, copy=self.copy), self.connection,
+                            progress=progress, **self.options)
+        return self.staged
+
+    def commit(self, target: Target) -> Imported:
+        """Create, replace or append to the target table, in one transaction."""
+        assert self.staged is not None, "stage() first"
+        return commit(self.connection, self.staged, self.data_dir, target, self._restage)
+
+    def _restage(self) -> Staged:
+        self.connection.execute("DROP TABLE staging")
+        self.copy.flush()
+        self.copy.seek(0)
+        self.staged = stage(ByteCounter(self.copy), self.connection, guess_types=False,
+                            **self.options)
+        return self.staged
+
+
+def _open_staging(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / f".upload-{os.getpid()}-{time.monotonic_ns():x}.staging"
     connection = sqlite3.connect(path, isolation_level=None, timeout=60)
     try:
@@ -548,8 +603,10 @@ def stage(
     encoding: str | None = None,
     delimiter: str | None = None,
     progress: Progress | None = None,
+    guess_types: bool = True,
 ) -> Staged:
-    """Read the whole upload into table `staging` (raw strings) and track its column types."""
+    """Read the whole upload into table `staging` and track its column types. With
+    `guess_types`, columns are declared with the types of the first batch (see Import)."""
     chunks = iter(source)
     head = _read_head(chunks)
     refuse_non_csv(head)
@@ -572,26 +629,31 @@ def stage(
         dialect = Dialect(delimiter)
     else:
         raise ImportFailed("The delimiter must be a comma, semicolon, tab or pipe.")
-    lines = Lines(text_chunks)
-    line_iterator = iter(lines)
+    lines = iter(Lines(text_chunks))
     if dialect.skip_first_line:
-        next(line_iterator, None)
-    reader = csv.reader(line_iterator, delimiter=dialect.delimiter, quotechar='"',
+        next(lines, None)
+    reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar='"',
                         doublequote=True, strict=True)
-    offset = 1 if dialect.skip_first_line else 0  # lines before the reader's first
-    records = _Records(reader, offset)
-    header = records.header()
-    columns = clean_headers(header)
+    records = _Records(reader, 1 if dialect.skip_first_line else 0)
+    columns = clean_headers(records.header())
     width = len(columns)
     if width > MAX_COLUMNS:
         raise at_line(records.start_line, f"the header has {width:,} columns; SQLite allows"
                                           f" at most {MAX_COLUMNS:,}.")
-    connection.execute(f"CREATE TABLE staging ({', '.join(quote(f'c{i}') for i in range(width))})")
-    insert = f"INSERT INTO staging VALUES ({', '.join('?' * width)})"
     tracker = TypeTracker(width)
+    batches = records.batches(width)
+    first = next(batches, [])
+    tracker.observe(first)
+    declared = guess_declared_types(tracker, first) if guess_types else [""] * width
+    connection.execute("CREATE TABLE staging ("
+                       + ", ".join(f"c{i} {kind}".rstrip() for i, kind in enumerate(declared))
+                       + ")")
+    values = ", ".join("NULLIF(?, '')" if kind in _NUMERIC else "?" for kind in declared)
+    insert = f"INSERT INTO staging VALUES ({values})"
     last_report = time.monotonic()
     connection.execute("BEGIN")
-    for batch in records.batches(width):
+    connection.executemany(insert, first)
+    for batch in batches:
         tracker.observe(batch)
         connection.executemany(insert, batch)
         if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
@@ -600,12 +662,21 @@ def stage(
     connection.execute("COMMIT")
     if progress is not None:
         progress(tracker.rows, source.total)
-    return Staged(columns, tracker.result(), tracker.rows,
+    return Staged(columns, tracker.result(), declared, tracker.rows,
                   _ENCODING_NAMES[decoder.encoding], dialect.delimiter)
 
 
+_NUMERIC = ("INTEGER", "REAL")
 _ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
                    "windows-1252": "windows-1252", "latin-1": "latin-1"}
+
+
+def guess_declared_types(tracker: TypeTracker, first: list[list[str]]) -> list[str]:
+    """Staging types from the first batch: its types where it had a value, else none."""
+    if not first:
+        return [""] * len(tracker.types)
+    return [kind if any(column) else ""
+            for kind, column in zip(tracker.types, zip(*first, strict=True), strict=True)]
 
 
 def _read_head(chunks: Iterator[bytes]) -> bytes:
@@ -743,9 +814,11 @@ class Imported:
         }
 
 
-def commit(connection: sqlite3.Connection, staged: Staged, data_dir: Path,
-           target: Target) -> Imported:
-    """Create, replace or append to the target table from `staging`, in one transaction."""
+def commit(connection: sqlite3.Connection, staged: Staged, data_dir: Path, target: Target,
+           restage: Callable[[], Staged]) -> Imported:
+    """Create, replace or append to the target table from `staging`, in one transaction.
+    `restage` stages the upload again as text, for when the staged types cannot give the
+    result (see Import)."""
     file_name = check_database_file(target.database)
     table = check_table_name(target.table)
     path = data_dir / file_name
@@ -755,8 +828,8 @@ def commit(connection: sqlite3.Connection, staged: Staged, data_dir: Path,
         if is_new and not target.create_database:
             raise ImportFailed(f"There is no database {database!r}.")
         try:
-            columns = _commit_into(connection, staged, path, table, target.mode, database,
-                                   is_new=is_new)
+            staged, columns = _commit_into(connection, staged, path, table, target.mode,
+                                           database, is_new=is_new, restage=restage)
         except BaseException:
             if is_new:  # no one else can have opened it: see _commit_lock
                 for suffix in ("", "-wal", "-shm", "-journal"):
@@ -778,23 +851,32 @@ def _commit_lock(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class _StagedAsNumbers(Exception):
+    """A column was staged as numbers but must go into a text column: stage again as text."""
+
+
 def _commit_into(connection: sqlite3.Connection, staged: Staged, path: Path, table: str,
-                 mode: Mode, database: str, *, is_new: bool) -> list[tuple[str, str]]:
+                 mode: Mode, database: str, *, is_new: bool, restage: Callable[[], Staged]
+                 ) -> tuple[Staged, list[tuple[str, str]]]:
     connection.execute("ATTACH DATABASE ? AS target", (str(path),))
     try:
         if is_new:
             connection.execute("PRAGMA target.journal_mode=WAL")
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            columns = _write_table(connection, staged, table, mode, database)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:  # SQLite has already rolled back on a full disk
-                connection.execute("ROLLBACK")
-            raise
+        while True:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                columns = _write_table(connection, staged, table, mode, database)
+                connection.execute("COMMIT")
+                return staged, columns
+            except _StagedAsNumbers:
+                connection.execute("ROLLBACK")  # nothing was written
+                staged = restage()
+            except BaseException:
+                if connection.in_transaction:  # SQLite has already rolled back on a full disk
+                    connection.execute("ROLLBACK")
+                raise
     finally:
         connection.execute("DETACH DATABASE target")
-    return columns
 
 
 def _write_table(connection: sqlite3.Connection, staged: Staged, table: str, mode: Mode,
@@ -810,19 +892,20 @@ def _write_table(connection: sqlite3.Connection, staged: Staged, table: str, mod
             raise ImportFailed(f"There is no table {table!r} in {database!r} to append to;"
                                " choose create.")
         return _append(connection, staged, existing[1], database)
+    if existing is not None and mode == "create":
+        raise ImportFailed(
+            f"A table named {existing[1]!r} already exists in {database!r}. Choose replace"
+            " to overwrite it, or append to add these rows to it."
+        )
+    values = copy_values(staged.declared, [kind in _NUMERIC for kind in staged.types])
     if existing is not None:
-        if mode == "create":
-            raise ImportFailed(
-                f"A table named {existing[1]!r} already exists in {database!r}. Choose replace"
-                " to overwrite it, or append to add these rows to it."
-            )
         connection.execute(f"DROP TABLE target.{quote(existing[1])}")
     definition = ", ".join(f"{quote(name)} {kind}"
                            for name, kind in zip(staged.columns, staged.types, strict=True))
     connection.execute(f"CREATE TABLE target.{quote(table)} ({definition})")
-    values = [_staged_value(index, kind != "TEXT") for index, kind in enumerate(staged.types)]
-    connection.execute(f"INSERT INTO target.{quote(table)} SELECT {', '.join(values)}"
-                       " FROM main.staging ORDER BY rowid")
+    # Staged with the final types, "SELECT *" lets SQLite copy records as they are.
+    select = "*" if staged.declared == staged.types else ", ".join(values)
+    connection.execute(f"INSERT INTO target.{quote(table)} SELECT {select} FROM main.staging")
     return list(zip(staged.columns, staged.types, strict=True))
 
 
@@ -837,20 +920,31 @@ def _append(connection: sqlite3.Connection, staged: Staged, table: str,
         noun = "column" if len(missing) == 1 else "columns"
         raise ImportFailed(f"Table {table!r} in {database!r} has no {noun} {shown}. Append needs"
                            " the same column names; choose replace or create instead.")
-    names = [existing[name.casefold()][0] for name in staged.columns]
-    values = [_staged_value(index, _is_numeric(existing[name.casefold()][1]))
-              for index, name in enumerate(staged.columns)]
+    targets = [existing[name.casefold()] for name in staged.columns]
+    values = copy_values(staged.declared, [_is_numeric(kind) for _, kind in targets])
     connection.execute(
-        f"INSERT INTO target.{quote(table)} ({', '.join(quote(n) for n in names)})"
-        f" SELECT {', '.join(values)} FROM main.staging ORDER BY rowid"
+        f"INSERT INTO target.{quote(table)} ({', '.join(quote(n) for n, _ in targets)})"
+        f" SELECT {', '.join(values)} FROM main.staging"
     )
-    return [(name, kind) for name, kind in (existing[n.casefold()] for n in staged.columns)]
+    return targets
 
 
-def _staged_value(index: int, numeric: bool) -> str:
-    """Empty cells are NULL in numeric columns (sqlite-utils' transform: NULLIF(col, ''))."""
-    column = quote(f"c{index}")
-    return f"NULLIF({column}, '')" if numeric else column
+def copy_values(declared: list[str], numeric: list[bool]) -> list[str]:
+    """What to select from each staged column for a target column that is `numeric` or not.
+
+    Text staged raw: empty cells become NULL in numeric columns (sqlite-utils' transform:
+    NULLIF(col, '')), the rest is converted by the target's type as it goes in. Staged as a
+    number (already converted, empty already NULL): as it is, into any numeric column (REAL
+    and INTEGER affinity agree on every value either gives); into a text column it cannot go,
+    because "007" or "1.50" were not kept: raises _StagedAsNumbers.
+    """
+    values = []
+    for index, (kind, to_number) in enumerate(zip(declared, numeric, strict=True)):
+        column = f"c{index}"
+        if kind in _NUMERIC and not to_number:
+            raise _StagedAsNumbers
+        values.append(f"NULLIF({column}, '')" if to_number and kind not in _NUMERIC else column)
+    return values
 
 
 def _is_numeric(declared: str) -> bool:
@@ -897,29 +991,23 @@ def read_instruction(fd: int) -> Target | None:
 
 
 def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> None:
-    connection = open_staging(args.data_dir)
-    try:
-        source = ByteCounter(sys.stdin.buffer)
-        staged = stage(
-            source, connection, filename=args.filename, encoding=args.encoding,
-            delimiter=args.delimiter,
-            progress=lambda rows, read: emit({"event": "progress", "rows": rows, "bytes": read}),
-        )
-        emit({"event": "staged", "rows": staged.rows, "bytes": source.total,
+    with Import(args.data_dir, filename=args.filename, encoding=args.encoding,
+                delimiter=args.delimiter) as job:
+        staged = job.stage(sys.stdin.buffer, progress=lambda rows, read: emit(
+            {"event": "progress", "rows": rows, "bytes": read}))
+        emit({"event": "staged", "rows": staged.rows, "bytes": job.copy.tell(),
               "encoding": staged.encoding, "delimiter": DELIMITER_NAMES[staged.delimiter],
               "columns": [{"name": n, "type": t}
                           for n, t in zip(staged.columns, staged.types, strict=True)]})
         target = read_instruction(args.commit_fd)
         if target is None:
             return
-        imported = commit(connection, staged, args.data_dir, target)
+        imported = job.commit(target)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         emit({"event": "done", **imported.as_json(),
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
               "max_rss_mb": round(usage.ru_maxrss / 1024, 1)})
-        checkpoint(args.data_dir / target.database)
-    finally:
-        connection.close()
+    checkpoint(args.data_dir / target.database)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The importer: real-world CSV files into typed tables, exactly like sqlite-utils, or a clear no.
 
 Fixture files are in tests/fixtures/csv (see its README). `python -m gateway.importer` runs as a
-real process here; the hypothesis tests call its stage() and commit() in-process (hundreds of
+real process here; the hypothesis tests use its Import in-process (hundreds of
 examples) and compare with sqlite-utils' own `insert --csv` logic as the oracle.
 """
 
@@ -26,17 +26,15 @@ from sqlite_utils.utils import ValueTracker
 
 from gateway import importer
 from gateway.importer import (
-    ByteCounter,
     Decoder,
+    Import,
     ImportFailed,
     Target,
     TypeTracker,
     clean_headers,
-    commit,
+    copy_values,
     detect_encoding,
-    open_staging,
     sniff_dialect,
-    stage,
     table_name_for,
 )
 
@@ -296,7 +294,7 @@ def test_cancelled_upload_writes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("rows", "phase"), [(60_000, "commit"), (150_000, "staging")])
+@pytest.mark.parametrize(("rows", "phase"), [(35_000, "commit"), (150_000, "staging")])
 def test_full_disk_changes_nothing(tmp_path: Path, rows: int, phase: str) -> None:
     """1. A 2 MB filesystem holding a WAL database. 2. Append a CSV that fills it while the
     rows are staged, or only when they are copied into the table. 3. The error says the disk
@@ -558,19 +556,66 @@ def test_any_table_round_trips_like_sqlite_utils(
     if encoding == "utf-16-be":
         data = "\ufeff".encode("utf-16-be") + data
     folder = tmp_path_factory.mktemp("roundtrip")
-    connection = open_staging(folder)
-    try:
-        sniffable = len(header) > 1 and not any(c in name for name in header for c in "\t,;|")
-        staged = stage(ByteCounter(io.BytesIO(data)), connection,
-                       delimiter=None if sniffable else delimiter)
-        assert staged.delimiter == delimiter
-        commit(connection, staged, folder, Target("ours.db", "t", "create", True))
-    finally:
-        connection.close()
-    names = clean_headers(header)
+    sniffable = len(header) > 1 and not any(c in name for name in header for c in "\t,;|")
+    with Import(folder, delimiter=None if sniffable else delimiter) as job:
+        assert job.stage(io.BytesIO(data)).delimiter == delimiter
+        job.commit(Target("ours.db", "t", "create", True))
+    assert_same_as_sqlite_utils(folder, clean_headers(header), records)
+
+
+def assert_same_as_sqlite_utils(folder: Path, names: list[str], records: list[list[str]]
+                                ) -> None:
     sqlite_utils_oracle(folder / "theirs.db", "t", names, records)
     assert column_types(folder / "ours.db", "t") == column_types(folder / "theirs.db", "t")
     assert typed_rows(folder / "ours.db", "t") == typed_rows(folder / "theirs.db", "t")
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(first=st.lists(st.tuples(NUMBERISH, NUMBERISH).map(list), min_size=1, max_size=4),
+       later=st.lists(st.tuples(CELL, CELL).map(list), min_size=1, max_size=4),
+       mode=st.sampled_from(["create", "append"]))
+def test_types_that_change_after_the_first_batch(
+    tmp_path_factory: pytest.TempPathFactory, first: list[list[str]], later: list[list[str]],
+    mode: str,
+) -> None:
+    """Staging guesses types from the first batch of rows (5,000). 1. Rows that look numeric
+    fill the first batch, any rows follow. 2. Import them (into a new table, or appended to
+    a table of text columns). 3. Same as sqlite-utils (for append: the text kept as it was)."""
+    records = first * (5000 // len(first) + 1) + later
+    data = ("a,b\n" + "".join(f"{_csv(a)},{_csv(b)}\n" for a, b in records)).encode()
+    folder = tmp_path_factory.mktemp("later")
+    if mode == "append":
+        db = sqlite_utils.Database(folder / "ours.db")
+        db.execute("CREATE TABLE t (a TEXT, b TEXT)")
+        db.close()
+    with Import(folder, delimiter=",") as job:
+        job.stage(io.BytesIO(data))
+        job.commit(Target("ours.db", "t", mode, True))
+    if mode == "create":
+        assert_same_as_sqlite_utils(folder, ["a", "b"], records)
+    else:
+        assert rows(folder / "ours.db", "t") == [tuple(record) for record in records]
+
+
+def _csv(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@pytest.mark.parametrize(("declared", "numeric", "values"), [
+    (["INTEGER", "REAL", "TEXT", ""], [True, True, False, True],
+     ["c0", "c1", "c2", "NULLIF(c3, '')"]),  # staged converted, as they are; raw to a number
+    (["INTEGER"], [True], ["c0"]),  # INTEGER staged, REAL target: the target converts
+    (["TEXT", ""], [True, False], ["NULLIF(c0, '')", "c1"]),  # appending text to a number
+])
+def test_copy_values(declared: list[str], numeric: list[bool], values: list[str]) -> None:
+    assert copy_values(declared, numeric) == values
+
+
+@pytest.mark.parametrize("declared", [["INTEGER"], ["REAL"]])
+def test_numbers_cannot_be_copied_into_text(declared: list[str]) -> None:
+    with pytest.raises(importer._StagedAsNumbers):
+        copy_values(declared, [False])
 
 
 def test_import_failed_carries_the_line() -> None:
