@@ -302,3 +302,20 @@ async def wait_for_failure(certificates: AcmeCertificates) -> dict[str, Any]:
             return status
         await asyncio.sleep(0.05)
     raise AssertionError("no failure recorded")
+
+
+def test_exec_hook_removes_every_value_even_when_one_removal_fails(tmp_path: Path) -> None:
+    """A removal that fails must not leave the other values behind: every one is tried, then
+    the first error is raised."""
+    from gateway.certs.dns import ExecHook
+    from gateway.config import ExecSettings
+
+    calls = tmp_path / "calls"
+    hook = tmp_path / "hook"
+    hook.write_text(f'#!/bin/sh\necho "$1 $3" >> {calls}\n'
+                    '[ "$3" = first ] && { echo "first is stuck" >&2; exit 4; }\nexit 0\n')
+    hook.chmod(0o755)
+    provider = ExecHook(ExecSettings(command=(str(hook),)))
+    with pytest.raises(CertificateError, match="first is stuck"):
+        asyncio.run(provider.remove("_acme-challenge.gw.test", ["first", "second"]))
+    assert calls.read_text().split("\n")[:2] == ["remove first", "remove second"]

@@ -19,8 +19,8 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -82,6 +82,22 @@ async def published(provider: DnsProvider, records: Records,
                 await provider.remove(name, values)
             except CertificateError as exc:
                 log.error("dns_cleanup_failed", extra={"record": name, "error": str(exc)})
+
+
+T = TypeVar("T")
+
+
+async def _for_each(items: Sequence[T], action: Callable[[T], Awaitable[object]]) -> None:
+    """Do `action` for every item even if some fail (a removal must not stop at the first
+    error and leave the rest behind); then raise the first error."""
+    failures: list[CertificateError] = []
+    for item in items:
+        try:
+            await action(item)
+        except CertificateError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 async def wait_until_visible(records: Records, settings: DnsSettings) -> None:
@@ -220,10 +236,9 @@ class DigitalOcean:
         async with self._client() as client:
             answer = await self._call(client, "GET", f"/domains/{self.zone}/records",
                                       params={"type": "TXT", "name": name, "per_page": 200})
-            for record in answer.json().get("domain_records", []):
-                if record.get("data") in values:
-                    await self._call(client, "DELETE",
-                                     f"/domains/{self.zone}/records/{record['id']}")
+            ours = [r for r in answer.json().get("domain_records", []) if r.get("data") in values]
+            await _for_each(ours, lambda record: self._call(
+                client, "DELETE", f"/domains/{self.zone}/records/{record['id']}"))
 
     def _relative(self, name: str) -> str:
         return "@" if name == self.zone else name.removesuffix("." + self.zone)
@@ -260,8 +275,7 @@ class ExecHook:
             await self._run("add", name, value)
 
     async def remove(self, name: str, values: Sequence[str]) -> None:
-        for value in values:
-            await self._run("remove", name, value)
+        await _for_each(values, lambda value: self._run("remove", name, value))
 
     async def _run(self, action: str, name: str, value: str) -> None:
         command = [*self.settings.command, action, name, value]
