@@ -22,7 +22,7 @@ from .backends import TenantRoute
 from .errors import RequestError, UnknownHost
 from .pages import send_error, wants_json
 from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scope, Send
-from .routing import route_host
+from .routing import host_header, route_host
 from .runtime import Gateway
 from .site import build_site
 from .upload import PATHS as UPLOAD_PATHS
@@ -45,8 +45,7 @@ class GatewayApp:
         start = time.perf_counter()
         request_id = next(self._request_ids)
         gateway = self.gateway
-        host = _header(scope, b"host")
-        route = route_host(host, gateway.domain)
+        route = route_host(host_header(scope), gateway.domain)
         outcome = Outcome()
         if gateway.draining:
             send = _closing_connection(send)
@@ -100,13 +99,6 @@ class GatewayApp:
         member = await self.gateway.auth.member(scope, tenant.config,
                                                 api=scope["method"] == "POST")
         return member.email
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
 
 
 def _recording(send: Send, outcome: Outcome) -> Send:

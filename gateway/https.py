@@ -8,11 +8,12 @@ HTTPS. Only the gateway's own names are redirected; any other Host gets a 404.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from .config import TlsSettings
 from .proxy import Message, Receive, Scope, Send
-from .routing import route_host
+from .routing import host_header, route_host
 
 if TYPE_CHECKING:
     from .app import ASGIApp
@@ -34,16 +35,22 @@ class RedirectToHttps:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        host = _host_header(scope)
-        route = route_host(host, self.gateway.domain)
+        start = time.perf_counter()
+        route = route_host(host_header(scope), self.gateway.domain)
         if route.kind == "unknown":
-            await _answer(send, 404, [], b"No site here.\n")
-            return
-        location = f"https://{route.host}{self.port_suffix}".encode() + (
-            scope.get("raw_path") or scope["path"].encode())
-        if scope["query_string"]:
-            location += b"?" + scope["query_string"]
-        await _answer(send, 308, [(b"location", location)], b"")
+            status, headers, body = 404, [], b"No site here.\n"
+        else:
+            location = f"https://{route.host}{self.port_suffix}".encode() + (
+                scope.get("raw_path") or scope["path"].encode())
+            if scope["query_string"]:
+                location += b"?" + scope["query_string"]
+            status, headers, body = 308, [(b"location", location)], b""
+        await _answer(send, status, headers, body)
+        self.gateway.access_log.write(
+            start=start, host=route.host, tenant=route.tenant, method=scope["method"],
+            path=scope["path"], status=status, bytes_sent=len(body), attempts=0,
+            request_id="",
+        )
 
 
 class StrictTransportSecurity:
@@ -62,13 +69,6 @@ class StrictTransportSecurity:
             await send(message)
 
         await self.app(scope, receive, sending)
-
-
-def _host_header(scope: Scope) -> bytes | None:
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return bytes(value)
-    return None
 
 
 async def _answer(send: Send, status: int, headers: list[tuple[bytes, bytes]],
