@@ -1,5 +1,5 @@
 """`/-/upload` on tenant hosts: the page where members pick CSV files, and the endpoint that
-streams one file into the tenant's importer (importer.py), which runs as the tenant, sandboxed.
+streams one file into the tenant's importer (importer/), which runs as the tenant, sandboxed.
 
     client --multipart/form-data--> FormParser: parts as they arrive
                                       |-- the file's bytes ------------> importer stdin
@@ -36,7 +36,10 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from . import sandbox
 from .config import UploadSettings
 from .errors import GatewayError, RequestError
-from .importer import DELIMITER_NAMES, MODES, ImportFailed, check_table_name, table_name_for
+from .importer.commit import MODES
+from .importer.dialect import DELIMITER_NAMES
+from .importer.errors import ImportFailed
+from .importer.names import check_table_name, table_name_for
 from .pages import render, send_error, send_page
 from .proxy import Message, Receive, ResponseAborted, Scope, Send
 
@@ -108,7 +111,7 @@ class Target:
     mode: str
 
     def instruction(self) -> bytes:
-        """What the importer reads on fd 3 (importer.Target)."""
+        """What the importer reads on fd 3 (importer.commit.Target)."""
         return json.dumps({"database": self.file_name, "table": self.table, "mode": self.mode,
                            "create_database": self.create_database}).encode()
 

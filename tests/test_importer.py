@@ -24,19 +24,13 @@ from hypothesis import strategies as st
 from sqlite_utils.utils import TypeTracker as SqliteUtilsTypeTracker
 from sqlite_utils.utils import ValueTracker
 
-from gateway import importer
-from gateway.importer import (
-    Decoder,
-    Import,
-    ImportFailed,
-    Target,
-    TypeTracker,
-    clean_headers,
-    copy_values,
-    detect_encoding,
-    sniff_dialect,
-    table_name_for,
-)
+from gateway.importer.column_types import TypeTracker, _plain_integers
+from gateway.importer.commit import Target, _StagedAsNumbers, copy_values
+from gateway.importer.dialect import DELIMITERS, sniff_dialect
+from gateway.importer.errors import ImportFailed, at_line
+from gateway.importer.job import Import
+from gateway.importer.names import clean_headers, quote, table_name_for
+from gateway.importer.text import Decoder, detect_encoding
 
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
 
@@ -77,7 +71,7 @@ def import_fixture(tmp_path: Path, name: str, **target: Any) -> dict[str, Any]:
 
 def rows(database: Path, table: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(database) as connection:
-        result = connection.execute(f"SELECT * FROM {importer.quote(table)}").fetchall()
+        result = connection.execute(f"SELECT * FROM {quote(table)}").fetchall()
     connection.close()
     return result
 
@@ -86,10 +80,10 @@ def typed_rows(database: Path, table: str) -> list[tuple[str, ...]]:
     """Rows with every value rendered by SQLite's quote(): 1, 1.0, 'one' and NULL all differ."""
     with sqlite3.connect(database) as connection:
         names = [r[1] for r in connection.execute(
-            f"PRAGMA table_info({importer.quote(table)})")]
-        select = ", ".join(f"quote({importer.quote(n)})" for n in names)
+            f"PRAGMA table_info({quote(table)})")]
+        select = ", ".join(f"quote({quote(n)})" for n in names)
         result = connection.execute(
-            f"SELECT {select} FROM {importer.quote(table)} ORDER BY rowid").fetchall()
+            f"SELECT {select} FROM {quote(table)} ORDER BY rowid").fetchall()
     connection.close()
     return result
 
@@ -97,7 +91,7 @@ def typed_rows(database: Path, table: str) -> list[tuple[str, ...]]:
 def column_types(database: Path, table: str) -> list[tuple[str, str]]:
     with sqlite3.connect(database) as connection:
         result = [(r[1], r[2]) for r in connection.execute(
-            f"PRAGMA table_info({importer.quote(table)})")]
+            f"PRAGMA table_info({quote(table)})")]
     connection.close()
     return result
 
@@ -469,7 +463,7 @@ def test_int_valid_strings_are_float_valid(value: str) -> None:
 @given(st.lists(st.text("0123456789-+ _\u0663\u00b2", max_size=6), min_size=1, max_size=8))
 def test_plain_integers_only_when_int_agrees(values: list[str]) -> None:
     """The fast path may say "ask int()" too often, never "fine" wrongly."""
-    if importer._plain_integers(tuple(values)):
+    if _plain_integers(tuple(values)):
         for value in filter(None, values):
             int(value)
 
@@ -527,7 +521,7 @@ def tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]]]:
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     table=tables(),
-    delimiter=st.sampled_from(importer.DELIMITERS),
+    delimiter=st.sampled_from(DELIMITERS),
     terminator=st.sampled_from(["\r\n", "\n"]),
     quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]),
     encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "windows-1252"]),
@@ -614,11 +608,11 @@ def test_copy_values(declared: list[str], numeric: list[bool], values: list[str]
 
 @pytest.mark.parametrize("declared", [["INTEGER"], ["REAL"]])
 def test_numbers_cannot_be_copied_into_text(declared: list[str]) -> None:
-    with pytest.raises(importer._StagedAsNumbers):
+    with pytest.raises(_StagedAsNumbers):
         copy_values(declared, [False])
 
 
 def test_import_failed_carries_the_line() -> None:
-    error = importer.at_line(7, "broken.")
+    error = at_line(7, "broken.")
     assert (str(error), error.line) == ("Line 7: broken.", 7)
     assert isinstance(error, ImportFailed)

@@ -1,0 +1,73 @@
+"""Column types, as sqlite-utils decides them, a batch of rows at a time (pure)."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+ColumnType = Literal["INTEGER", "REAL", "TEXT"]
+NUMERIC_TYPES = ("INTEGER", "REAL")
+
+
+class TypeTracker:
+    """sqlite-utils' TypeTracker, a batch of rows at a time: each column is INTEGER while every
+    non-empty value passes int(), then REAL while every one passes float(), then TEXT.
+
+    Same answers as sqlite-utils because the same int()/float() decide (int-valid strings are
+    float-valid too, tests/test_importer.py checks, so a column leaving INTEGER only needs its
+    current batch checked for float). The loops over values run in C (map, filter).
+    """
+
+    def __init__(self, width: int) -> None:
+        self.types: list[ColumnType] = ["INTEGER"] * width
+        self.rows = 0
+
+    def observe(self, rows: list[list[str]]) -> None:
+        self.rows += len(rows)
+        if all(kind == "TEXT" for kind in self.types):
+            return
+        for index, column in enumerate(zip(*rows, strict=True)):
+            kind = self.types[index]
+            if kind == "INTEGER" and not (_plain_integers(column) or _all_convert(int, column)):
+                kind = "REAL"
+            if kind == "REAL" and not _all_convert(float, column):
+                kind = "TEXT"
+            self.types[index] = kind
+
+    def result(self) -> list[ColumnType]:
+        """The types; a file with no rows at all gets TEXT columns (nothing says otherwise)."""
+        return list(self.types) if self.rows else ["TEXT"] * len(self.types)
+
+
+def _plain_integers(values: tuple[str, ...]) -> bool:
+    """True if every value is empty or an optional "-" and decimal digits, all of which int()
+    accepts: a few passes of C over the joined column instead of an int() call per value.
+    False means "ask int()" (signs, spaces, underscores, more digits than int() allows)."""
+    joined = "\x00".join(values)
+    if joined.count("\x00") != len(values) - 1:  # a NUL inside a value (Lines refuses them)
+        return False
+    if "-" in joined:
+        minus_led = joined.count("\x00-") + joined.startswith("-")
+        if joined.count("-") != minus_led or "-\x00" in joined or joined.endswith("-"):
+            return False
+        joined = joined.replace("-", "")
+    digits = joined.replace("\x00", "")
+    return (not digits or digits.isdecimal()) and max(map(len, values)) <= _INT_MAX_DIGITS
+
+
+# int() refuses longer digit strings (sys.get_int_max_str_digits(), CVE-2020-10735).
+_INT_MAX_DIGITS = sys.get_int_max_str_digits() or 1 << 62
+
+
+def _all_convert(convert: Callable[[str], object], values: Iterable[str]) -> bool:
+    try:
+        _consume(map(convert, filter(None, values)))
+    except ValueError:
+        return False
+    return True
+
+
+# Runs an iterator to its end in C (a Python for loop would double the cost of tracking).
+_consume = collections.deque[object](maxlen=0).extend

@@ -1,0 +1,236 @@
+"""Staging: the file -> raw rows in a scratch database, column types tracked (I/O)."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .column_types import NUMERIC_TYPES, ColumnType, TypeTracker
+from .dialect import DELIMITERS, Dialect, sniff_dialect
+from .errors import ImportFailed, at_line
+from .names import clean_headers
+from .text import Decoder, Lines, decoded_chunks, detect_encoding, refuse_non_csv, resolve_encoding
+
+MAX_COLUMNS = 2000  # SQLite's default SQLITE_MAX_COLUMN
+FIELD_SIZE_LIMIT = csv.field_size_limit()
+
+_HEAD_BYTES = 64 * 1024  # what encoding and dialect detection look at (bytes, characters)
+_CHUNK_BYTES = 1024 * 1024
+_BATCH_ROWS = 5000
+_PROGRESS_EVERY_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    columns: list[str]
+    types: list[ColumnType]  # from every row: the table's types
+    declared: list[str]  # the staging table's, guessed from the first rows ("": none, raw text)
+    rows: int
+    encoding: str
+    delimiter: str
+
+
+Progress = Callable[[int, int], None]  # (rows so far, bytes read so far)
+
+
+class ByteCounter:
+    """Chunks of a binary stream, counting the bytes read, copied to `copy` if given."""
+
+    def __init__(self, stream: IO[bytes], copy: IO[bytes] | None = None,
+                 chunk_bytes: int = _CHUNK_BYTES) -> None:
+        self.stream = stream
+        self.copy = copy
+        self.chunk_bytes = chunk_bytes
+        self.total = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.stream.read(self.chunk_bytes):
+            self.total += len(chunk)
+            if self.copy is not None:
+                self.copy.write(chunk)
+            yield chunk
+
+
+
+def stage(
+    source: ByteCounter,
+    connection: sqlite3.Connection,
+    *,
+    filename: str = "",
+    encoding: str | None = None,
+    delimiter: str | None = None,
+    progress: Progress | None = None,
+    guess_types: bool = True,
+) -> Staged:
+    """Read the whole upload into table `staging` and track its column types. With
+    `guess_types`, columns are declared with the types of the first batch (see job.Import)."""
+    chunks = iter(source)
+    head = _read_head(chunks)
+    refuse_non_csv(head)
+    if encoding is None:
+        decoder = Decoder(detect_encoding(head), detected=True)
+    else:
+        decoder = Decoder(resolve_encoding(encoding, head), detected=False)
+    sample, error = decoder.decode(head)
+    complete = error is None and len(head) < _HEAD_BYTES
+    if complete:
+        tail, error = decoder.decode(b"", final=True)
+        sample += tail
+        text_chunks: Iterable[tuple[str, ImportFailed | None]] = [(sample, error)]
+    else:
+        text_chunks = _chain([(sample, error)], decoded_chunks(chunks, decoder))
+    if delimiter is None:
+        dialect = sniff_dialect(sample[:_HEAD_BYTES], filename=filename,
+                                complete=complete and len(sample) <= _HEAD_BYTES)
+    elif delimiter in DELIMITERS:
+        dialect = Dialect(delimiter)
+    else:
+        raise ImportFailed("The delimiter must be a comma, semicolon, tab or pipe.")
+    lines = iter(Lines(text_chunks))
+    if dialect.skip_first_line:
+        next(lines, None)
+    reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar='"',
+                        doublequote=True, strict=True)
+    records = _Records(reader, 1 if dialect.skip_first_line else 0)
+    columns = clean_headers(records.header())
+    width = len(columns)
+    if width > MAX_COLUMNS:
+        raise at_line(records.start_line, f"the header has {width:,} columns; SQLite allows"
+                                          f" at most {MAX_COLUMNS:,}.")
+    tracker = TypeTracker(width)
+    batches = records.batches(width)
+    first = next(batches, [])
+    tracker.observe(first)
+    declared = guess_declared_types(tracker, first) if guess_types else [""] * width
+    connection.execute("CREATE TABLE staging ("
+                       + ", ".join(f"c{i} {kind}".rstrip() for i, kind in enumerate(declared))
+                       + ")")
+    values = ", ".join("NULLIF(?, '')" if kind in NUMERIC_TYPES else "?" for kind in declared)
+    insert = f"INSERT INTO staging VALUES ({values})"
+    last_report = time.monotonic()
+    connection.execute("BEGIN")
+    connection.executemany(insert, first)
+    for batch in batches:
+        tracker.observe(batch)
+        connection.executemany(insert, batch)
+        if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
+            last_report = time.monotonic()
+            progress(tracker.rows, source.total)
+    connection.execute("COMMIT")
+    if progress is not None:
+        progress(tracker.rows, source.total)
+    return Staged(columns, tracker.result(), declared, tracker.rows,
+                  _ENCODING_NAMES[decoder.encoding], dialect.delimiter)
+
+
+_ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
+                   "windows-1252": "windows-1252", "latin-1": "latin-1"}
+
+
+def guess_declared_types(tracker: TypeTracker, first: list[list[str]]) -> list[str]:
+    """Staging types from the first batch: its types where it had a value, else none."""
+    if not first:
+        return [""] * len(tracker.types)
+    return [kind if any(column) else ""
+            for kind, column in zip(tracker.types, zip(*first, strict=True), strict=True)]
+
+
+def _read_head(chunks: Iterator[bytes]) -> bytes:
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= _HEAD_BYTES:
+            break
+    if not head:
+        raise ImportFailed("The file is empty.", line=1)
+    return head
+
+
+def _chain(first: list[tuple[str, ImportFailed | None]],
+           rest: Iterator[tuple[str, ImportFailed | None]]
+           ) -> Iterator[tuple[str, ImportFailed | None]]:
+    yield from first
+    if first[-1][1] is None:
+        yield from rest
+
+
+class _Records:
+    """csv.reader's rows with the line each starts on, fitted to the header's width."""
+
+    def __init__(self, reader: Any, offset: int) -> None:
+        self.reader = reader
+        self.offset = offset
+        self.start_line = offset + 1
+
+    def _next(self) -> list[str] | None:
+        try:
+            row: list[str] = next(self.reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            raise self._csv_error(exc) from None
+        return row
+
+    def header(self) -> list[str]:
+        while (row := self._next()) is not None:
+            if row:
+                return row
+            self.start_line = self.offset + self.reader.line_num + 1
+        raise ImportFailed("The file has no header row (it holds only blank lines).", line=1)
+
+    def batches(self, width: int) -> Iterator[list[list[str]]]:
+        reader, offset = self.reader, self.offset
+        last_end = reader.line_num  # the line the previous record ended on
+        while True:
+            batch: list[list[str]] = []
+            append = batch.append
+            before = reader.line_num
+            try:
+                for row in itertools.islice(reader, _BATCH_ROWS):
+                    if len(row) == width:
+                        append(row)
+                    elif row:  # blank lines ([]) are skipped
+                        self.start_line = offset + last_end + 1
+                        append(self._fit(row, width))
+                    last_end = reader.line_num
+            except csv.Error as exc:
+                self.start_line = offset + last_end + 1
+                raise self._csv_error(exc) from None
+            if reader.line_num == before:
+                return
+            if batch:
+                yield batch
+
+    def _fit(self, row: list[str], width: int) -> list[str]:
+        """Short rows are padded with empty cells; extra cells are allowed only when empty
+        (spreadsheets add trailing delimiters)."""
+        if len(row) < width:
+            return row + [""] * (width - len(row))
+        if any(row[width:]):
+            raise at_line(
+                self.start_line,
+                f"this row has {len(row)} fields, but the header has {width}. A field that"
+                " contains the delimiter must be quoted.",
+            )
+        return row[:width]
+
+    def _csv_error(self, exc: csv.Error) -> ImportFailed:
+        text = str(exc)
+        line = self.offset + self.reader.line_num
+        start = self.start_line
+        if "unexpected end of data" in text:
+            return at_line(start, 'a quoted field starts here, but its closing quote (") is'
+                                  " missing.")
+        if "field larger than field limit" in text:
+            return at_line(start, f"a field is longer than {FIELD_SIZE_LIMIT:,} characters"
+                                  f" (up to line {line}). Most likely a quoted field starts"
+                                  ' here without its closing quote (").')
+        if "expected after" in text:
+            return at_line(line, 'a closing quote (") is followed by more text. Quote the whole'
+                                 ' field, and double the quotes inside it ("").')
+        return at_line(line, f"this line cannot be read as CSV ({text}).")
