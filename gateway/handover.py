@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TenantConfig, TenantSettings
-from .supervisor import ProcessHandle
+from .process import ProcessHandle
 
 _MAX_MESSAGE = 1 << 20
 _FDS_PER_TENANT = 3

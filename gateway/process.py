@@ -1,0 +1,181 @@
+"""One running tenant process: its pipes, its exit, stopping it.
+
+TenantProcess watches a process the gateway started, or adopted from an old worker (see
+handover.py, which carries its ProcessHandle): its exit through a pidfd, what it prints (logged
+as tenant_output events) and, under bwrap, the status pipe that names Datasette's own pid. It
+stops the process with SIGTERM to Datasette (in-flight requests finish), then SIGKILL; or lets
+go of it when a new worker has adopted it. Starting processes and keeping one healthy per
+tenant is supervisor.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backends import Backend
+
+log = logging.getLogger(__name__)
+
+_OUTPUT_LINES_KEPT = 20
+
+
+@dataclass(slots=True)
+class ProcessHandle:
+    """What is needed to watch and stop one tenant process, and to hand it to a new gateway."""
+
+    tenant: str
+    generation: int
+    pid: int  # the process the gateway started (bwrap outside the sandbox, else the tenant)
+    signal_pid: int  # the process that drains on SIGTERM (Datasette itself)
+    lifeline_fd: int  # write end; closing it (in every gateway) ends the process
+    output_fd: int  # read end of the process's stdout and stderr
+    status_fd: int  # read end of bwrap's --json-status-fd, or -1 without bwrap
+    run_dir: Path
+    uid: int | None
+
+
+class TenantProcess:
+    """One running generation of a tenant's Datasette."""
+
+    def __init__(
+        self, handle: ProcessHandle, backend: Backend, popen: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.handle = handle
+        self.backend = backend
+        self.popen = popen
+        self.started_at = time.time()
+        self.retiring = False
+        self.output: collections.deque[str] = collections.deque(maxlen=_OUTPUT_LINES_KEPT)
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.child_pid: asyncio.Future[int | None] = loop.create_future()
+        self._exit_code: int | None = None
+        try:
+            self._pidfd = os.pidfd_open(handle.pid)  # works for adopted processes too
+        except ProcessLookupError:
+            self._pidfd = -1
+            self.exited.set_result(None)
+        else:
+            loop.add_reader(self._pidfd, self._on_exit)
+        self._readers = [asyncio.ensure_future(_read_lines(handle.output_fd, self._on_output))]
+        if handle.status_fd >= 0:
+            self._readers.append(
+                asyncio.ensure_future(_read_lines(handle.status_fd, self._on_status))
+            )
+        else:
+            self.child_pid.set_result(None)
+
+    @property
+    def pid(self) -> int:
+        return self.handle.pid
+
+    def _on_exit(self) -> None:
+        self._close_pidfd()
+        code = self.popen.poll() if self.popen is not None else None
+        if not self.exited.done():
+            self.exited.set_result(code if code is not None else self._exit_code)
+
+    def _on_output(self, line: bytes) -> None:
+        """Log what the tenant prints, one event per line, and keep the last lines."""
+        text = line.decode("utf-8", "replace").rstrip()
+        self.output.append(text)
+        log.info("tenant_output", extra={"tenant": self.handle.tenant, "line": text})
+
+    def _on_status(self, line: bytes) -> None:
+        """bwrap's status: {"child-pid": N} once the sandbox is up, {"exit-code": N} at the end."""
+        try:
+            status = json.loads(line)
+        except ValueError:
+            return
+        if "child-pid" in status and not self.child_pid.done():
+            self.child_pid.set_result(int(status["child-pid"]))
+        if "exit-code" in status:
+            self._exit_code = int(status["exit-code"])
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            asyncio.get_running_loop().remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def release(self) -> None:
+        """Let go of the process without stopping it: a new worker has adopted it."""
+        self.stop_reading()
+        self._close_pidfd()
+        if self.handle.lifeline_fd >= 0:
+            os.close(self.handle.lifeline_fd)
+            self.handle.lifeline_fd = -1
+        self.backend.pool.close()
+
+    def stop_reading(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        if not self.child_pid.done():
+            self.child_pid.set_result(None)
+
+    def describe_exit(self) -> str:
+        code = self.exited.result() if self.exited.done() else None
+        how = f"exited with status {code}" if code is not None else "exited"
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        last = " | ".join(line for line in list(self.output)[-3:] if line)
+        return f"{how}: {last}" if last else how
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM (Datasette finishes in-flight requests), then SIGKILL after `grace_s`."""
+        self.retiring = True
+        self.backend.pool.close()
+        if not self.exited.done():
+            _signal(self.handle.signal_pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
+        if not self.exited.done():
+            log.warning("tenant_killed", extra={"tenant": self.handle.tenant,
+                                                "pid": self.handle.signal_pid, "grace_s": grace_s})
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.exited), 5)
+        with contextlib.suppress(TimeoutError):  # the last lines it printed
+            await asyncio.wait(self._readers, timeout=1)
+        self.stop_reading()
+        shutil.rmtree(self.handle.run_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""
+        if self.handle.lifeline_fd >= 0:
+            os.close(self.handle.lifeline_fd)
+            self.handle.lifeline_fd = -1
+        if not self.exited.done():
+            _signal(self.handle.signal_pid, signal.SIGKILL)
+            _signal(self.handle.pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+async def _read_lines(fd: int, on_line: Callable[[bytes], None]) -> None:
+    """Call `on_line` for each line read from pipe `fd` until end of file; closes `fd`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        while line := await reader.readline():
+            on_line(line)
+    finally:
+        transport.close()
