@@ -2,7 +2,7 @@
 
     Host header --routing--> tenant --auth--> proxy --> the tenant's Datasette
                                    \\-> /-/logout, /-/gateway-signin (auth.web)
-                                   \\-> /-/upload: CSV upload (upload.py)
+                                   \\-> /-/upload: CSV upload (upload/)
                           \\-> apex   --> site (the gateway's own pages, a Starlette app)
                           \\-> unknown --> 404 page
 
@@ -25,8 +25,8 @@ from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scop
 from .routing import host_header, route_host
 from .runtime import Gateway
 from .site import build_site
-from .upload import PATHS as UPLOAD_PATHS
-from .upload import Uploads
+from .upload.endpoint import PATHS as UPLOAD_PATHS
+from .upload.endpoint import Uploads
 
 ASGIApp = Any
 
