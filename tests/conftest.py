@@ -268,3 +268,38 @@ def start_gateway(site: Site) -> Iterator[Callable[..., RunningGateway]]:
     for gateway in started:
         if gateway.process.poll() is None:
             gateway.stop()
+
+
+# --- a real browser: Playwright driving Debian's headless Chromium ---------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+# --no-sandbox: the tests run as root. The rest keep Chromium from phoning home (no network
+# here but the package mirrors) and from doing background work on a shared CPU.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+    "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-breakpad",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
+]
+
+
+@pytest.fixture
+def chromium() -> Iterator[Any]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Chromium is not installed (`make test` installs it with apt-get)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sign_in(page: Any, apex: str, email: str, password: str, then: str | None = None) -> None:
+    """Sign in on the apex's page, and wait to land on `then` (default: the apex's home)."""
+    page.goto(f"{apex}/-/login" + (f"?next={then}" if then else ""))
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(then or f"{apex}/")

@@ -8,40 +8,16 @@ this also covers the hand-off that brings the session to a tenant host (auth/ser
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .conftest import RunningGateway, Site
+from .conftest import RunningGateway, Site, sign_in
 from .test_auth import FAST_HASHING, PASSWORD
 
-CHROMIUM = "/usr/bin/chromium"
-# --no-sandbox: the tests run as root. The rest keep Chromium from phoning home (no network
-# here but the package mirrors) and from doing background work on a shared CPU.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-    "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-breakpad",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
-]
 EMAIL = "ann@example.com"
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def chromium() -> Iterator[Any]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip("Chromium is not installed (`make test` installs it with apt-get)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
@@ -65,11 +41,7 @@ def test_sign_in_open_private_tenant_sign_out(chromium: Any, gateway: RunningGat
     context = chromium.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{apex}/-/login")
-        page.get_by_label("Email address").fill(EMAIL)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{apex}/")
+        sign_in(page, apex, EMAIL, PASSWORD)
         assert page.get_by_role("link", name="bob").get_attribute("href") == f"{bob}/"
         assert EMAIL in page.locator("header").inner_text()
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import RunningGateway, Site
+from .conftest import RunningGateway, Site, sign_in
 from .test_auth import FAST_HASHING, PASSWORD
-from .test_auth_browser import EMAIL, chromium  # noqa: F401 (the fixture)
+from .test_auth_browser import EMAIL
 
 pytestmark = pytest.mark.browser
 ROWS = 1_000_000  # ~20 MB: enough for the bar to be seen moving
@@ -26,7 +26,7 @@ def gateway(site: Site, start_gateway: Any) -> RunningGateway:
     return gateway
 
 
-def test_upload_a_csv_watch_progress_open_the_table(chromium: Any,  # noqa: F811
+def test_upload_a_csv_watch_progress_open_the_table(chromium: Any,
                                                     gateway: RunningGateway,
                                                     tmp_path: Path) -> None:
     """1. Sign in; open bob; Datasette's menu links to the upload page. 2. Pick a CSV file of
@@ -40,11 +40,7 @@ def test_upload_a_csv_watch_progress_open_the_table(chromium: Any,  # noqa: F811
     context = chromium.new_context()
     page = context.new_page()
     try:
-        page.goto(f"{apex}/-/login?next={bob}/")
-        page.get_by_label("Email address").fill(EMAIL)
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"{bob}/")
+        sign_in(page, apex, EMAIL, PASSWORD, then=f"{bob}/")
         page.locator("details.nav-menu summary").click()
         page.get_by_role("link", name="Upload CSV files").click()
         page.wait_for_url(f"{bob}/-/upload")
