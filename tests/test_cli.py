@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from gateway.cli import cli
 
-COMMANDS = [[], ["serve"], ["check-config"], ["reload"], ["status"], ["tenant"],
-            ["tenant", "add"], ["tenant", "list"], ["tenant", "remove"], ["tenant", "restart"],
-            ["cert"], ["cert", "status"], ["cert", "renew"]]
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and group of the CLI, found by walking it (new ones are covered too)."""
+    found = [list(prefix)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += all_commands(command, (*prefix, name))
+        else:
+            found.append([*prefix, name])
+    return found
+
+
+COMMANDS = all_commands(cli)
 
 
 def run(*args: str) -> tuple[int, str]:
