@@ -392,7 +392,36 @@ def test_http_redirects_to_https_keeping_path_and_query(site: Site, start_gatewa
     connection.close()
 
 
-class RenewalInfoStub:
+class StubHandler(http.server.BaseHTTPRequestHandler):
+    """A stub server's handler: JSON answers, nothing logged on stderr."""
+
+    def answer(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class StubServer:
+    """Serves `handler` on a free loopback port from a background thread until close()."""
+
+    def __init__(self, handler: type[StubHandler]) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RenewalInfoStub(StubServer):
     """The CA's directory plus a renewalInfo resource (RFC 9773) that pebble 2.4 lacks.
 
     /dir is pebble's directory with "renewalInfo" added; /renewal-info/<certID> answers the
@@ -405,35 +434,22 @@ class RenewalInfoStub:
         self.windows: dict[str, tuple[dt.datetime, dt.datetime]] = {}
         stub = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_GET(self) -> None:
                 if self.path == "/dir":
                     directory = json.loads(stub.pebble.get(stub.pebble.directory_url))
                     directory["renewalInfo"] = f"{stub.url}/renewal-info"
-                    self.answer(directory)
+                    body = directory
                 else:
                     cert_id = self.path.rpartition("/")[2]
                     stub.asked.append(cert_id)
                     start, end = stub.window(cert_id)
-                    self.answer({"suggestedWindow": {"start": start.isoformat(),
-                                                     "end": end.isoformat()}})
+                    body = {"suggestedWindow": {"start": start.isoformat(),
+                                                "end": end.isoformat()}}
+                self.answer(200, body, {"content-type": "application/json",
+                                        "retry-after": "21600"})
 
-            def answer(self, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("retry-after", "21600")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(Handler)
 
     def window(self, cert_id: str) -> tuple[dt.datetime, dt.datetime]:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -442,9 +458,6 @@ class RenewalInfoStub:
         return self.windows.setdefault(cert_id, (now + dt.timedelta(days=30),
                                                  now + dt.timedelta(days=31)))
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def test_renewal_follows_the_cas_renewal_information(site: Site, start_gateway: Any,
@@ -545,7 +558,7 @@ async def test_values_that_never_show_up_time_out(acme_stack: AcmeStack) -> None
         f" {CHALLENGE_NAME} after 0.5 s (tls.dns.wait_timeout_s)")
 
 
-class DigitalOceanStub:
+class DigitalOceanStub(StubServer):
     """The slice of DigitalOcean's domain records API the provider uses, in memory."""
 
     def __init__(self) -> None:
@@ -554,7 +567,7 @@ class DigitalOceanStub:
         self.seen: list[tuple[str, str, str]] = []
         stub = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_POST(self) -> None:
                 record = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 record["id"] = max(stub.records) + 1
@@ -570,20 +583,13 @@ class DigitalOceanStub:
                 stub.records.pop(int(self.path.rpartition("/")[2]))
                 self.answer(204, None)
 
-            def answer(self, status: int, body: Any) -> None:
+            def answer(self, status: int, body: Any,
+                       headers: dict[str, str] | None = None) -> None:
                 stub.seen.append((self.command, self.path, self.headers["authorization"]))
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                super().answer(status, body, headers)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
+        self.url += "/v2"
 
 
 async def test_digitalocean_adds_and_removes_records_by_value(tmp_path: Path) -> None:
@@ -605,5 +611,4 @@ async def test_digitalocean_adds_and_removes_records_by_value(tmp_path: Path) ->
             ("GET", "/v2/domains/gw.test/records"), ("DELETE", "/v2/domains/gw.test/records/2"),
             ("DELETE", "/v2/domains/gw.test/records/3")]
     finally:
-        stub.server.shutdown()
-        stub.server.server_close()
+        stub.close()
