@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -442,14 +442,24 @@ def hand_off(browser: Browser, tenant: str) -> httpx.Response:
     browser.domain_cookies.clear()  # the tenant host does not get the apex's cookie
     first = browser.get(host, "/data")
     assert first.status_code == 303
-    login = urlsplit(first.headers["location"])
-    to_ticket = browser.get(DOMAIN, f"{login.path}?{login.query}")
-    assert to_ticket.status_code == 303, to_ticket.text
-    ticket_url = urlsplit(to_ticket.headers["location"])
+    ticket_url = new_ticket(browser, urlsplit(first.headers["location"]))
     assert (ticket_url.netloc, ticket_url.path) == (host, "/-/gateway-signin")
     landed = browser.get(host, f"{ticket_url.path}?{ticket_url.query}")
     browser.domain_cookies |= shared
     return landed
+
+
+def new_ticket(browser: Browser, login: SplitResult) -> SplitResult:
+    """Ask the apex's sign-in page (where the tenant sent the browser) for a fresh ticket."""
+    to_ticket = browser.get(DOMAIN, f"{login.path}?{login.query}")
+    assert to_ticket.status_code == 303, to_ticket.text
+    return urlsplit(to_ticket.headers["location"])
+
+
+def start_hand_off(browser: Browser, host: str) -> tuple[str | None, SplitResult]:
+    """Open `host` without its session: the state cookie it set, and where it sent us."""
+    first = browser.get(host, "/", headers={"cookie": ""})
+    return browser.cookie("gateway_state", host), urlsplit(first.headers["location"])
 
 
 def test_hand_off_gives_the_tenant_host_its_own_session(browser: Browser) -> None:
@@ -471,19 +481,17 @@ def test_hand_off_tickets_are_single_use_and_bound(browser: Browser) -> None:
     asked for it (else someone else's ticket could sign a victim in: login CSRF)."""
     browser.sign_in(ANN)
     host = f"bob.{DOMAIN}"
-    first = browser.get(host, "/", headers={"cookie": ""})
-    state = browser.cookie("gateway_state", host)
-    login = urlsplit(first.headers["location"])
-    ticket_url = urlsplit(browser.get(DOMAIN, f"{login.path}?{login.query}").headers["location"])
+    state, login = start_hand_off(browser, host)
+    ticket_url = new_ticket(browser, login)
     target = f"{ticket_url.path}?{ticket_url.query}"
     assert browser.get(f"carol.{DOMAIN}", target,
                        headers={"cookie": f"gateway_state={state}"}).status_code == 400
     # the ticket was spent by that attempt; ask for another
-    ticket_url = urlsplit(browser.get(DOMAIN, f"{login.path}?{login.query}").headers["location"])
+    ticket_url = new_ticket(browser, login)
     target = f"{ticket_url.path}?{ticket_url.query}"
     assert browser.get(host, target,
                        headers={"cookie": "gateway_state=" + "y" * 32}).status_code == 400
-    ticket_url = urlsplit(browser.get(DOMAIN, f"{login.path}?{login.query}").headers["location"])
+    ticket_url = new_ticket(browser, login)
     target = f"{ticket_url.path}?{ticket_url.query}"
     state_only = {"cookie": f"gateway_state={state}"}
     assert browser.get(host, target, headers=state_only).status_code == 303
@@ -495,10 +503,8 @@ def test_hand_off_tickets_are_single_use_and_bound(browser: Browser) -> None:
 def test_hand_off_next_stays_on_the_tenant(browser: Browser) -> None:
     browser.sign_in(ANN)
     host = f"bob.{DOMAIN}"
-    first = browser.get(host, "/", headers={"cookie": ""})
-    state = browser.cookie("gateway_state", host)
-    login = urlsplit(first.headers["location"])
-    ticket_url = urlsplit(browser.get(DOMAIN, f"{login.path}?{login.query}").headers["location"])
+    state, login = start_hand_off(browser, host)
+    ticket_url = new_ticket(browser, login)
     ticket = parse_qs(ticket_url.query)["ticket"][0]
     landed = browser.get(host, f"/-/gateway-signin?ticket={ticket}&next=//evil.example/",
                          headers={"cookie": f"gateway_state={state}"})
