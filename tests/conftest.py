@@ -29,6 +29,9 @@ from gateway.config import load_config
 
 BIN = Path(sys.executable).parent
 IS_ROOT = os.geteuid() == 0
+# Tenant uids for the test sites. Two test runs at once on one machine (two checkouts) must not
+# share tenant users: RLIMIT_NPROC and process counts are per user.
+UID_BASE = int(os.environ.get("GATEWAY_TEST_UID_BASE", "20000"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -85,6 +88,7 @@ class Site:
             "listen": {"host": "127.0.0.1", "http_port": 0},
             "paths": {"run_dir": str(root / "run")},
             "proxy": {"retry_budget_s": 10.0},
+            "sandbox": {"uid_min": UID_BASE, "uid_max": UID_BASE + 999},
         }
         self.write_config()
 

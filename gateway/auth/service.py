@@ -122,16 +122,7 @@ class Auth:
 
     async def identity(self, scope: Scope, tenant: TenantConfig) -> Identity:
         """What `tenant`'s Datasette should see of this request; raises to answer instead."""
-        cookie: bytes | None = None
-        authorization: bytes | None = None
-        host: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"cookie":
-                cookie = value if cookie is None else cookie + b";" + value
-            elif name == b"authorization":
-                authorization = value
-            elif name == b"host":
-                host = value
+        cookie, authorization, host = _credentials(scope)
         public = tenant.settings.public
         if cookie is None and authorization is None:
             if public:
@@ -159,9 +150,7 @@ class Auth:
     async def member(self, scope: Scope, tenant: TenantConfig, *, api: bool) -> Principal:
         """The member of `tenant` this request comes from (by session or API token), public
         tenant or not. Anyone else is turned away: sent to sign in (`api`: 401), or 403."""
-        cookie = b";".join(v for k, v in scope["headers"] if k == b"cookie") or None
-        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        host = next((v for k, v in scope["headers"] if k == b"host"), None)
+        cookie, authorization, host = _credentials(scope)
         principal, _ = await self._principal(cookie, authorization, tenant.name)
         reason = f"Only members of {tenant.name!r} may change its data"
         if principal is None:
@@ -365,6 +354,22 @@ class Auth:
         redeemed = await asyncio.to_thread(self.store.redeem_ticket, digest(code), tenant,
                                            digest(state), digest(session_id), time.time())
         return session_id if redeemed else None
+
+
+def _credentials(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The request's cookies (all Cookie headers joined), Authorization and Host, in one pass
+    over the headers: this runs on every proxied request."""
+    cookie: bytes | None = None
+    authorization: bytes | None = None
+    host: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            cookie = value if cookie is None else cookie + b";" + value
+        elif name == b"authorization":
+            authorization = value
+        elif name == b"host":
+            host = value
+    return cookie, authorization, host
 
 
 def _bearer_token(authorization: bytes | None) -> str | None:
