@@ -12,7 +12,7 @@ import pytest
 from gateway.config import TenantSettings
 from gateway.sandbox import Isolation, TenantPaths, launch, rlimit_argv, sandbox_view
 
-from .conftest import RunningGateway, Site
+from .conftest import UID_BASE, RunningGateway, Site
 
 PROBE_PLUGIN = '''
 import os
@@ -93,7 +93,7 @@ def test_tenants_run_as_their_own_users_without_privileges(gateway: RunningGatew
     who = gateway.get("alice", "/-/whoami").json()
     status = {t["name"]: t for t in gateway.status()["tenants"]}
     assert who["uid"] == status["alice"]["uid"] != status["bob"]["uid"]
-    assert 20000 <= who["uid"] <= 29999
+    assert UID_BASE <= who["uid"] <= UID_BASE + 999
     assert who["gid"] == who["uid"]
     assert who["groups"] == []
     assert int(who["cap_eff"], 16) == 0

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import RunningGateway, Site
+from .conftest import UID_BASE, RunningGateway, Site
 from .test_auth import FAST_HASHING, PASSWORD
 from .test_streaming import RssSampler
 
@@ -266,7 +266,7 @@ def test_importer_runs_as_the_tenant_in_its_sandbox(member: Uploader,
     assert response.status_code == 200
     data_dir = gateway.site.tenants_dir / "alice" / "data"
     owner = data_dir.stat().st_uid
-    assert owner >= 20000
+    assert owner >= UID_BASE
     for path in data_dir.iterdir():
         assert path.stat().st_uid == owner, path
 
