@@ -23,7 +23,8 @@ from .keys import load_master_key
 from .logs import AccessLog
 from .proxy import Proxy
 from .reload import ReloadPlan, plan_reload
-from .supervisor import Spawner, StartFailed, TenantSupervisor
+from .spawner import Spawner, StartFailed
+from .supervisor import TenantSupervisor
 
 log = logging.getLogger(__name__)
 
