@@ -39,7 +39,7 @@ class Gateway:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o711)
         self.isolation = sandbox.probe_isolation(gateway.sandbox.isolation, gateway.sandbox.uid_min)
-        if gateway.sandbox.isolation == "required" and not self.isolation.uses_bwrap:
+        if gateway.sandbox.isolation == "required" and not self.isolation.is_complete:
             raise ConfigError(
                 f"{config.path.name}: sandbox.isolation: required, but {self.isolation.reason}"
             )

@@ -187,7 +187,7 @@ def command(level: Any, tmp: Path) -> list[str]:
 
 
 def test_command_lines_never_carry_the_secret(tmp_path: Path) -> None:
-    for level in ("full", "root-bwrap", "uid", "none"):
+    for level in ("full", "root-bwrap", "uid", "unprivileged", "none"):
         assert "s3cret" not in " ".join(command(level, tmp_path))
 
 
@@ -201,10 +201,50 @@ def test_privileges_are_dropped_at_every_level_that_switches_user(tmp_path: Path
     for level in ("full", "root-bwrap", "uid"):
         argv = command(level, tmp_path)
         assert "--reuid=20001" in argv and "--clear-groups" in argv and "--inh-caps=-all" in argv
-    assert not any(arg.startswith("--reuid") for arg in command("none", tmp_path))
+    for level in ("unprivileged", "none"):
+        assert not any(arg.startswith("--reuid") for arg in command(level, tmp_path))
+    unprivileged = command("unprivileged", tmp_path)
+    assert unprivileged[unprivileged.index("--") + 1:][:2] == ["bwrap", "--unshare-all"]
     full = command("full", tmp_path)
     assert full.index("setpriv") < full.index("bwrap")  # unprivileged bwrap, as the tenant
     root_bwrap = command("root-bwrap", tmp_path)
     assert root_bwrap.index("bwrap") < root_bwrap.index("setpriv")
     assert "--no-new-privs" in root_bwrap and "--bounding-set=-all" in root_bwrap
     assert os.path.basename(full[full.index("--ro-bind", full.index("bwrap")) + 1]) == "usr"
+
+
+@pytest.mark.root
+def test_a_gateway_that_is_not_root_still_sandboxes_its_tenants(
+    site: Site, start_gateway  # type: ignore[no-untyped-def]
+) -> None:
+    """1. Run `gateway serve` as a user that is not root (setpriv to an unused uid). 2. status
+    says `unprivileged`, and that tenants lack a uid of their own. 3. alice runs as the gateway's
+    user, but sees neither the gateway's state nor bob, has no network and only its own PID."""
+    uid = UID_BASE + 990
+    alice = site.add_tenant("alice")
+    (alice / "plugins").mkdir()
+    (alice / "plugins" / "probe.py").write_text(PROBE_PLUGIN)
+    site.add_tenant("bob", database="bob.db")
+    for root, dirs, files in os.walk(site.root):
+        for name in [".", *dirs, *files]:
+            os.chown(os.path.join(root, name), uid, uid)
+    gateway = start_gateway(
+        wrapper=["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    )
+    gateway.wait_running("alice", "bob")
+    isolation = gateway.status()["isolation"]
+    assert (isolation["level"], isolation["missing"]) == ("unprivileged", ["own uid/gid"])
+    assert isolation["reason"] == (
+        "the gateway is not running as root, so tenants share its user;"
+        " bubblewrap with user namespaces"
+    )
+    assert "not available: own uid/gid" in gateway.cli("status").stdout
+    who = gateway.get("alice", "/-/whoami").json()
+    assert (who["uid"], who["pids"], int(who["cap_eff"], 16)) == (uid, [1], 0)
+    key = site.root / "state" / "secret.key"
+    assert key.exists()
+    assert probe(gateway, "read", key) == "FileNotFoundError"
+    assert probe(gateway, "list", site.tenants_dir / "bob") == "FileNotFoundError"
+    assert probe(gateway, "tcp", f"127.0.0.1:{gateway.port}") == "ConnectionRefusedError"
+    assert probe(gateway, "write", "/data/made-by-alice.txt") == "ok"
+    assert (alice / "data" / "made-by-alice.txt").stat().st_uid == uid
