@@ -541,6 +541,12 @@ def load_tenant(directory: Path, defaults: TenantSettings) -> TenantConfig:
     )
 
 
+def tenant_settings_from_table(table: Mapping[str, Any], *, file: str) -> TenantSettings:
+    """TenantSettings from a table of every key (as another worker sent them), with the checks
+    a tenant.toml gets: ConfigError naming `file` and the key."""
+    return typing.cast(TenantSettings, _build(TenantSettings, table, file=file, prefix=""))
+
+
 def list_databases(data_dir: Path) -> tuple[str, ...]:
     """The SQLite files a tenant serves: top-level *.db, *.sqlite, *.sqlite3 in its data folder."""
     try:
