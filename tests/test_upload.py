@@ -77,7 +77,7 @@ def test_member_uploads_a_csv_and_datasette_shows_the_typed_table(member: Upload
     assert response.status_code == 200, response.text
     assert response.json() == {
         "ok": True, "database": "data", "table": "cities_2024", "rows": 3, "mode": "create",
-        "url": "/data/cities_2024",
+        "url": "/data/cities_2024", "notes": [],
         "columns": [{"name": "city", "type": "TEXT"}, {"name": "population", "type": "INTEGER"},
                     {"name": "area_km2", "type": "REAL"}, {"name": "note", "type": "TEXT"}],
     }
