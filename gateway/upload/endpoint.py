@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,7 @@ class Uploads:
                 async with asyncio.timeout(settings.max_duration_s) as deadline:
                     importer, filename = await upload.receive(form, receive)
                     await stream.start()
-                    staged = await _wait(importer, "staged", stream)
+                    staged = await _unless_gone(receive, _wait(importer, "staged", stream))
             except TimeoutError:
                 if not deadline.expired():
                     raise
@@ -199,6 +199,27 @@ async def _wait(importer: Importer, name: str, stream: _Answer) -> dict[str, Any
                                         "output": importer.output[-5:]})
     raise UploadFailed("The import stopped unexpectedly; nothing was changed. Try again, or"
                        " tell the site's operator.")
+
+
+async def _unless_gone(receive: Receive, waiting: Awaitable[dict[str, Any]]
+                       ) -> dict[str, Any]:
+    """What `waiting` gives, unless the client hangs up first (the page's Cancel button, once
+    the file is in): then nothing is committed."""
+    work = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if work.done():
+            return work.result()
+        raise ResponseAborted("the client went away before the import")
+    finally:
+        work.cancel()
+        gone.cancel()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _notes(*events: dict[str, Any]) -> list[str]:
