@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.upload.errors import duration
+
 from .conftest import UID_BASE, RunningGateway, Site
 from .test_auth import FAST_HASHING, PASSWORD
 from .test_streaming import RssSampler
@@ -335,3 +337,11 @@ def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> Non
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     assert delete(outsider, database="data", table="keep").status_code == 403
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (1, "1 second"), (1.5, "1.5 seconds"), (45, "45 seconds"), (90, "90 seconds"),
+    (120, "2 minutes"), (3600, "1 hour"), (5400, "90 minutes"), (3_600_000, "1,000 hours"),
+])
+def test_limits_are_written_in_words(seconds: float, text: str) -> None:
+    assert duration(seconds) == text

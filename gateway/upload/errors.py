@@ -54,7 +54,8 @@ def too_long(settings: UploadSettings) -> UploadStalled:
 
 def plural(count: float, unit: str) -> str:
     """ "1 second", "2 seconds", "1.5 seconds"."""
-    return f"{count:,g} {unit}" + ("" if count == 1 else "s")
+    number = f"{int(count):,}" if count == int(count) else f"{count:g}"
+    return f"{number} {unit}" + ("" if count == 1 else "s")
 
 
 def duration(seconds: float) -> str:
