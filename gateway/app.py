@@ -35,7 +35,10 @@ class GatewayApp:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
         self.tenant_pages = tenant_pages(gateway)
-        self.uploads = Uploads(gateway, authorize=self._may_upload)
+        self.uploads = Uploads(
+            settings=lambda: gateway.config.gateway.upload, authorize=self._may_upload,
+            tenant_command=gateway.tenant_command, serve_database=gateway.restart_tenant,
+        )
         self._request_ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,8 +96,11 @@ class GatewayApp:
                 user=identity.user,
             )
 
-    async def _may_upload(self, scope: Scope, tenant: TenantRoute) -> str:
-        """Uploads are for the tenant's members (the page sends others to sign in first)."""
+    async def _may_upload(self, scope: Scope, tenant: TenantRoute, *, owner: bool = False
+                          ) -> str:
+        """Uploads are for the tenant's members (the page sends others to sign in first).
+        Deleting a table is for its owners (`owner`): until accounts have roles, every member
+        is an owner."""
         member = await self.gateway.auth.member(scope, tenant.config,
                                                 api=scope["method"] == "POST")
         return member.email

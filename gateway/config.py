@@ -395,6 +395,11 @@ class UploadSettings:
         60.0, "An upload that sends nothing for this long is abandoned; nothing is imported.",
         check=_positive,
     )
+    max_duration_s: float = setting(
+        3600.0, "An upload still arriving or being read this long after it started is stopped"
+        " (408) and nothing is imported: a client that sends a byte now and then never ends.",
+        check=_positive,
+    )
 
 
 @dataclass(frozen=True, slots=True)

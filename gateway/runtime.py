@@ -127,6 +127,15 @@ class Gateway:
         self.auth.configure(new)
         logging.getLogger().setLevel(new.gateway.log.level.upper())
 
+    async def tenant_command(self, tenant: TenantConfig, module: str, arguments: list[str]
+                             ) -> tuple[list[str], dict[str, str]]:
+        """`python -m module` as the tenant, sandboxed with only its data folder (uploads)."""
+        uid = await asyncio.to_thread(self.spawner.tenant_user, tenant)
+        return sandbox.importer_command(
+            self.isolation, uid=uid if uid is not None else os.getuid(),
+            settings=tenant.settings, data_dir=tenant.data_dir, importer_args=arguments,
+            module=module)
+
     async def restart_tenant(self, name: str) -> None:
         """Blue/green replace of one tenant's process (StartFailed if the new one is unhealthy)."""
         supervisor = self.supervisors.get(name)
