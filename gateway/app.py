@@ -16,10 +16,10 @@ import itertools
 import os
 import time
 
-from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, header, wants_json
+from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, wants_json
 from .auth.web import tenant_pages
 from .backends import TenantRoute
-from .errors import RequestError, UnknownHost
+from .errors import BadRequest, RequestError, UnknownHost
 from .identity import NO_IDENTITY
 from .pages import send_error
 from .proxy import Outcome
@@ -44,13 +44,16 @@ class GatewayApp:
         start = time.perf_counter()
         request_id = next(self._request_ids)
         gateway = self.gateway
-        route = route_host(header(scope["headers"], b"host"), gateway.domain)
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        route = route_host(hosts[0] if hosts else None, gateway.domain)
         outcome = Outcome()
         if gateway.draining:
             send = _closing_connection(send)
         tenant = gateway.routes.get(route.tenant) if route.kind == "tenant" else None
         identity = NO_IDENTITY
         try:
+            if len(hosts) > 1:  # which one names the site? RFC 9112 3.2: answer 400
+                raise BadRequest("The request has more than one Host header.", tenant=None)
             if tenant is not None and scope["path"] in self.tenant_pages:
                 await self.tenant_pages[scope["path"]](
                     scope, receive, _recording(send, outcome), tenant.name
@@ -77,8 +80,9 @@ class GatewayApp:
                 site_name=gateway.domain,
             )
         except ResponseAborted:
+            # The client went away or stalled, or the tenant broke off: uvicorn closes the
+            # connection; the access log says 499 unless a status was sent.
             outcome.status = outcome.status or 499
-            raise
         finally:
             gateway.access_log.write(
                 start=start,
