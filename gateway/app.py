@@ -13,13 +13,14 @@ request (bench/proxy), which the gateway would take from Datasette on a shared C
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 
 from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, wants_json
 from .auth.web import tenant_pages
 from .backends import TenantRoute
-from .errors import BadRequest, RequestError, UnknownHost
+from .errors import BackendTimeout, BackendUnavailable, BadRequest, RequestError, UnknownHost
 from .identity import NO_IDENTITY
 from .pages import send_error
 from .proxy import Outcome
@@ -28,6 +29,8 @@ from .runtime import Gateway
 from .site import build_site
 from .upload.endpoint import PATHS as UPLOAD_PATHS
 from .upload.endpoint import Uploads
+
+log = logging.getLogger(__name__)
 
 
 class GatewayApp:
@@ -73,6 +76,8 @@ class GatewayApp:
                     f"There is no site at {route.host or 'this address'}.", tenant=None
                 )
         except RequestError as error:
+            if isinstance(error, BackendUnavailable | BackendTimeout):
+                error = _for_the_public(error, tenant.name if tenant else "", request_id)
             outcome.status = error.status
             await send_error(
                 _recording(send, outcome), error, request_id=request_id,
@@ -102,6 +107,19 @@ class GatewayApp:
         member = await self.gateway.auth.member(scope, tenant.config,
                                                 api=scope["method"] == "POST")
         return member.email
+
+
+def _for_the_public(
+    error: BackendUnavailable | BackendTimeout, tenant: str, request_id: str
+) -> RequestError:
+    """The page says what happened in words; why (a socket path, an errno) goes to the log."""
+    log.warning("backend_unavailable", extra={
+        "tenant": tenant, "status": error.status, "cause": str(error), "request_id": request_id})
+    if isinstance(error, BackendTimeout):
+        text = f"The site {tenant!r} took too long to answer. Try again in a moment."
+    else:
+        text = f"The site {tenant!r} could not be reached. Try again in a moment."
+    return type(error)(text, tenant=tenant, headers=error.headers)
 
 
 def _recording(send: Send, outcome: Outcome) -> Send:
