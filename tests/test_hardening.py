@@ -203,3 +203,33 @@ def test_websocket_and_malformed_chunks_get_a_plain_400(
     wait_until(lambda: any(e.get("reason", "").startswith("malformed") for e in gateway.events))
     time.sleep(0.5)  # anything the aborted request might still log
     assert [e for e in gateway.events if "exception" in e or e["level"] == "error"] == []
+
+
+def test_health_names_no_tenant_and_logs_keep_no_codes(
+    site: Site, start_gateway  # type: ignore[no-untyped-def]
+) -> None:
+    """1. A public and a private tenant. 2. The anonymous /-/health counts them, naming
+    neither. 3. An invitation link's code does not reach the access log."""
+    site.add_tenant("alice")
+    site.add_tenant("bob", public=False)
+    gateway = start_gateway()
+    gateway.wait_running("alice", "bob")
+    health = gateway.get(None, "/-/health")
+    assert health.json() == {"ok": True, "tenants": {"running": 2}}
+    assert "bob" not in health.text and "alice" not in health.text
+    code = "k3Jx9-secret_Invite0Code"
+    gateway.get(None, f"/-/invite/{code}")
+    entry = wait_until(lambda: next((e for e in gateway.access
+                                     if e["path"].startswith("/-/invite/")), None))
+    assert entry["path"] == "/-/invite/REDACTED"
+
+
+def test_redact_path() -> None:
+    from gateway.logs import redact_path
+
+    assert redact_path("/-/invite/AbCdEfGhIjKlMnOpQrStUv/accept") == "/-/invite/REDACTED/accept"
+    assert redact_path("/-/gateway-signin?ticket=abc&next=/x") == (
+        "/-/gateway-signin?ticket=REDACTED&next=/x")
+    assert redact_path("/-/reset?Token=zz;x=1") == "/-/reset?Token=REDACTED;x=1"
+    assert redact_path("/-/versions.json") == "/-/versions.json"
+    assert redact_path("/db/a_table_with_a_long_name") == "/db/a_table_with_a_long_name"
