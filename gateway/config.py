@@ -150,7 +150,8 @@ class ProxySettings:
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
-    """What one client connection may cost: timeouts and the request head's size."""
+    """What one client connection may cost: timeouts and the request head's size. Set when
+    the listeners start: a change applies at the next start or `gateway upgrade`."""
 
     head_timeout_s: float = setting(
         30.0,
