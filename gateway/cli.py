@@ -212,9 +212,10 @@ def health_command(ctx: click.Context, as_json: bool) -> None:
     from .health import check_health
 
     answer = check_health(_config(ctx))
-    states = answer["tenants"]
-    running = sum(1 for state in states.values() if state == "running")
-    _print(answer, as_json, lambda _: f"healthy: {running} of {len(states)} tenants running")
+    states = answer["tenants"]  # how many tenants are in each state
+    running = states.get("running", 0)
+    _print(answer, as_json,
+           lambda _: f"healthy: {running} of {sum(states.values())} tenants running")
 
 
 @cli.group(context_settings=CONTEXT)

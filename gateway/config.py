@@ -127,6 +127,61 @@ class ProxySettings:
         " before it is stopped anyway.",
         check=_non_negative,
     )
+    queue_timeout_s: float = setting(
+        10.0,
+        "How long a request waits for one of its tenant's max_connections_per_tenant slots"
+        " before it is answered 503 with Retry-After.",
+        check=_positive,
+    )
+    response_buffer_bytes: int = setting(
+        8 * 1024 * 1024,
+        "Responses up to this size are read whole from the tenant before they are sent, so the"
+        " tenant's slot and connection are free again however slowly the client reads. Larger"
+        " ones are streamed.",
+        check=_non_negative,
+    )
+    response_buffer_total_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Most response bytes held in such buffers at once, over all requests: the memory a"
+        " crowd of slow readers can cost the gateway. Past it, responses are streamed.",
+        check=_non_negative,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """What one client connection may cost: timeouts and the request head's size. Set when
+    the listeners start: a change applies at the next start or `gateway upgrade`."""
+
+    head_timeout_s: float = setting(
+        30.0,
+        "Seconds a connection has to send a whole request head (request line and headers),"
+        " counted from the connection or the first byte of the request; then it is closed.",
+        check=_positive,
+    )
+    keepalive_timeout_s: float = setting(
+        15.0,
+        "Seconds an idle keep-alive connection stays open waiting for its next request.",
+        check=_positive,
+    )
+    body_timeout_s: float = setting(
+        30.0,
+        "Longest pause while a request body arrives (between two reads, not for the whole"
+        " body); then the request is abandoned (408) and its tenant slot freed.",
+        check=_positive,
+    )
+    send_timeout_s: float = setting(
+        30.0,
+        "Longest a client may go without accepting any of the response waiting for it; then"
+        " the connection is closed and what was buffered for it is freed.",
+        check=_positive,
+    )
+    max_head_bytes: int = setting(
+        32 * 1024,
+        "Largest request head (request line and headers) accepted; a larger one is answered"
+        " 431 before it is read whole.",
+        check=_positive,
+    )
 
 
 def _datasette_setting_check(settings: Mapping[str, Any]) -> str | None:
@@ -410,6 +465,7 @@ class GatewaySettings:
     listen: ListenSettings = section(ListenSettings)
     paths: PathSettings = section(PathSettings)
     proxy: ProxySettings = section(ProxySettings)
+    limits: LimitsSettings = section(LimitsSettings)
     tenant_defaults: TenantSettings = section(TenantSettings)
     sandbox: SandboxSettings = section(SandboxSettings)
     supervisor: SupervisorSettings = section(SupervisorSettings)

@@ -13,7 +13,9 @@
         ├── UnknownHost          404: no tenant at this host
         ├── BackendUnavailable   502: could not reach the tenant's process
         ├── BackendTimeout       504: the tenant's process did not answer in time
-        └── TenantUnavailable    503: the tenant is not running (failed, stopped, starting)
+        ├── TenantUnavailable    503: the tenant is not running (failed, stopped, starting)
+        ├── TenantBusy           503: every slot of the tenant stayed taken (Retry-After)
+        └── BadRequest           400: a request the gateway will not route (two Host headers)
 
 app.py turns a RequestError into an HTML or JSON page; cli.py turns any GatewayError into a
 click error. Nothing else prints or exits.
@@ -96,3 +98,13 @@ class BackendTimeout(RequestError):
 class TenantUnavailable(RequestError):
     status = 503
     title = "Service unavailable"
+
+
+class TenantBusy(RequestError):
+    status = 503
+    title = "Service unavailable"
+
+
+class BadRequest(RequestError):
+    status = 400
+    title = "Bad request"

@@ -11,7 +11,7 @@ it rewrites headers. Neither imports the other: both import this module, which o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import http.cookies
 from dataclasses import dataclass, field
 
 SESSION_COOKIE = "gateway_session"
@@ -30,19 +30,23 @@ GATEWAY_COOKIES = frozenset(
 )
 OWNED_COOKIES = GATEWAY_COOKIES | {ACTOR_COOKIE.encode()}
 
-# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239), and so is
-# who the user is: identity headers that auth proxies set, which a tenant plugin might trust.
-CLIENT_CLAIMS = frozenset(
-    b"x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip forwarded"
-    b" x-request-id remote-user x-remote-user x-forwarded-user x-forwarded-email"
-    b" x-forwarded-preferred-username x-auth-request-user x-auth-request-email"
-    b" x-auth-request-preferred-username x-gateway-actor x-actor".split()
+# Who the client is, how it reached us, and who the user is, is said by the gateway alone
+# (RFC 7239): a tenant plugin might trust such a header. Stripped by rule, not by a list that
+# misses the next auth proxy's names: every request header named `forwarded`, `x-request-id`,
+# or beginning with one of these prefixes (README, "What a tenant sees").
+CLAIM_PREFIXES = (
+    b"x-forwarded",  # -for, -proto, -host, -port, -user, -email, -groups, -access-token ...
+    b"x-real-", b"x-client-", b"x-original-", b"true-client-", b"cf-",  # addresses, CDNs
+    b"remote-", b"x-remote-", b"x-auth", b"x-webauth", b"x-user", b"x-email",  # auth proxies
+    b"x-amzn-oidc-", b"x-ms-client-principal", b"x-goog-authenticated-", b"x-pomerium-",
+    b"x-gateway-", b"x-actor",  # ours
 )
+CLAIM_NAMES = frozenset({b"forwarded", b"x-request-id"})
 
 
 def is_client_claim(name: bytes) -> bool:
-    """Whether request header `name` (lower-case) claims who the client or user is."""
-    return name in CLIENT_CLAIMS
+    """Whether request header `name` (lower-case) claims who the client or the user is."""
+    return name in CLAIM_NAMES or name.startswith(CLAIM_PREFIXES)
 
 
 @dataclass(slots=True)
@@ -60,23 +64,44 @@ class Identity:
 NO_IDENTITY = Identity()
 
 
-def tenant_cookie_header(values: Iterable[bytes], identity: Identity) -> bytes:
+def tenant_cookie_header(values: list[bytes], identity: Identity) -> bytes:
     """One Cookie header without the cookies the gateway owns, plus the one it adds.
 
     Datasette reads the last of duplicate cookies, so a client-sent ds_actor must be removed,
-    not merely followed by ours.
+    not merely followed by ours. It parses with http.cookies (pairs end at `;` or at
+    whitespace: `x=1 ds_actor=...` is two cookies), so the header is cut up with the very same
+    pattern, and what it cannot parse is dropped, as Datasette would ignore it.
     """
     if not identity.strip_cookies and not identity.add_cookie:
         return b"; ".join(values)
-    pairs = [
-        pair.strip()
-        for value in values
-        for pair in value.split(b";")
-        if pair.strip() and pair.split(b"=", 1)[0].strip() not in identity.strip_cookies
-    ]
+    text = "; ".join(value.decode("latin-1") for value in values)
+    kept = [pair.encode("latin-1") for key, pair in cookie_pairs(text)
+            if key.encode("latin-1") not in identity.strip_cookies]
     if identity.add_cookie:
-        pairs.append(identity.add_cookie)
-    return b"; ".join(pairs)
+        kept.append(identity.add_cookie)
+    return b"; ".join(kept)
+
+
+def cookie_pairs(header: str) -> list[tuple[str, str]]:
+    """(name, `name=value` as sent) for each cookie in a Cookie header, as SimpleCookie.load
+    (Datasette's parser) splits it."""
+    pairs = []
+    position = 0
+    while position < len(header):
+        match = _COOKIE_PATTERN.match(header, position)
+        if match is None:
+            break
+        position = match.end(0)
+        key = match.group("key")
+        if key.startswith("$") or key.lower() in _RESERVED:
+            continue  # attributes, not cookies
+        pairs.append((key, match.group(0).strip().rstrip(";").strip()))
+    return pairs
+
+
+# The pattern and attribute names Datasette's parser (http.cookies.SimpleCookie) uses.
+_COOKIE_PATTERN = http.cookies._CookiePattern  # type: ignore[attr-defined]
+_RESERVED = frozenset(http.cookies.Morsel._reserved)  # type: ignore[attr-defined]
 
 
 def sets_owned_cookie(name: bytes, value: bytes) -> bool:

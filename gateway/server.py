@@ -27,9 +27,10 @@ from starlette.responses import JSONResponse
 from . import handover
 from .app import GatewayApp
 from .asgi import ASGIApp
-from .config import Config, load_config
+from .config import Config, LimitsSettings, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
+from .http_protocol import protocol_class
 from .https import RedirectToHttps, StrictTransportSecurity
 from .logs import setup_logging
 from .master import PR_SET_PDEATHSIG, prctl
@@ -49,16 +50,21 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_server(app: ASGIApp, *, drain_s: float, ssl: Any = None) -> _Server:
+def uvicorn_server(
+    app: ASGIApp, *, drain_s: float, ssl: Any = None, limits: LimitsSettings | None = None
+) -> _Server:
+    """A uvicorn server for `app`; the public ones get the edge's connection `limits`."""
     config = uvicorn.Config(
         app,
         lifespan="off",
-        http="httptools",
+        http=protocol_class(limits) if limits is not None else "httptools",
+        ws="none",  # the gateway proxies HTTP only (http_protocol.py refuses upgrades)
         loop="none",
         access_log=False,
         proxy_headers=False,  # the gateway is the edge: no client gets to claim an address
         server_header=False,
         timeout_graceful_shutdown=max(int(drain_s), 1),
+        timeout_keep_alive=limits.keepalive_timeout_s if limits is not None else 5,  # type: ignore[arg-type]
         log_config=None,
     )
     config.load()
@@ -88,7 +94,8 @@ class Worker:
     async def run(self) -> None:
         gateway = self.gateway
         drain_s = self.config.gateway.proxy.drain_timeout_s
-        public = [(uvicorn_server(app, drain_s=drain_s, ssl=context), sockets)
+        limits = self.config.gateway.limits
+        public = [(uvicorn_server(app, drain_s=drain_s, ssl=context, limits=limits), sockets)
                   for app, context, sockets in self._public_apps()]
         self._install_signal_handlers()
         if self.handover_socket is not None:
