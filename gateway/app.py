@@ -35,7 +35,7 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
-        self.tenant_pages = tenant_pages(gateway)
+        self.tenant_pages = tenant_pages(gateway.auth)
         self.uploads = Uploads(gateway, authorize=self._may_upload)
         self._request_ids = (f"{os.getpid():x}-{n:x}" for n in itertools.count(1))
 

@@ -4,6 +4,8 @@
                       tenant host whose browser did not send it, a host-only session for that
                       tenant (see service.py, "tickets")
     gateway_state     on a tenant host, while a sign-in hand-off is under way
+    gateway_checked   on a public tenant's host of a single-label domain: looked lately for a
+                      sign-in on the apex, found none (see service.py)
     gateway_csrf      on the apex, the CSRF cookie (`__Host-gateway_csrf` with TLS: a subdomain
                       cannot overwrite a __Host- cookie, RFC 6265bis 4.1.3.2)
     ds_actor          Datasette's actor cookie: only the gateway mints it, per request
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 SESSION_COOKIE = "gateway_session"
 STATE_COOKIE = "gateway_state"
+CHECKED_COOKIE = "gateway_checked"
 ACTOR_COOKIE = "ds_actor"
 
 
@@ -25,7 +28,8 @@ def csrf_cookie_name(tls: bool) -> str:
 # Stripped from every request to a tenant; a tenant's Set-Cookie for one of these is dropped.
 GATEWAY_COOKIES = frozenset(
     name.encode()
-    for name in (SESSION_COOKIE, STATE_COOKIE, csrf_cookie_name(True), csrf_cookie_name(False))
+    for name in (SESSION_COOKIE, STATE_COOKIE, CHECKED_COOKIE, csrf_cookie_name(True),
+                 csrf_cookie_name(False))
 )
 OWNED_COOKIES = GATEWAY_COOKIES | {ACTOR_COOKIE.encode()}
 
