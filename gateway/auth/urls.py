@@ -28,14 +28,15 @@ def host_port(host_header: bytes | None) -> str:
 def public_origin(config: Config, host: str | None = None,
                   bound: Mapping[str, int] | None = None) -> str:
     """The gateway's own origin for `host` (default: the apex), from the configuration alone:
-    https on the HTTPS port when TLS is on, else http on the HTTP port. A port left to the
-    system (0) is the one its listener got (`bound`, by listener name), if known."""
+    https when TLS is on, else http; on listen.public_port, else the HTTPS (with TLS) or HTTP
+    port. A port left to the system (0) is the one its listener got (`bound`, by listener
+    name), if known."""
     listen = config.gateway.listen
     if config.tls_enabled:
         scheme, name, port, default = "https", "https", listen.https_port, 443
     else:
         scheme, name, port, default = "http", "http", listen.http_port, 80
-    port = port or (bound or {}).get(name, 0)
+    port = listen.public_port or port or (bound or {}).get(name, 0)
     return origin(scheme, host or config.domain, "" if port in (default, 0) else str(port))
 
 
