@@ -424,6 +424,37 @@ def test_sign_in_is_throttled_per_account_and_per_address(site: Site,
         elsewhere.close()
 
 
+def test_sign_in_and_sign_out_are_logged_without_secrets(site: Site, start_gateway: Any) -> None:
+    """One event each: a wrong password (sign_in_failed), an attempt while throttled
+    (sign_in_throttled, with the wait), a sign-in (signed_in) and a sign-out (signed_out); with
+    the email and client address, never the password or a session id."""
+    gateway = start(site, start_gateway, throttle_account_attempts=1,
+                    throttle_backoff_initial_s=60.0)
+    browser = Browser(gateway)
+    try:
+        assert browser.sign_in(JOE).status_code == 303
+        session = browser.cookie("gateway_session")
+        assert browser.sign_out().status_code == 303
+        assert browser.sign_in(ANN, password="wrong password").status_code == 400
+        assert browser.sign_in(ANN).status_code == 429
+    finally:
+        browser.close()
+    throttled = gateway.wait_for_event("sign_in_throttled")
+    assert 55 <= throttled["retry_after_s"] <= 60
+    events = [{k: v for k, v in e.items() if k not in ("time", "logger", "level")}
+              for e in gateway.events if e["event"].startswith(("sign", "signed"))]
+    assert events == [
+        {"event": "signed_in", "email": JOE, "address": "127.0.0.1"},
+        {"event": "signed_out", "email": JOE},
+        {"event": "sign_in_failed", "email": ANN, "address": "127.0.0.1"},
+        {"event": "sign_in_throttled", "email": ANN, "address": "127.0.0.1",
+         "retry_after_s": throttled["retry_after_s"]},
+    ]
+    logged = "\n".join(map(str, gateway.events + gateway.access))
+    assert session and session not in logged
+    assert PASSWORD not in logged and "wrong password" not in logged
+
+
 HOSTILE_NEXT = [
     "http://evil.example/", "//evil.example/", "/\\evil.example/", "https:evil.example",
     f"http://{DOMAIN}.evil.example/", f"http://evil.example/?{DOMAIN}", "javascript:alert(1)",

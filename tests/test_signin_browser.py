@@ -99,7 +99,7 @@ def test_sign_in_from_a_private_page_lands_there(gateway: RunningGateway, contex
 def test_back_after_signing_in_lands(gateway: RunningGateway, context: Any) -> None:
     """1. Open bob, sign in, land on bob. 2. Back (to the sign-in page): the browser goes on
     to bob, signed in, instead of a "link not valid" page."""
-    apex, _, bob = urls(gateway)
+    _, _, bob = urls(gateway)
     page = context.new_page()
     page.goto(f"{bob}/data")
     fill_and_submit(page)
