@@ -73,13 +73,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlencode
 
+from ..asgi import Scope, header, joined_header, wants_json
 from ..config import Config, TenantConfig
 from ..errors import AccountError, NotAMember, SignInRequired, Unauthorized
+from ..identity import NO_IDENTITY, OWNED_COOKIES, Identity
 from ..keys import tenant_secret
-from ..pages import wants_json
-from ..proxy import NO_IDENTITY, Identity, Scope
 from .actor import ActorMinter
-from .cookies import CHECKED_COOKIE, OWNED_COOKIES, SESSION_COOKIE, cookie_values
+from .cookies import CHECKED_COOKIE, SESSION_COOKIE, cookie_values
 from .csrf import Csrf
 from .handoff import Passes
 from .passwords import Passwords, normalise_email
@@ -422,16 +422,10 @@ class Auth:
 
 
 def _credentials(scope: Scope) -> tuple[bytes | None, bytes | None]:
-    """The request's cookies (all Cookie headers joined) and Authorization, in one pass over
-    the headers: this runs on every proxied request."""
-    cookie: bytes | None = None
-    authorization: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            cookie = value if cookie is None else cookie + b";" + value
-        elif name == b"authorization":
-            authorization = value
-    return cookie, authorization
+    """The request's cookies (all Cookie headers joined) and Authorization: this runs on every
+    proxied request."""
+    headers = scope["headers"]
+    return joined_header(headers, b"cookie", b";"), header(headers, b"authorization")
 
 
 def _is_arrival(scope: Scope, cookie: bytes | None) -> bool:

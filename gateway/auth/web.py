@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..asgi import Receive, Scope, Send
 from ..errors import AccountError
 from ..pages import page, render
-from ..proxy import Receive, Scope, Send
 from .cookies import (
     CHECKED_COOKIE,
     SESSION_COOKIE,
