@@ -3,6 +3,7 @@ the accounts database's own rules (against a real SQLite file)."""
 
 from __future__ import annotations
 
+import ast
 import time
 from pathlib import Path
 
@@ -245,3 +246,19 @@ def test_a_pass_is_good_for_its_session_and_tenant_only_and_not_for_long() -> No
     for forged in ("", ".", issued, f"{issued}.", f"{int(issued, 16) + 1:x}.{mac}",
                    f"0x{issued}.{mac}", f" {issued}.{mac}", "x" * 200, f"{issued}.{mac}0"):
         assert not passes.accepts(forged, "root", "bob", now), forged
+
+
+def test_auth_imports_neither_the_proxy_nor_the_app() -> None:
+    """Issue 18: auth/ and the proxy meet in identity.py; auth/ is handed the Auth service, not
+    the Gateway, and renders its pages with html.py, not the app's error pages."""
+    package = Path(__file__).resolve().parent.parent / "gateway" / "auth"
+    imported: dict[str, set[str]] = {}
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                names = {node.module} if node.module else {a.name for a in node.names}
+                imported.setdefault(module.name, set()).update(n.split(".")[0] for n in names
+                                                               if n)
+    assert imported  # the walk found auth's imports of the rest of the gateway
+    for module, names in imported.items():
+        assert not names & {"proxy", "pages", "runtime", "app", "site", "server"}, module

@@ -15,7 +15,7 @@ Sign-in always lands (issue 13): a browser that comes back to a sign-in page it 
 a second tab, a reload) while signed in goes on where it was going, and a hand-off that cannot
 finish leads to the sign-in page saying so, never to a dead end.
 
-Every form carries a CSRF token (csrf.py); every page has pages.SECURITY_HEADERS.
+Every form carries a CSRF token (csrf.py); every page has html.SECURITY_HEADERS.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 from ..asgi import Receive, Scope, Send
 from ..errors import AccountError
-from ..pages import page, render
+from ..html import page, render
 from .cookies import (
     CHECKED_COOKIE,
     SESSION_COOKIE,
