@@ -20,6 +20,7 @@ Every form carries a CSRF token (csrf.py); every page has html.SECURITY_HEADERS.
 
 from __future__ import annotations
 
+import html
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -248,7 +249,7 @@ async def _hand_off(auth: Auth, tenant: str, query: Mapping[str, str], cookie: b
                                                secure=auth.tls))
         return response
     if query.get("anonymous"):  # the apex found no session (silent check): do not ask again
-        response = _redirect(next_path)
+        response = _onward(next_path)
         response.raw_headers.append(set_cookie(CHECKED_COOKIE, "1", max_age_s=CHECKED_TTL_S,
                                                secure=auth.tls))
         return response
@@ -273,6 +274,18 @@ async def _continue(auth: Auth, session_root: str, next_url: str, *, state: str 
         return _redirect(_tenant_signin(auth, tenant, ticket=ticket, next=path))
     return _redirect(_tenant_signin(auth, tenant, next=path,
                                     **{"pass": auth.make_pass(session_root, tenant)}))
+
+
+def _onward(path: str) -> Response:
+    """A page that goes on to `path` at once, from this host: the request for `path` is then a
+    same-origin navigation, which the silent check leaves alone even in a browser that keeps no
+    cookies here (a redirect would bring it back to the check, again and again). A refresh of
+    no delay replaces this page in the history, so Back does not come here."""
+    url = html.escape(path, quote=True)
+    body = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="refresh" content="0; url={url}"><title>Opening the page</title>'
+            f'</head><body><p><a href="{url}">Open the page</a></p></body></html>\n')
+    return page(body.encode())
 
 
 def _tenant_signin(auth: Auth, tenant: str, **query: str) -> str:
