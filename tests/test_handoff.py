@@ -210,3 +210,17 @@ def test_a_session_that_ended_says_so(gateway: RunningGateway, apex_only: Browse
     next_url = parse_qs(urlsplit(url).query)["next"][0]
     assert landed(browser.follow(browser.sign_in(ANN, next_url=next_url)
                                  .headers["location"]))[0] == bob
+
+
+def test_the_sign_in_page_names_only_sites_that_exist(gateway: RunningGateway) -> None:
+    """A link can put any host in `next`: the page names bob, but not a made-up 'paypal'."""
+    stranger = Browser(gateway)
+    try:
+        for name, heading in (("bob", "Sign in to see bob"), ("paypal", "Sign in")):
+            page = stranger.get(DOMAIN, "/-/login?" + urlencode(
+                {"next": f"http://{name}.{DOMAIN}/", "reason": "ended"}))
+            assert f"<h1>{heading}</h1>" in page.text, name
+            assert f"<title>{heading}</title>" in page.text
+        assert "paypal" not in page.text.replace(f"paypal.{DOMAIN}", "")
+    finally:
+        stranger.close()

@@ -99,9 +99,15 @@ def auth_routes(auth: Auth) -> list[Route]:
         principal = await auth.session_principal(_cookie_header(request), None)
         return _Form(request, auth, principal)
 
+    def site_of(next_url: str) -> str | None:
+        """The site `next_url` is on, to name on the page (a link may name any host: only
+        sites that exist are named)."""
+        tenant = tenant_of(next_url, auth.domain) if next_url else None
+        return tenant if tenant in auth.config.tenants else None
+
     def login_page(form: _Form, status: int = 200, *, next_url: str, email: str = "",
                    error: str = "", notice: str = "") -> Response:
-        tenant = tenant_of(next_url, auth.domain) if next_url else None
+        tenant = site_of(next_url)
         return form.render("login.html", status, next=next_url, email=email, error=error,
                            notice=notice, tenant=tenant,
                            title=f"Sign in to see {tenant}" if tenant else "Sign in")
@@ -115,7 +121,7 @@ def auth_routes(auth: Auth) -> list[Route]:
             if form.principal is not None and next_url and reason != "handoff":
                 return await _continue(auth, form.principal.session_root, next_url,
                                        state=query.get("state", ""), pass_=query.get("pass", ""))
-            tenant = tenant_of(next_url, auth.domain) if next_url else None
+            tenant = site_of(next_url)
             if form.principal is None and query.get("silent") and tenant is not None:
                 return _redirect(_tenant_signin(auth, tenant, next=path_of(next_url),
                                                 anonymous="1"))
