@@ -37,7 +37,7 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
-        self.tenant_pages = tenant_pages(gateway)
+        self.tenant_pages = tenant_pages(gateway.auth)
         self.uploads = Uploads(
             settings=lambda: gateway.config.gateway.upload, authorize=self._may_upload,
             tenant_command=gateway.tenant_command, serve_database=gateway.restart_tenant,

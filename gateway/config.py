@@ -74,6 +74,11 @@ class ListenSettings:
         80, "Port for plain HTTP. With TLS on it only redirects to HTTPS.", check=_port
     )
     https_port: int = setting(443, "Port for HTTPS (used when tls.mode is not off).", check=_port)
+    public_port: int = setting(
+        0, "The port browsers reach the gateway on, when a port mapping (docker's -p 8080:80)"
+        " makes it another than the listening one; 0: the listening port (https_port with TLS,"
+        " else http_port). Sign-in redirects name it.", check=_port,
+    )
 
 
 @dataclass(frozen=True, slots=True)

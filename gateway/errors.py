@@ -7,7 +7,6 @@
     ├── CertificateError         a certificate could not be obtained, renewed or loaded
     └── RequestError             one HTTP request failed; carries the status to answer with
         ├── SignInRequired       303: a browser must sign in first (to the sign-in page)
-        ├── HandOffFailed        400: a tenant host got a sign-in ticket it cannot use
         ├── Unauthorized         401: a script must sign in first, or its API token is invalid
         ├── NotAMember           403: signed in, but not a member of this private tenant
         ├── UnknownHost          404: no tenant at this host
@@ -63,11 +62,6 @@ class RequestError(GatewayError):
 class SignInRequired(RequestError):
     status = 303
     title = "Sign in required"
-
-
-class HandOffFailed(RequestError):
-    status = 400
-    title = "Sign-in link not valid"
 
 
 class Unauthorized(RequestError):

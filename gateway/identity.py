@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 SESSION_COOKIE = "gateway_session"
 STATE_COOKIE = "gateway_state"
+CHECKED_COOKIE = "gateway_checked"  # see auth/service.py, public tenants on localhost
 ACTOR_COOKIE = "ds_actor"
 
 
@@ -26,7 +27,8 @@ def csrf_cookie_name(tls: bool) -> str:
 # Stripped from every request to a tenant; a tenant's Set-Cookie for one of these is dropped.
 GATEWAY_COOKIES = frozenset(
     name.encode()
-    for name in (SESSION_COOKIE, STATE_COOKIE, csrf_cookie_name(True), csrf_cookie_name(False))
+    for name in (SESSION_COOKIE, STATE_COOKIE, CHECKED_COOKIE, csrf_cookie_name(True),
+                 csrf_cookie_name(False))
 )
 OWNED_COOKIES = GATEWAY_COOKIES | {ACTOR_COOKIE.encode()}
 

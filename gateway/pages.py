@@ -3,41 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import jinja2
-from starlette.responses import Response
 
 from .asgi import Send
 from .errors import RequestError
+from .html import SECURITY_HEADERS, page, render, templates
 
-templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("gateway", "templates"),
-    autoescape=jinja2.select_autoescape(default=True),
-    enable_async=False,
-)
-
-# Sent with every page the gateway itself renders (never added to a tenant's responses).
-SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"same-origin"),
-    (b"content-security-policy",
-     b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
-     b" form-action 'self' https: http:; frame-ancestors 'none'"),
-]
-
-
-def render(template: str, **context: Any) -> bytes:
-    return templates.get_template(template).render(**context).encode()
-
-
-def page(body: bytes, status: int = 200) -> Response:
-    """A page of the apex site (Starlette), with the same headers as send_page's."""
-    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
-    return Response(body, status, headers={"cache-control": "no-store", **headers},
-                    media_type="text/html")
-
+__all__ = ["SECURITY_HEADERS", "page", "render", "send_error", "send_page", "templates"]
 
 async def send_page(
     send: Send,

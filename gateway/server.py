@@ -85,6 +85,9 @@ class Worker:
         self.master = master
         self.handover_socket = handover_socket
         self.gateway = Gateway(config)
+        # A configured port 0 is known only now; sign-in links name the port browsers use.
+        self.gateway.auth.listening({name: sock.getsockname()[1]
+                                     for name, sock in listeners.items()})
         self.app = GatewayApp(self.gateway)
         self.stopping = asyncio.Event()
         self.handed_over = False

@@ -49,5 +49,5 @@ def build_site(gateway: Gateway) -> Any:
     return Starlette(routes=[
         Route("/", home),
         Route("/-/health", health),
-        *auth_routes(gateway),
+        *auth_routes(gateway.auth),
     ])

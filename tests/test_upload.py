@@ -203,11 +203,12 @@ def test_only_members_may_upload(gateway: RunningGateway, member: Uploader) -> N
                                     headers={"host": gateway.host("alice")})
     assert anonymous.status_code == 401
     assert anonymous.json()["message"] == (
-        "Only members of 'alice' may change its data. Sign in at http://gw.test/-/login, or send"
-        " an API token (`gateway user token EMAIL`) as 'Authorization: Bearer <token>'.")
+        "Only members of 'alice' may change its data. Sign in at"
+        f" http://gw.test:{gateway.port}/-/login, or send an API token (`gateway user token"
+        " EMAIL`) as 'Authorization: Bearer <token>'.")
     page = gateway.client.get("/-/upload", headers={"host": gateway.host("alice")})
     assert page.status_code == 303
-    assert page.headers["location"].startswith("http://gw.test/-/login?next=")
+    assert page.headers["location"].startswith(f"http://gw.test:{gateway.port}/-/login?next=")
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     refused = outsider.post(b"a\n1\n")
     assert refused.status_code == 403
