@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,8 @@ templates = jinja2.Environment(
     autoescape=jinja2.select_autoescape(default=True),
     enable_async=False,
 )
+templates.filters["datetime"] = lambda seconds: time.strftime("%Y-%m-%d %H:%M UTC",
+                                                              time.gmtime(seconds))
 
 # Sent with every page the gateway itself renders (never added to a tenant's responses).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [

@@ -14,6 +14,7 @@ Every form carries a CSRF token (csrf.py); every page has pages.SECURITY_HEADERS
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -33,6 +34,8 @@ from .urls import host_port, origin, path_of, safe_next, tenant_of
 if TYPE_CHECKING:
     from ..runtime import Gateway
     from .service import Auth
+
+log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 16 * 1024
 TENANT_SIGNIN_PATH = "/-/gateway-signin"
@@ -61,7 +64,8 @@ class _Form:
         )
 
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
-        response = page(render(template, site_name=self.auth.domain, title=_TITLES[template],
+        context.setdefault("title", _TITLES.get(template, ""))
+        response = page(render(template, site_name=self.auth.domain,
                                user=self.principal.email if self.principal else None,
                                csrf_token=self.auth.csrf.form_token(self.csrf_cookie),
                                password_min_length=self.auth.settings.password_min_length,
@@ -143,6 +147,8 @@ def auth_routes(gateway: Gateway) -> list[Route]:
             session_id = await auth.accept_invite(code, password)
         except AccountError as exc:
             return form.render("invite.html", 400, invitation=invitation, error=str(exc))
+        log.info("invite_accepted", extra={"user": invitation.email,
+                                           "tenants": list(invitation.tenants)})
         first = invitation.tenants[0] if invitation.tenants else None
         scheme, port = request.url.scheme, host_port(request.headers.get("host", "").encode())
         target = origin(scheme, f"{first}.{auth.domain}", port) + "/" if first else "/"
