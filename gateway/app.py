@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from .auth.urls import host_port, origin
 from .auth.web import tenant_pages
 from .backends import TenantRoute
 from .errors import RequestError, UnknownHost
@@ -76,6 +77,7 @@ class GatewayApp:
                 _recording(send, outcome), error, request_id=request_id,
                 as_json=wants_json(scope["path"], scope["headers"]),
                 site_name=gateway.domain,
+                apex_url=origin(scope["scheme"], gateway.domain, host_port(host_header(scope))),
             )
         except ResponseAborted:
             outcome.status = outcome.status or 499

@@ -95,7 +95,8 @@ def build_site(gateway: Gateway) -> Any:
         tenants = [
             {"url": tenant_url(request, gateway, tenant.name), "name": tenant.name,
              "title": listing.title, "description": listing.description,
-             "size": format_size(listing.size_bytes), "public": tenant.settings.public,
+             "size": format_size(listing.size_bytes) if tenant.databases else "no data yet",
+             "public": tenant.settings.public,
              "member": tenant.name in member_of,
              "owner": user is not None and tenant.name in user.owner_of}
             for tenant, listing in zip(shown, listings, strict=True)

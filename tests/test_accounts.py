@@ -3,75 +3,32 @@ HTTP against a real gateway, real tenants, and a real SMTP server (aiosmtpd) sta
 
 from __future__ import annotations
 
-import email
 import html
 import json
 import re
-import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from gateway.auth.schema import _STEPS
 from gateway.auth.store import AccountStore
 from gateway.errors import AccountError
 
 from .conftest import RunningGateway, Site, wait_until
+from .smtp_server import Mailbox, link_in, smtp_server
 from .test_auth import ANN, DOMAIN, FAST_HASHING, JOE, PASSWORD, Browser, add_user
 
 NEW_PASSWORD = "another long passphrase"
 
 
-# --- a real SMTP server ------------------------------------------------------------------------
-
-
-class Mailbox:
-    """aiosmtpd's handler: keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        with self.lock:
-            self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def to(self, address: str) -> list[Message]:
-        with self.lock:
-            return [m for m in self.messages if m["To"] == address]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def mailbox() -> Iterator[tuple[Mailbox, int]]:
-    box = Mailbox()
-    controller = Controller(box, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield box, controller.port
-    finally:
-        controller.stop()
-
-
-def link_in(message: Message) -> str:
-    body = message.get_payload(decode=True)
-    assert isinstance(body, bytes)
-    found = re.search(r"http://\S+", body.decode())
-    assert found, body
-    return found.group(0)
+def mailbox() -> Iterator[Mailbox]:
+    with smtp_server() as box:
+        yield box
 
 
 def start(site: Site, start_gateway: Any, smtp_port: int | None = None) -> RunningGateway:
@@ -354,11 +311,11 @@ def test_without_smtp_the_page_says_to_ask_the_operator(browser: Browser) -> Non
 
 
 def test_reset_link_by_email(site: Site, start_gateway: Any,
-                             mailbox: tuple[Mailbox, int]) -> None:
+                             mailbox: Mailbox) -> None:
     """1. Asking for ann and for an unknown address gives the same answer; only ann gets an
     email. 2. Its link sets a new password, signs her in, ends her other sessions. 3. It works
     once. 4. Asking too often is throttled."""
-    box, port = mailbox
+    box, port = mailbox, mailbox.port
     site.write_config(auth={"throttle_backoff_initial_s": 600.0})  # no race with the clock
     gateway = start(site, start_gateway, smtp_port=port)
     browser, other = Browser(gateway), Browser(gateway)
@@ -402,8 +359,8 @@ def test_reset_link_by_email(site: Site, start_gateway: Any,
 
 
 def test_invitation_by_email(site: Site, start_gateway: Any,
-                             mailbox: tuple[Mailbox, int]) -> None:
-    box, port = mailbox
+                             mailbox: Mailbox) -> None:
+    box, port = mailbox, mailbox.port
     gateway = start(site, start_gateway, smtp_port=port)
     browser = Browser(gateway)
     try:
@@ -428,9 +385,25 @@ def test_home_lists_title_description_and_size(browser: Browser) -> None:
     assert "Alice&#39;s data" in home.text and "Rainfall by month." in home.text
     assert re.search(r"<p class=\"meta\">\d+(\.\d)? KB</p>", home.text)
     assert "bob" not in home.text
+    assert re.search(r'<a class="title" href="http://empty\.gw\.test/">empty</a>\s*'
+                     r'<p class="meta">no data yet</p>', home.text)
     browser.sign_in(ANN)
     mine = browser.get(DOMAIN, "/")
     assert '<a href="/-/team/bob">Team</a>' in mine.text
+
+
+def test_error_pages_have_the_right_title_and_a_way_on(browser: Browser) -> None:
+    """joe, not a member of public alice, opens its upload page: "Members only", not "Private
+    site", with links to all sites and to sign in as someone else."""
+    browser.sign_in(JOE)
+    page = browser.get(f"alice.{DOMAIN}", "/-/upload")
+    assert page.status_code == 403
+    assert "<title>Members only</title>" in page.text
+    assert (f'<p><a href="http://{DOMAIN}/">All sites</a> · <a href="http://{DOMAIN}/-/login">'
+            "Sign in as someone else</a></p>") in page.text
+    unknown = browser.get(f"nope.{DOMAIN}", "/")
+    assert unknown.status_code == 404
+    assert f'<a href="http://{DOMAIN}/">All sites</a>' in unknown.text
 
 
 def test_datasette_menu_follows_the_role(browser: Browser, gateway: RunningGateway) -> None:

@@ -40,7 +40,7 @@ from typing import TypeVar
 from urllib.parse import urlencode
 
 from ..config import Config, TenantConfig
-from ..errors import AccountError, NotAMember, SignInRequired, Unauthorized
+from ..errors import AccountError, MembersOnly, NotAMember, SignInRequired, Unauthorized
 from ..keys import tenant_secret
 from ..pages import wants_json
 from ..proxy import NO_IDENTITY, Identity, Scope
@@ -159,7 +159,7 @@ class Auth:
             raise self._sign_in_required(scope, host, tenant.name, cookie, api=api,
                                          reason=f"Only {who} of {tenant.name!r} may {what}")
         if tenant.name not in (principal.owner_of if owner else principal.tenants):
-            raise NotAMember(f"You are signed in as {principal.email}, who is not"
+            raise MembersOnly(f"You are signed in as {principal.email}, who is not"
                              f" {'an owner' if owner else 'a member'} of {tenant.name!r}:"
                              f" only its {who} may {what}.", tenant=tenant.name)
         return principal

@@ -35,12 +35,12 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
     from .service import Auth
 
-log = logging.getLogger(__name__)
-
 MAX_FORM_BYTES = 16 * 1024
 TENANT_SIGNIN_PATH = "/-/gateway-signin"
 
 TenantPage = Callable[[Scope, Receive, Send, str], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 
 class _Form:
@@ -64,7 +64,7 @@ class _Form:
         )
 
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
-        context.setdefault("title", _TITLES.get(template, ""))
+        context.setdefault("title", _TITLES.get(template, ""))  # pages elsewhere pass theirs
         response = page(render(template, site_name=self.auth.domain,
                                user=self.principal.email if self.principal else None,
                                csrf_token=self.auth.csrf.form_token(self.csrf_cookie),
