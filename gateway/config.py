@@ -418,6 +418,10 @@ class SmtpSettings:
         "", "The From address of the gateway's emails, e.g. \"Data <noreply@example.com>\"."
         " Default: noreply@<domain>."
     )
+    ca_file: Path | None = setting(
+        None, "PEM file of CA certificates to trust for the server's TLS certificate (a private"
+        " CA). Default: the system's trust store."
+    )
     timeout_s: float = setting(30.0, "How long talking to the SMTP server may take.",
                                check=_positive)
     reset_ttl_s: float = setting(
@@ -674,9 +678,10 @@ def _check_tls(tls: TlsSettings, domain: str, *, base: Path, file: str) -> TlsSe
 def _check_smtp(smtp: SmtpSettings, *, base: Path, file: str) -> SmtpSettings:
     if smtp.user and smtp.password_file is None:
         raise ConfigError(f"{file}: smtp.password_file: required when smtp.user is set")
-    if smtp.password_file is not None:
-        smtp = dataclasses.replace(smtp, password_file=base / smtp.password_file)
-    return smtp
+    return dataclasses.replace(smtp, **{
+        name: base / path for name in ("password_file", "ca_file")
+        if (path := getattr(smtp, name)) is not None
+    })
 
 
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:

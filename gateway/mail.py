@@ -53,7 +53,7 @@ class Mailer:
                         if settings.password_file else "")
             with self._connect() as smtp:
                 if settings.security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=self._tls())
                 if settings.user:
                     smtp.login(settings.user, password)
                 smtp.send_message(message)
@@ -66,5 +66,9 @@ class Mailer:
         settings = self.settings
         if settings.security == "tls":
             return smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout_s,
-                                    context=ssl.create_default_context())
+                                    context=self._tls())
         return smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_s)
+
+    def _tls(self) -> ssl.SSLContext:
+        ca_file = self.settings.ca_file
+        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

@@ -294,8 +294,8 @@ class AccountPages:
                                     digest(session_id), time.time())
         except AccountError as exc:
             return form.render("reset.html", 400, title=title, email=email, error=str(exc))
-        if form.principal is not None:
-            auth.forget_session(form.principal.session_root)
+        if form.principal is not None:  # this browser's session, maybe another account's
+            await auth.sign_out(form.principal)
         log.info("password_reset_done", extra={"user": email})
         response = _redirect("/-/account?done=password")
         response.raw_headers.append(_session_cookie(auth, session_id))
