@@ -144,6 +144,14 @@ def test_owner_invites_promotes_and_removes(browser: Browser, gateway: RunningGa
     invitee = Browser(gateway)
     try:
         path = link.group(1).removeprefix(f"http://{DOMAIN}")
+        # A second invitation, cancelled: its link no longer works, the first one does.
+        second = post(browser, "/-/team/bob", "/-/team/bob/invite", email="oops@example.com")
+        oops = re.search(r'<code class="secret">http://[^/]+(/[^<]+)</code>', second.text)
+        assert oops
+        cancelled = post(browser, "/-/team/bob", "/-/team/bob/cancel", email="oops@example.com")
+        assert cancelled.headers["location"] == "/-/team/bob?done=cancelled"
+        assert invitee.get(DOMAIN, oops.group(1)).status_code == 404
+        assert "oops@example.com" not in browser.get(DOMAIN, "/-/team/bob").text
         fields = invitee.form(path)
         accepted = invitee.request("POST", DOMAIN, path, data={
             **fields, "password": PASSWORD, "confirm": PASSWORD})

@@ -444,6 +444,25 @@ class AccountStore:
                              " AND expires >= ?", (code_hash, now)).fetchone()
         return Invite(row[0], tuple(json.loads(row[1])), row[2]) if row else None
 
+    def cancel_invites(self, tenant: str, email: str) -> int:
+        """`email`'s invitations no longer bring `tenant` (one that brings nothing else is
+        deleted). Returns how many were changed."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT code_hash, tenants FROM invites WHERE email = ?",
+                              (email,)).fetchall()
+            changed = 0
+            for code_hash, tenants in rows:
+                kept = [t for t in json.loads(tenants) if t != tenant]
+                if len(kept) == len(json.loads(tenants)):
+                    continue
+                changed += 1
+                if kept:
+                    db.execute("UPDATE invites SET tenants = ? WHERE code_hash = ?",
+                               (json.dumps(kept), code_hash))
+                else:
+                    db.execute("DELETE FROM invites WHERE code_hash = ?", (code_hash,))
+            return changed
+
     def accept_invite(self, code_hash: str, password_hash: str, session_hash: str,
                       now: float) -> None:
         """Create the invited account with its memberships, signed in as `session_hash`; the

@@ -5,6 +5,7 @@
                                      link; an existing one becomes a member at once)
     POST /-/team/{tenant}/role       make a member an owner, or an owner a member
     POST /-/team/{tenant}/remove     remove a member
+    POST /-/team/{tenant}/cancel     cancel the invitations of an email address
 
 On the apex rather than on the tenant's host: one origin holds every form and its CSRF cookie,
 and a tenant's Datasette never sees these requests. Only the tenant's owners get the page; a
@@ -44,6 +45,7 @@ ROLES = ("member", "owner")
 _DONE = {
     "role": "The role has been changed.",
     "removed": "The member has been removed.",
+    "cancelled": "The invitation has been cancelled: its link no longer works.",
 }
 
 
@@ -64,6 +66,7 @@ class TeamPages:
             Route("/-/team/{tenant}/invite", self.invite, methods=["POST"]),
             Route("/-/team/{tenant}/role", self.role, methods=["POST"]),
             Route("/-/team/{tenant}/remove", self.remove, methods=["POST"]),
+            Route("/-/team/{tenant}/cancel", self.cancel, methods=["POST"]),
         ]
 
     async def _owner(self, request: Request) -> _Owner | Response:
@@ -203,6 +206,16 @@ class TeamPages:
             return await self._render(form, tenant, 400, error=str(exc))
         log.info("member_removed", extra={"tenant": tenant, "member": email})
         return _redirect(f"/-/team/{tenant}?done=removed")
+
+    async def cancel(self, request: Request) -> Response:
+        sent = await self._post(request)
+        if isinstance(sent, Response):
+            return sent
+        (_, tenant, _), fields = sent
+        email = fields.get("email", "")
+        await asyncio.to_thread(self.auth.store.cancel_invites, tenant, email)
+        log.info("invite_cancelled", extra={"tenant": tenant, "invitee": email})
+        return _redirect(f"/-/team/{tenant}?done=cancelled")
 
     def _apex(self, request: Request) -> str:
         return origin(request.url.scheme, self.auth.domain,
