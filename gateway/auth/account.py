@@ -229,6 +229,7 @@ class AccountPages:
             return form.render("forgot.html", 400, title="Forgot your password?", mail=True,
                                email=email, sent=False, error=str(exc))
         address = request.client.host if request.client else ""
+        self.reset_throttle.settings = self.auth.settings  # as reloaded
         wait_s = self.reset_throttle.wait_s(email, address, time.time())
         if wait_s > 0:
             seconds = math.ceil(wait_s)
