@@ -17,7 +17,8 @@ import logging
 import os
 import time
 
-from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, wants_json
+from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, header, wants_json
+from .auth.urls import host_port, origin
 from .auth.web import tenant_pages
 from .backends import TenantRoute
 from .errors import BackendTimeout, BackendUnavailable, BadRequest, RequestError, UnknownHost
@@ -86,6 +87,8 @@ class GatewayApp:
                 _recording(send, outcome), error, request_id=request_id,
                 as_json=wants_json(scope["path"], scope["headers"]),
                 site_name=gateway.domain,
+                apex_url=origin(scope["scheme"], gateway.domain,
+                                host_port(header(scope["headers"], b"host"))),
             )
         except ResponseAborted:
             # The client went away or stalled, or the tenant broke off: uvicorn closes the

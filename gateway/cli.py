@@ -228,23 +228,28 @@ def tenant() -> None:
 @click.option("--public", is_flag=True, help="Anyone may browse it (default: members only).")
 @click.option("--member", "members", multiple=True, metavar="EMAIL",
               help="An account that may see it (repeatable).")
+@click.option("--owner", "owners", multiple=True, metavar="EMAIL",
+              help="An account that may see it and manage its team (repeatable).")
 @click.pass_context
-def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, ...]) -> None:
+def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, ...],
+               owners: tuple[str, ...]) -> None:
     """Create tenants/NAME; run `gateway reload` to start it.
 
     \b
     Example:
-        gateway tenant add carol --member ann@example.com && gateway reload
+        gateway tenant add carol --owner ann@example.com && gateway reload
     """
     config = _config(ctx)
     from .auth.passwords import normalise_email
 
     accounts = _accounts_for(config)
-    accounts.check_users_exist(members)
+    accounts.check_users_exist(members + owners)
     directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
                                            public=public)
     for email in members:
         accounts.store.add_member(name, normalise_email(email))
+    for email in owners:
+        accounts.store.add_member(name, normalise_email(email), "owner")
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
 
@@ -314,25 +319,38 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
 @click.option("--add", "added", multiple=True, metavar="EMAIL", help="Add a member (repeatable).")
 @click.option("--remove", "removed", multiple=True, metavar="EMAIL",
               help="Remove a member (repeatable).")
+@click.option("--owner", "owners", multiple=True, metavar="EMAIL",
+              help="Make an account an owner, adding it if needed (repeatable).")
+@click.option("--member", "demoted", multiple=True, metavar="EMAIL",
+              help="Make an owner a member again (repeatable).")
 @json_option
 @click.pass_context
 def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
-                   removed: tuple[str, ...], as_json: bool) -> None:
-    """List, add or remove the accounts that may see a private tenant.
+                   removed: tuple[str, ...], owners: tuple[str, ...], demoted: tuple[str, ...],
+                   as_json: bool) -> None:
+    """List, add or remove the accounts that may see a tenant, and name its owners.
 
-    The running gateway applies changes within auth.session_cache_s seconds.
+    Members see a private tenant and upload to it; owners also manage its team on the Team
+    page. The running gateway applies changes within auth.session_cache_s seconds.
 
     \b
     Example:
         gateway tenant members bob --add ann@example.com --remove joe@example.com
+        gateway tenant members bob --owner ann@example.com
     """
     accounts = _accounts(ctx)
     for email in added:
         accounts.add_member(name, email)
+    for email in owners:
+        accounts.add_member(name, email, "owner")
+    for email in demoted:
+        accounts.add_member(name, email, "member")
     for email in removed:
         accounts.remove_member(name, email)
-    members = accounts.members(name)
-    _print(members, as_json, lambda members: "\n".join(members) or f"{name} has no members")
+    team = [{"email": email, "role": role} for email, role in accounts.team(name)]
+    _print(team, as_json, lambda team: "\n".join(
+        m["email"] + ("  (owner)" if m["role"] == "owner" else "") for m in team)
+        or f"{name} has no members")
 
 
 @cli.group(context_settings=CONTEXT)

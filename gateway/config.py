@@ -463,6 +463,38 @@ class UploadSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = setting(
+        "", "SMTP server that sends invitations and password reset links. Empty: no email; the"
+        " Team page shows invitation links to copy, and the sign-in page says to ask the"
+        " operator for a new password."
+    )
+    port: int = setting(587, "Its port (587 for starttls, 465 for tls, 25 for none).",
+                        check=_port)
+    security: Literal["starttls", "tls", "none"] = setting(
+        "starttls", "starttls: upgrade the connection (STARTTLS, required); tls: TLS from the"
+        " first byte (SMTPS); none: plain text (a relay on the same machine only)."
+    )
+    user: str = setting("", "User name to log in with; empty: no login.")
+    password_file: Path | None = setting(
+        None, "File holding the password for `user` (read when an email is sent)."
+    )
+    from_address: str = setting(
+        "", "The From address of the gateway's emails, e.g. \"Data <noreply@example.com>\"."
+        " Default: noreply@<domain>."
+    )
+    ca_file: Path | None = setting(
+        None, "PEM file of CA certificates to trust for the server's TLS certificate (a private"
+        " CA). Default: the system's trust store."
+    )
+    timeout_s: float = setting(30.0, "How long talking to the SMTP server may take.",
+                               check=_positive)
+    reset_ttl_s: float = setting(
+        3600.0, "How long a password reset link stays valid (seconds).", check=_positive
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -478,6 +510,7 @@ class GatewaySettings:
     log: LogSettings = section(LogSettings)
     auth: AuthSettings = section(AuthSettings)
     upload: UploadSettings = section(UploadSettings)
+    smtp: SmtpSettings = section(SmtpSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,7 +596,8 @@ def load_config(path: Path) -> Config:
     if settings.sandbox.uid_min > settings.sandbox.uid_max:
         raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
     tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
-    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls)
+    smtp = _check_smtp(settings.smtp, base=path.parent, file=path.name)
+    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, smtp=smtp)
     tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
     return Config(path=path, gateway=settings, tenants=tenants)
 
@@ -705,6 +739,15 @@ def _check_tls(tls: TlsSettings, domain: str, *, base: Path, file: str) -> TlsSe
             raise ConfigError(f"{file}: tls.dns.wait_servers: {server!r} is not a host or"
                               " host:port")
     return dataclasses.replace(tls, dns=dataclasses.replace(tls.dns, zone=zone))
+
+
+def _check_smtp(smtp: SmtpSettings, *, base: Path, file: str) -> SmtpSettings:
+    if smtp.user and smtp.password_file is None:
+        raise ConfigError(f"{file}: smtp.password_file: required when smtp.user is set")
+    return dataclasses.replace(smtp, **{
+        name: base / path for name in ("password_file", "ca_file")
+        if (path := getattr(smtp, name)) is not None
+    })
 
 
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:

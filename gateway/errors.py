@@ -9,6 +9,7 @@
         ├── SignInRequired       303: a browser must sign in first (to the sign-in page)
         ├── Unauthorized         401: a script must sign in first, or its API token is invalid
         ├── NotAMember           403: signed in, but not a member of this private tenant
+        │   └── MembersOnly      403: what only members (or owners) may do, on any tenant
         ├── UnknownHost          404: no tenant at this host
         ├── BackendUnavailable   502: could not reach the tenant's process
         ├── BackendTimeout       504: the tenant's process did not answer in time
@@ -72,6 +73,10 @@ class Unauthorized(RequestError):
 class NotAMember(RequestError):
     status = 403
     title = "Private site"
+
+
+class MembersOnly(NotAMember):
+    title = "Members only"
 
 
 class UnknownHost(RequestError):

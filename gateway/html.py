@@ -5,6 +5,7 @@ pages without importing the app's error pages (pages.py).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jinja2
@@ -15,6 +16,8 @@ templates = jinja2.Environment(
     autoescape=jinja2.select_autoescape(default=True),
     enable_async=False,
 )
+templates.filters["datetime"] = lambda seconds: time.strftime("%Y-%m-%d %H:%M UTC",
+                                                              time.gmtime(seconds))
 
 # Sent with every page the gateway itself renders (never added to a tenant's responses).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [

@@ -33,9 +33,11 @@ async def send_page(
 
 
 async def send_error(
-    send: Send, error: RequestError, *, request_id: str, as_json: bool, site_name: str
+    send: Send, error: RequestError, *, request_id: str, as_json: bool, site_name: str,
+    apex_url: str = "",
 ) -> None:
-    """A clear page naming the status, the tenant and the request id; never a stack trace."""
+    """A clear page naming the status, the tenant and the request id, with a way on (the
+    apex's home, sign in: `apex_url`); never a stack trace."""
     if as_json:
         body = json.dumps({
             "ok": False,
@@ -56,5 +58,6 @@ async def send_error(
         tenant=error.tenant,
         request_id=request_id,
         site_name=site_name,
+        apex_url=apex_url,
     )
     await send_page(send, error.status, body, headers=error.headers)

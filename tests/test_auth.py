@@ -7,6 +7,7 @@ HTTP client's cookie jar could not apply the Domain rules a browser applies.
 from __future__ import annotations
 
 import html
+import json
 import re
 import sqlite3
 import statistics
@@ -211,10 +212,10 @@ def test_sign_in_then_tenant_sees_the_user(browser: Browser) -> None:
     assert sorted(attributes) == sorted(["Path=/", "Max-Age=2592000", "HttpOnly",
                                          "SameSite=Lax", f"Domain={DOMAIN}"])
     page = browser.get(f"bob.{DOMAIN}", "/-/actor.json")
-    assert page.json() == {"actor": {"id": ANN}}
+    assert page.json() == {"actor": {"id": ANN, "role": "member"}}
     assert page.headers["cache-control"] == "private, no-store"
     assert page.headers["vary"] == "Cookie, Authorization"
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     assert browser.actor("alice") == {"id": ANN}  # public tenants know signed-in users too
     home = browser.get(DOMAIN, "/")
     assert "Your sites" in home.text
@@ -225,7 +226,7 @@ def test_sign_in_then_tenant_sees_the_user(browser: Browser) -> None:
 def test_non_member_gets_403(browser: Browser) -> None:
     """joe (a member of carol only) signs in: carol lets him in, bob answers 403."""
     browser.sign_in(JOE)
-    assert browser.actor("carol") == {"id": JOE}
+    assert browser.actor("carol") == {"id": JOE, "role": "member"}
     page = browser.get(f"bob.{DOMAIN}", "/data/secrets")
     assert page.status_code == 403
     assert (f"You are signed in as {JOE}, who is not a member of the private site 'bob'."
@@ -371,7 +372,7 @@ def test_csrf_is_required_on_every_form(browser: Browser) -> None:
     forged = browser.request("POST", DOMAIN, "/-/logout",
                              data={**logout, "csrf_token": "0" * 64})
     assert forged.status_code == 403
-    assert browser.actor("bob") == {"id": ANN}
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
 
 
 def test_session_is_rotated_at_sign_in(gateway: RunningGateway) -> None:
@@ -382,12 +383,12 @@ def test_session_is_rotated_at_sign_in(gateway: RunningGateway) -> None:
     try:
         attacker.sign_in(ANN)
         planted = attacker.cookie("gateway_session")
-        assert planted and attacker.actor("bob") == {"id": ANN}
+        assert planted and attacker.actor("bob") == {"id": ANN, "role": "member"}
         victim.cookies[(DOMAIN, "gateway_session")] = planted
         victim.domain_cookies.add((DOMAIN, "gateway_session"))
         assert victim.sign_in(JOE).status_code == 303
         assert victim.cookie("gateway_session") not in (None, planted)
-        assert victim.actor("carol") == {"id": JOE}
+        assert victim.actor("carol") == {"id": JOE, "role": "member"}
         assert attacker.actor("carol") == 401  # the planted session is gone
         made_up = "x" * 43
         victim.cookies[(DOMAIN, "gateway_session")] = made_up
@@ -529,7 +530,7 @@ def test_hand_off_gives_the_tenant_host_its_own_session(browser: Browser) -> Non
     assert child and child != browser.cookie("gateway_session")
     only_child = {"cookie": f"gateway_session={child}"}
     assert browser.get(f"bob.{DOMAIN}", "/-/actor.json", headers=only_child).json() == {
-        "actor": {"id": ANN}}
+        "actor": {"id": ANN, "role": "member"}}
     # A tenant host's session is valid on that tenant only.
     assert browser.get(f"carol.{DOMAIN}", "/-/actor.json", headers=only_child).status_code == 401
 
@@ -581,7 +582,7 @@ def test_sign_out_ends_the_session_everywhere(browser: Browser) -> None:
     browser.sign_in(ANN)
     assert hand_off(browser, "bob")[-1][1].status_code == 200
     child = {"cookie": f"gateway_session={browser.cookie('gateway_session', f'bob.{DOMAIN}')}"}
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     signed_out = browser.sign_out()
     assert signed_out.status_code == 303
     assert signed_out.headers["location"] == "/-/login?signed_out=1"
@@ -603,7 +604,7 @@ def test_datasette_log_out_signs_out_of_the_gateway(browser: Browser) -> None:
                                  headers={**cookie, "origin": "http://evil.example"})
     assert cross_site.status_code == 303
     assert cross_site.headers["location"] == tenant_url(browser, None, "/-/logout")
-    assert browser.actor("bob") == {"id": ANN}
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
     own = browser.request("POST", f"bob.{DOMAIN}", "/-/logout", data={"csrftoken": "x"},
                           headers={**cookie, "origin": f"http://bob.{DOMAIN}"})
     assert own.status_code == 303
@@ -642,10 +643,10 @@ def test_api_token_works_until_revoked(browser: Browser, gateway: RunningGateway
 def test_membership_and_account_changes_apply_within_seconds(browser: Browser,
                                                              gateway: RunningGateway) -> None:
     browser.sign_in(ANN)
-    assert browser.actor("bob") == {"id": ANN}
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
     gateway.cli("tenant", "members", "bob", "--remove", ANN)
     wait_until(lambda: browser.actor("bob") == 403, timeout=10, message="ann out of bob")
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     gateway.cli("user", "remove", ANN)
     wait_until(lambda: browser.actor("carol") == 401, timeout=10, message="ann's session gone")
 
@@ -670,7 +671,7 @@ def test_invitation(browser: Browser, gateway: RunningGateway) -> None:
                                data={**fields, "password": PASSWORD, "confirm": PASSWORD})
     assert accepted.status_code == 303
     assert browser.follow(accepted.headers["location"])[-1][0] == tenant_url(browser, "bob")
-    assert browser.actor("bob") == {"id": "new@example.com"}
+    assert browser.actor("bob") == {"id": "new@example.com", "role": "member"}
     used = browser.get(DOMAIN, path)
     assert used.status_code == 404
     assert "This invitation link is not valid" in used.text
@@ -708,8 +709,8 @@ def test_tenant_add_with_members(gateway: RunningGateway) -> None:
     gateway.cli("tenant", "add", "dave", "--member", ANN, "--member", JOE)
     assert gateway.cli("tenant", "members", "dave").stdout.split() == [ANN, JOE]
     gateway.cli("tenant", "members", "dave", "--remove", JOE)
-    assert gateway.cli("tenant", "members", "dave", "--json").stdout.split() == [
-        "[", f'"{ANN}"', "]"]
+    assert json.loads(gateway.cli("tenant", "members", "dave", "--json").stdout) == [
+        {"email": ANN, "role": "member"}]
 
 
 def test_password_hash_is_upgraded_when_parameters_change(site: Site,
@@ -739,7 +740,7 @@ def test_idle_sessions_end(site: Site, start_gateway: Any) -> None:
     browser = Browser(gateway)
     try:
         browser.sign_in(ANN)
-        assert browser.actor("bob") == {"id": ANN}
+        assert browser.actor("bob") == {"id": ANN, "role": "member"}
         time.sleep(2.5)
         assert browser.actor("bob") == 401
     finally:

@@ -75,7 +75,7 @@ from urllib.parse import urlencode
 
 from ..asgi import Scope, header, joined_header, wants_json
 from ..config import Config, TenantConfig
-from ..errors import AccountError, NotAMember, SignInRequired, Unauthorized
+from ..errors import AccountError, MembersOnly, NotAMember, SignInRequired, Unauthorized
 from ..identity import NO_IDENTITY, OWNED_COOKIES, Identity
 from ..keys import tenant_secret
 from .actor import ActorMinter
@@ -133,7 +133,7 @@ class Auth:
         self._loading: dict[str, asyncio.Future[Principal | None]] = {}
         self._evictions = 0
         self._minters: dict[str, ActorMinter] = {}
-        self._actors: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._actors: dict[tuple[str, str, str | None], tuple[bytes, float]] = {}
         # Password hashing is slow and takes 64 MiB a go: two at a time, on threads of their
         # own, so a flood of sign-ins neither exhausts memory nor delays session lookups.
         self._hashing = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="argon2")
@@ -189,24 +189,27 @@ class Auth:
             )
         return Identity(
             strip_cookies=OWNED_COOKIES,
-            add_cookie=b"ds_actor=" + self._actor_cookie(principal.email, tenant.name),
+            add_cookie=b"ds_actor=" + self._actor_cookie(principal, tenant.name),
             strip_authorization=by_token,
             extra_response_headers=PRIVATE_RESPONSE,
             user=principal.email,
         )
 
-    async def member(self, scope: Scope, tenant: TenantConfig, *, api: bool) -> Principal:
-        """The member of `tenant` this request comes from (by session or API token), public
-        tenant or not. Anyone else is turned away: sent to sign in (`api`: 401), or 403."""
+    async def member(self, scope: Scope, tenant: TenantConfig, *, api: bool,
+                     owner: bool = False) -> Principal:
+        """The member (`owner`: an owner) of `tenant` this request comes from (by session or
+        API token), public tenant or not. Anyone else is turned away: sent to sign in (`api`:
+        401), or 403."""
         cookie, authorization = _credentials(scope)
         principal, _ = await self._principal(cookie, authorization, tenant.name)
-        reason = f"Only members of {tenant.name!r} may change its data"
+        who, what = ("owners", "do this") if owner else ("members", "change its data")
         if principal is None:
-            raise self._sign_in_required(scope, tenant.name, cookie, reason=reason, api=api)
-        if tenant.name not in principal.tenants:
-            raise NotAMember(f"You are signed in as {principal.email}, who is not a member of"
-                             f" {tenant.name!r}: only its members may change its data.",
-                             tenant=tenant.name)
+            raise self._sign_in_required(scope, tenant.name, cookie, api=api,
+                                         reason=f"Only {who} of {tenant.name!r} may {what}")
+        if tenant.name not in (principal.owner_of if owner else principal.tenants):
+            raise MembersOnly(f"You are signed in as {principal.email}, who is not"
+                             f" {'an owner' if owner else 'a member'} of {tenant.name!r}:"
+                             f" only its {who} may {what}.", tenant=tenant.name)
         return principal
 
     async def _principal(self, cookie: bytes | None, authorization: bytes | None,
@@ -273,17 +276,21 @@ class Auth:
     def _www_authenticate(self) -> tuple[bytes, bytes]:
         return b"www-authenticate", f'Bearer realm="{self.domain}"'.encode()
 
-    def _actor_cookie(self, email: str, tenant: str) -> bytes:
-        """A ds_actor for `tenant`, re-minted once a minute (minting costs ~30 µs)."""
+    def _actor_cookie(self, principal: Principal, tenant: str) -> bytes:
+        """A ds_actor for `tenant`, re-minted once a minute (minting costs ~30 µs). The actor
+        carries the role ("owner", "member"; none for others), for metadata `allow` blocks."""
         now = time.time()
-        cached = self._actors.get((email, tenant))
+        role = principal.role(tenant)
+        key = (principal.email, tenant, role)
+        cached = self._actors.get(key)
         if cached is not None and now < cached[1]:
             return cached[0]
         minter = self._minters.get(tenant)
         if minter is None:
             minter = self._minters[tenant] = ActorMinter(tenant_secret(self.master_key, tenant))
-        value = minter.mint({"id": email}, now)
-        _bounded_put(self._actors, (email, tenant), (value, now + 60))
+        actor = {"id": principal.email, "role": role} if role else {"id": principal.email}
+        value = minter.mint(actor, now)
+        _bounded_put(self._actors, key, (value, now + 60))
         return value
 
     # --- the cache ------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class _Form:
         )
 
     def render(self, template: str, status: int = 200, **context: Any) -> Response:
-        context.setdefault("title", _TITLES[template])
+        context.setdefault("title", _TITLES.get(template, ""))  # pages elsewhere pass theirs
         response = page(render(template, site_name=self.auth.domain,
                                user=self.principal.email if self.principal else None,
                                csrf_token=self.auth.csrf.form_token(self.csrf_cookie),
@@ -179,6 +179,8 @@ def auth_routes(auth: Auth) -> list[Route]:
             session_id = await auth.accept_invite(code, password)
         except AccountError as exc:
             return form.render("invite.html", 400, invitation=invitation, error=str(exc))
+        log.info("invite_accepted", extra={"user": invitation.email,
+                                           "tenants": list(invitation.tenants)})
         first = invitation.tenants[0] if invitation.tenants else None
         target = auth.origin(first) + "/" if first else "/"
         response = await _continue(auth, digest(session_id), target)
