@@ -146,19 +146,27 @@ def reload(ctx: click.Context, as_json: bool) -> None:
 
     Only the difference is applied: added tenants start, removed ones stop, changed ones are
     replaced without losing a request. An invalid config is reported and nothing changes.
+    Waits until every added or changed tenant serves, or has failed to start (exit 1: a changed
+    tenant's previous process keeps serving; a new one keeps being retried).
 
     \b
     Example:
         gateway reload
     """
-    plan = _call(_config(ctx), "POST", "/reload")
+    report = _call(_config(ctx), "POST", "/reload")
 
-    def text(plan: dict[str, list[str]]) -> str:
-        lines = [f"{key}: {', '.join(names) or '-'}" for key, names in plan.items()
-                 if key != "unchanged"]
+    def text(report: dict[str, Any]) -> str:
+        lines = [f"{key}: {', '.join(report[key]) or '-'}"
+                 for key in ("added", "removed", "changed", "needs_restart")]
+        lines += [f"{name}: serving" for name in report["serving"]]
+        lines += [f"{name}: failed: {reason}" for name, reason in report["failed"].items()]
         return "\n".join(lines)
 
-    _print(plan, as_json, text)
+    _print(report, as_json, text)
+    if report["failed"]:
+        failed = len(report["failed"])
+        raise click.ClickException(f"{failed} tenant{'s' if failed != 1 else ''} failed to start:"
+                                   f" {', '.join(report['failed'])}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -192,8 +200,11 @@ def _status_text(status: dict[str, Any]) -> str:
             f" {tenant['generation'] or '-':>5} {tenant['restarts']:>8}"
             f"  {', '.join(tenant['databases']) or '-'}"
         )
-        if tenant["failure"]:
+        last = tenant["last_failure"]
+        if tenant["failure"] and (last is None or last["reason"] != tenant["failure"]):
             lines.append(f"{'':<20} {tenant['failure']}")
+        if last is not None:
+            lines.append(f"{'':<20} last failure {_iso(last['time'])}: {last['reason']}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ like Caddy's admin endpoint. The server side is a small Starlette app; the clien
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from .errors import ConfigError, GatewayError
 if TYPE_CHECKING:
     from .certs import Certificates
     from .runtime import Gateway
+
+log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "control.sock"
 
@@ -71,8 +74,12 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         return JSONResponse(gateway.status())
 
     async def reload(request: Request) -> JSONResponse:
-        plan = await gateway.reload()
-        return JSONResponse(plan.summary())
+        try:
+            report = await gateway.reload()
+        except ConfigError as exc:
+            log.error("reload_rejected", extra={"error": str(exc)})
+            raise
+        return JSONResponse(report.summary())
 
     async def restart(request: Request) -> JSONResponse:
         name = request.path_params["name"]

@@ -31,6 +31,25 @@ class ReloadPlan:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What a reload did: its plan, and how each added or changed tenant came out of it."""
+
+    plan: ReloadPlan
+    failed: dict[str, str]  # tenant -> why its new process did not serve
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        return tuple(n for n in (*self.plan.added, *self.plan.changed) if n not in self.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> dict[str, object]:
+        return {**self.plan.summary(), "serving": list(self.serving), "failed": self.failed}
+
+
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     old_names, new_names = set(old.tenants), set(new.tenants)
     shared = sorted(old_names & new_names)
