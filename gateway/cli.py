@@ -128,13 +128,22 @@ def upgrade(ctx: click.Context) -> None:
 @cli.command("check-config", context_settings=CONTEXT)
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Read gateway.toml and tenants/ and report the first problem (exit 1), or OK.
+    """Check gateway.toml and tenants/ and report every problem (exit 1), or OK.
+
+    Each tenant's tenant.toml, its metadata file (parses, and has Datasette's shape) and its
+    plugins (import without error, in the tenant's sandbox) are checked too.
 
     \b
     Example:
         gateway --config gateway.toml check-config
     """
-    config = _config(ctx)
+    from .config_check import check_config
+
+    config, problems = check_config(ctx.obj["config_path"])
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if config is None or problems:
+        ctx.exit(1)
     click.echo(f"OK: {config.path} (domain {config.domain}, {len(config.tenants)} tenants)")
 
 
