@@ -372,6 +372,11 @@ def _accounts_for(config: Config) -> Accounts:
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        command = click.get_current_context().command_path
+        raise GatewayError("no terminal to ask for the password on: pipe it in with"
+                           f' --password-stdin, e.g. echo "$PASSWORD" | {command} EMAIL'
+                           " --password-stdin")
     password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     return password
 
@@ -543,7 +548,10 @@ def cert_status(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway cert status
     """
-    _print(_call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
+    status = _call(_config(ctx), "GET", "/certificate")
+    if status["mode"] == "off" and not as_json:
+        raise GatewayError(status["renewal_basis"])
+    _print(status, as_json, _certificate_text)
 
 
 @cert.command("renew", context_settings=CONTEXT)

@@ -87,7 +87,9 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         return JSONResponse({"restarted": name})
 
     async def certificate(request: Request) -> JSONResponse:
-        return JSONResponse(_certificates(gateway).status())
+        if gateway.certificates is None:
+            return JSONResponse(TLS_OFF_STATUS)
+        return JSONResponse(gateway.certificates.status())
 
     async def renew_certificate(request: Request) -> JSONResponse:
         force = request.query_params.get("force") == "1"
@@ -105,10 +107,14 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
     return Starlette(routes=routes)
 
 
+TLS_OFF = 'tls.mode is "off": the gateway serves plain HTTP and has no certificate'
+TLS_OFF_STATUS = {"mode": "off", "certificate": None, "next_renewal": None,
+                  "renewal_basis": TLS_OFF}
+
+
 def _certificates(gateway: Gateway) -> Certificates:
     if gateway.certificates is None:
-        raise GatewayError('tls.mode is "off": the gateway serves plain HTTP and has no'
-                           " certificate")
+        raise GatewayError(TLS_OFF)
     return gateway.certificates
 
 

@@ -126,3 +126,13 @@ def test_check_config_reports_every_problem_with_a_suggestion(tmp_path: Path) ->
     )
     assert third == 'Error: gateway.toml: proxy.connect_timeout_s: expected a number, got "soon"'
 
+
+
+@pytest.mark.parametrize("command", ["add", "password"])
+def test_password_without_a_terminal_says_to_use_stdin(tmp_path: Path, command: str) -> None:
+    code, output = run("--config", config(tmp_path), "user", command, "ann@example.com")
+    assert code == 1
+    assert output == (
+        "Error: no terminal to ask for the password on: pipe it in with --password-stdin, e.g."
+        f' echo "$PASSWORD" | gateway user {command} EMAIL --password-stdin\n'
+    )
