@@ -69,6 +69,7 @@ class Uploads:
                 await self._upload(scope, receive, send, route, who)
             except RequestError as error:
                 error.tenant = route.name
+                _log_failure(route, error, request_id)
                 await send_error(send, error, request_id=request_id, as_json=True,
                                  site_name=self.gateway.domain)
         else:
@@ -125,6 +126,7 @@ class Uploads:
         except RequestError as error:
             if not streaming:
                 raise
+            _log_failure(route, error, "")
             line = {"event": "error", "status": error.status, "message": str(error)}
             await _send_line(send, line, more=False)
             return
@@ -173,6 +175,11 @@ class Uploads:
                                      f" {target.database!r}, but the site could not restart to"
                                      " show it yet; the operator has been told.")
         return answer
+
+
+def _log_failure(route: TenantRoute, error: RequestError, request_id: str) -> None:
+    log.warning("upload_failed", extra={"tenant": route.name, "status": error.status,
+                                        "reason": str(error), "request_id": request_id})
 
 
 class _Upload:
