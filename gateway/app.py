@@ -81,6 +81,9 @@ class GatewayApp:
             outcome.status = outcome.status or 499
             raise
         finally:
+            gateway.request_metrics.record(route.tenant if tenant is not None else "",
+                                           scope["method"], outcome.status, start,
+                                           outcome.attempts)
             gateway.access_log.write(
                 start=start,
                 host=route.host,

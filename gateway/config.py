@@ -398,6 +398,32 @@ class UploadSettings:
     )
 
 
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """'127.0.0.1:9464' / '[::1]:0' -> (host, port); None if not a host:port (port 0: any)."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def _metrics_listen(value: str) -> str | None:
+    if value == "" or parse_listen(value) is not None:
+        return None
+    return 'expected host:port, e.g. "127.0.0.1:9464" (or "" for no metrics)'
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str = setting(
+        "127.0.0.1:9464",
+        "Where Prometheus scrapes /metrics (host:port). Not public: keep it on loopback or a"
+        ' private network. "" turns metrics off. Sign-in, upload, certificate and reload'
+        " counts come from their log events: they need log.level info or debug.",
+        check=_metrics_listen,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
@@ -413,6 +439,7 @@ class GatewaySettings:
     log: LogSettings = section(LogSettings)
     auth: AuthSettings = section(AuthSettings)
     upload: UploadSettings = section(UploadSettings)
+    metrics: MetricsSettings = section(MetricsSettings)
 
 
 @dataclass(frozen=True, slots=True)

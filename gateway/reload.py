@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import Config, GatewaySettings
 
 # Sections that only take effect when the gateway starts (or is upgraded in place).
-NEEDS_RESTART = ("listen", "paths")
+NEEDS_RESTART = ("listen", "paths", "metrics")
 # Sections every tenant process is started from: a change restarts all of them.
 SHAPES_TENANTS = ("sandbox",)
 

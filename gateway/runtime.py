@@ -22,6 +22,7 @@ from .errors import ConfigError, GatewayError
 from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
+from .metrics.requests import NoRequestMetrics, RequestMetrics
 from .proxy import Proxy
 from .reload import ReloadReport, plan_reload
 from .supervisor import Spawner, StartFailed, TenantSupervisor
@@ -51,6 +52,7 @@ class Gateway:
         self.spawner = Spawner(config, self.isolation, self.master_key)
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
+        self.request_metrics = RequestMetrics() if gateway.metrics.listen else NoRequestMetrics()
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
         self.certificates = certificates_for(config)
