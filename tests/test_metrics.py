@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics.requests import RequestMetrics
 
@@ -108,6 +109,11 @@ def test_metrics_count_requests_per_tenant(gateway: RunningGateway, metrics_url:
     assert gateway.get("alice", "/metrics").status_code == 404  # Datasette's: no such page
     response = httpx.get(metrics_url)
     assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families["gateway_tenant_request_duration_seconds"].type == "histogram"
+    assert families["gateway_tenant_requests"].type == "counter"
+    assert families["gateway_reloads"].type == "counter"
     found = samples(response.text)
     assert found['gateway_tenant_requests_total{code="2xx",method="GET",tenant="alice"}'] == 3
     # /nothing-here and /metrics (Datasette's 404: tenants' hosts do not serve the metrics)

@@ -2,7 +2,8 @@
 
     requests.py   per-tenant request counters, one call per request from app.py
     events.py     counts of log events: sign-ins, uploads, certificates, reloads
-    collector.py  everything else, read at scrape time
+    tenants.py    per-tenant metrics, read and written at scrape time
+    collector.py  gateway-wide metrics, a prometheus_client collector
 
 The master binds the listener (master.py), so it survives upgrades like the public ones; each
 worker serves it with a small uvicorn server of its own.
@@ -16,10 +17,12 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_asgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .collector import GatewayCollector
 from .events import EventCounts
+from .tenants import render_tenants
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
@@ -33,22 +36,30 @@ class Metrics:
     def __init__(self, gateway: Gateway, connections: Callable[[], int]) -> None:
         self.events = EventCounts()
         logging.getLogger().addHandler(self.events)
+        self.gateway = gateway
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, open files
-        self.registry.register(
-            GatewayCollector(gateway, gateway.request_metrics, self.events, connections)
-        )
-        self._app = make_asgi_app(self.registry)
+        self.registry.register(GatewayCollector(gateway, self.events, connections))
+
+    def render(self) -> bytes:
+        tenants = render_tenants(self.gateway, self.gateway.request_metrics, self.events)
+        return generate_latest(self.registry) + tenants.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """GET /metrics, uncompressed: on loopback, gzip (which Prometheus asks for) would
+        cost the gateway more than it saves (bench/metrics.py)."""
         if scope["type"] != "http":
             return
         if scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
-            await self._app(scope, receive, send)
-            return
-        await send({"type": "http.response.start", "status": 404,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
-        await send({"type": "http.response.body", "body": f"Metrics are at {PATH}.\n".encode()})
+            status, content_type, body = 200, CONTENT_TYPE_PLAIN_0_0_4, self.render()
+        else:
+            status, content_type = 404, "text/plain; charset=utf-8"
+            body = f"Metrics are at GET {PATH}.\n".encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body",
+                    "body": body if scope["method"] != "HEAD" else b""})
 
     def close(self) -> None:
         logging.getLogger().removeHandler(self.events)
