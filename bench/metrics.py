@@ -91,9 +91,26 @@ def per_request(root: Path, processes: Processes, args: argparse.Namespace) -> b
     print(f"  requests/s               metrics on {statistics.median(rps['on']):.0f},"
           f" off {statistics.median(rps['off']):.0f}")
     print(f"  CPU on/off               {ratio_text(ratios)}")
+    record_us = _record_cost()
+    print(f"  RequestMetrics.record alone: {record_us:.2f} µs per call (in this process,"
+          f" {record_us / statistics.median(cpu['off']) * 100:.1f} % of a request's CPU)")
     ok = statistics.median(ratios) < TARGET_CPU_RATIO
     print(f"  target < {TARGET_CPU_RATIO:.2f}: {'met' if ok else 'NOT met'}")
     return ok
+
+
+def _record_cost(calls: int = 200_000) -> float:
+    """µs per RequestMetrics.record call, as app.py makes it (median of five timings)."""
+    from gateway.metrics.requests import RequestMetrics
+
+    metrics, tenants = RequestMetrics(), [f"t{n}" for n in range(50)]
+    timings = []
+    for _ in range(5):
+        started = time.process_time()
+        for n in range(calls):
+            metrics.record(tenants[n % 50], "GET", 200, time.perf_counter(), 1)
+        timings.append((time.process_time() - started) / calls * 1e6)
+    return statistics.median(timings)
 
 
 def per_scrape(root: Path, tenants: int, scrapes: int) -> bool:
