@@ -168,7 +168,6 @@ async def _scrape(config_path: Path, tenants: int, scrapes: int) -> bool:
         started_cpu = time.process_time()
         generate_latest(Parsed())
         library_ms.append((time.process_time() - started_cpu) * 1000)
-    metrics.close()
     gateway.auth.close()
     samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     cpu = statistics.median(cpu_ms)

@@ -434,6 +434,33 @@ def user_remove(ctx: click.Context, email: str) -> None:
     click.echo(f"Removed {email}.")
 
 
+@user.command("admin", context_settings=CONTEXT)
+@click.argument("email")
+@click.option("--remove", is_flag=True, help="No longer an admin.")
+@click.pass_context
+def user_admin(ctx: click.Context, email: str, remove: bool) -> None:
+    """Let an account see the dashboard, /-/admin on the apex (or no longer, with --remove).
+
+    \b
+    Example:
+        gateway user admin ann@example.com
+    """
+    from .admin.admins import Admins
+    from .auth.passwords import normalise_email
+
+    accounts = _accounts(ctx)
+    admins = Admins(accounts.store.path)
+    email = normalise_email(email)
+    if remove:
+        if not admins.remove(email):
+            raise GatewayError(f"{email} is not an admin")
+        click.echo(f"{email} is no longer an admin.")
+        return
+    accounts.check_users_exist((email,))
+    admins.add(email)
+    click.echo(f"{email} is an admin: the dashboard is at /-/admin on the apex domain.")
+
+
 @user.command("list", context_settings=CONTEXT)
 @json_option
 @click.pass_context

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from . import sandbox
+from .admin.history import History
 from .auth.service import Auth
 from .backends import TenantRoute
 from .certs import certificates_for
@@ -22,6 +23,7 @@ from .errors import ConfigError, GatewayError
 from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
+from .metrics.events import EventCounts
 from .metrics.requests import NoRequestMetrics, RequestMetrics
 from .proxy import Proxy
 from .reload import ReloadReport, plan_reload
@@ -53,6 +55,9 @@ class Gateway:
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
         self.request_metrics = RequestMetrics() if gateway.metrics.listen else NoRequestMetrics()
+        self.events = EventCounts()  # for the metrics and the dashboard
+        logging.getLogger().addHandler(self.events)
+        self.history = History(self, self.request_metrics)
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
         self.certificates = certificates_for(config)

@@ -102,6 +102,7 @@ class Worker:
                    for server, sockets in public]
         for server, _ in public:
             await _started(server)
+        gateway.history.start()
         metrics = None
         if self.metrics_listener is not None:
             from .metrics import MetricsServer
@@ -138,6 +139,7 @@ class Worker:
         await controlling
         if metrics is not None:
             await metrics.stop()
+        await gateway.history.stop()
         if not self.handed_over:
             with contextlib.suppress(FileNotFoundError):
                 control_path.unlink()

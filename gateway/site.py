@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .admin.dashboard import dashboard_routes
 from .auth.web import auth_routes
 from .pages import page, render
 
@@ -47,4 +48,5 @@ def build_site(gateway: Gateway) -> Any:
         Route("/", home),
         Route("/-/health", health),
         *auth_routes(gateway),
+        *dashboard_routes(gateway),
     ])

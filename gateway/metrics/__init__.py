@@ -12,7 +12,6 @@ worker serves it with a small uvicorn server of its own.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .collector import GatewayCollector
-from .events import EventCounts
 from .tenants import render_tenants
 
 if TYPE_CHECKING:
@@ -31,11 +29,10 @@ PATH = "/metrics"
 
 
 class Metrics:
-    """The /metrics ASGI app; counts log events from when it is made until `close`."""
+    """The /metrics ASGI app."""
 
     def __init__(self, gateway: Gateway, connections: Callable[[], int]) -> None:
-        self.events = EventCounts()
-        logging.getLogger().addHandler(self.events)
+        self.events = gateway.events
         self.gateway = gateway
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, open files
@@ -61,10 +58,6 @@ class Metrics:
         await send({"type": "http.response.body",
                     "body": body if scope["method"] != "HEAD" else b""})
 
-    def close(self) -> None:
-        logging.getLogger().removeHandler(self.events)
-
-
 class MetricsServer:
     """Serves Metrics on the inherited listener until `stop`."""
 
@@ -79,4 +72,3 @@ class MetricsServer:
     async def stop(self) -> None:
         self.server.should_exit = True
         await self._serving
-        self.metrics.close()

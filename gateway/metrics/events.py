@@ -34,17 +34,24 @@ class EventCounts(logging.Handler):
         self.uploads: dict[str, list[float]] = {}
         # tenant -> (ok, failed) uploads: counted per tenant as well
         self.upload_results: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.last_upload: dict[str, float] = {}  # tenant -> when its last upload was imported
+        self.reloads: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
 
     def emit(self, record: logging.LogRecord) -> None:
         counted = COUNTED.get(record.msg) if isinstance(record.msg, str) else None
         if counted is None:
             return
         self.counts[counted] += 1
+        fields: dict[str, Any] = vars(record)
+        if counted[0] == "reloads":
+            self.reloads.appendleft({"time": record.created, "result": counted[1],
+                                     "failed": fields.get("failed", {}),
+                                     "error": fields.get("error", "")})
         if counted[0] == "uploads":
-            fields: dict[str, Any] = vars(record)
             tenant = str(fields.get("tenant", ""))
             self.upload_results[tenant, counted[1]] += 1
             if counted[1] == "ok":
+                self.last_upload[tenant] = record.created
                 totals = self.uploads.setdefault(tenant, [0.0, 0.0, 0.0])
                 for i, key in enumerate(("rows", "bytes", "duration_s")):
                     value = fields.get(key)
