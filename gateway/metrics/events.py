@@ -13,7 +13,7 @@ from typing import Any
 
 # event name -> (counter, its label value)
 COUNTED: dict[str, tuple[str, str]] = {
-    "sign_in_succeeded": ("sign_ins", "ok"),
+    "signed_in": ("sign_ins", "ok"),
     "sign_in_failed": ("sign_ins", "failed"),
     "sign_in_throttled": ("sign_ins", "throttled"),
     "upload_imported": ("uploads", "ok"),
