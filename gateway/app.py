@@ -15,20 +15,19 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any
 
+from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, header, wants_json
 from .auth.web import tenant_pages
 from .backends import TenantRoute
 from .errors import RequestError, UnknownHost
-from .pages import send_error, wants_json
-from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scope, Send
-from .routing import host_header, route_host
+from .identity import NO_IDENTITY
+from .pages import send_error
+from .proxy import Outcome
+from .routing import route_host
 from .runtime import Gateway
 from .site import build_site
 from .upload.endpoint import PATHS as UPLOAD_PATHS
 from .upload.endpoint import Uploads
-
-ASGIApp = Any
 
 
 class GatewayApp:
@@ -45,7 +44,7 @@ class GatewayApp:
         start = time.perf_counter()
         request_id = next(self._request_ids)
         gateway = self.gateway
-        route = route_host(host_header(scope), gateway.domain)
+        route = route_host(header(scope["headers"], b"host"), gateway.domain)
         outcome = Outcome()
         if gateway.draining:
             send = _closing_connection(send)

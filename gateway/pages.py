@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import jinja2
 from starlette.responses import Response
 
+from .asgi import Send
 from .errors import RequestError
-from .proxy import Send
 
 templates = jinja2.Environment(
     loader=jinja2.PackageLoader("gateway", "templates"),
@@ -27,16 +26,6 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
      b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
      b" form-action 'self' https: http:; frame-ancestors 'none'"),
 ]
-
-
-def wants_json(path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Datasette's convention (a .json path) or an Accept header that asks for JSON, not HTML."""
-    if path.endswith(".json"):
-        return True
-    for name, value in headers:
-        if name == b"accept":
-            return b"application/json" in value and b"text/html" not in value
-    return False
 
 
 def render(template: str, **context: Any) -> bytes:

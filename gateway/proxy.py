@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .auth.cookies import OWNED_COOKIES
+from .asgi import Receive, ResponseAborted, Scope, Send, parse_content_length
 from .backend_client import ConnectFailed, Connection, NoResponse
 from .backends import Backend, TenantRoute
 from .config import ProxySettings
 from .errors import BackendTimeout, BackendUnavailable, TenantUnavailable
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .identity import (
+    NO_IDENTITY,
+    Identity,
+    is_client_claim,
+    sets_owned_cookie,
+    tenant_cookie_header,
+)
 
 # RFC 9110 7.6.1: connection-specific headers, never forwarded. Expect is answered by our own
 # server (uvicorn sends the 100 Continue), so the backend must not see it again.
@@ -36,37 +37,10 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade"
     b" proxy-authorization proxy-authenticate expect".split()
 )
-# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239), and so is
-# who the user is: identity headers that auth proxies set, which a tenant plugin might trust.
-CLIENT_CLAIMS = frozenset(
-    b"x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip forwarded"
-    b" x-request-id remote-user x-remote-user x-forwarded-user x-forwarded-email"
-    b" x-forwarded-preferred-username x-auth-request-user x-auth-request-email"
-    b" x-auth-request-preferred-username x-gateway-actor x-actor".split()
-)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Responses bigger than this are watched for the client going away, so that an abandoned
 # export stops reading from the backend. Smaller ones are not worth a watcher task.
 _WATCH_DISCONNECT_AFTER = 1024 * 1024
-
-
-class ResponseAborted(Exception):
-    """The response had started and could not be finished; uvicorn closes the connection."""
-
-
-@dataclass(slots=True)
-class Identity:
-    """What the auth layer wants the backend to see: cookies to add, and to take away."""
-
-    strip_cookies: frozenset[bytes] = frozenset()
-    add_cookie: bytes = b""
-    strip_authorization: bool = False
-    # Replace the backend's headers of the same names (cache-control, vary).
-    extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    user: str = ""  # for the access log
-
-
-NO_IDENTITY = Identity()
 
 
 @dataclass(slots=True)
@@ -97,7 +71,7 @@ def upstream_headers(
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"content-length":
-            content_length = int(value) if value.isdigit() else None
+            content_length = parse_content_length(value)
         elif name == b"host":
             host = value
         elif name == b"cookie":
@@ -107,8 +81,8 @@ def upstream_headers(
         else:
             kept.append((name, value))
     result = [(b"host", host)] if host else []
-    result += [(n, v) for n, v in kept if n not in dropped and n not in CLIENT_CLAIMS]
-    cookie = _filter_cookies(cookies, identity)
+    result += [(n, v) for n, v in kept if n not in dropped and not is_client_claim(n)]
+    cookie = tenant_cookie_header(cookies, identity)
     if cookie:
         result.append((b"cookie", cookie))
     result += [
@@ -125,25 +99,6 @@ def upstream_headers(
     return result, content_length, chunked
 
 
-def _filter_cookies(values: list[bytes], identity: Identity) -> bytes:
-    """One Cookie header without the cookies the gateway owns, plus the one it adds.
-
-    Datasette reads the last of duplicate cookies, so a client-sent ds_actor must be removed,
-    not merely followed by ours.
-    """
-    if not identity.strip_cookies and not identity.add_cookie:
-        return b"; ".join(values)
-    pairs = [
-        pair.strip()
-        for value in values
-        for pair in value.split(b";")
-        if pair.strip() and pair.split(b"=", 1)[0].strip() not in identity.strip_cookies
-    ]
-    if identity.add_cookie:
-        pairs.append(identity.add_cookie)
-    return b"; ".join(pairs)
-
-
 # uvicorn writes its own Date on every response: the backend's would make two (RFC 9110 6.6.1).
 _NOT_RETURNED = HOP_BY_HOP | {b"date"}
 
@@ -156,14 +111,8 @@ def downstream_headers(
     for name, value in headers:
         if name == b"connection":
             dropped.update(token.strip().lower() for token in value.split(b","))
-    result = [(n, v) for n, v in headers if n not in dropped and not _sets_gateway_cookie(n, v)]
+    result = [(n, v) for n, v in headers if n not in dropped and not sets_owned_cookie(n, v)]
     return result + identity.extra_response_headers if identity.extra_response_headers else result
-
-
-def _sets_gateway_cookie(name: bytes, value: bytes) -> bool:
-    """A tenant must not set the gateway's cookies: a session planted for the whole domain
-    would sign every tenant's visitors in as someone else (cookie tossing)."""
-    return name == b"set-cookie" and value.partition(b"=")[0].strip() in OWNED_COOKIES
 
 
 def should_retry(error: BackendUnavailable, *, method: str, replayable: bool) -> bool:

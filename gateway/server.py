@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 
 from . import handover
 from .app import GatewayApp
+from .asgi import ASGIApp
 from .config import Config, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
@@ -48,7 +49,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
+def uvicorn_server(app: ASGIApp, *, drain_s: float, ssl: Any = None) -> _Server:
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -163,7 +164,7 @@ class Worker:
         for server in public:
             server.should_exit = True
 
-    def _public_apps(self) -> list[tuple[Any, ssl.SSLContext | None, list[socket.socket]]]:
+    def _public_apps(self) -> list[tuple[ASGIApp, ssl.SSLContext | None, list[socket.socket]]]:
         """What each listener serves: the gateway on HTTP; or, with TLS, redirects on HTTP and
         the gateway on HTTPS."""
         certificates = self.gateway.certificates
@@ -176,7 +177,7 @@ class Worker:
             (StrictTransportSecurity(self.app, self.gateway), certificates.live.listener, [https]),
         ]
 
-    def _control_app(self) -> Any:
+    def _control_app(self) -> ASGIApp:
         async def upgrade(request: Request) -> JSONResponse:
             return JSONResponse({"result": await self.request_upgrade()})
 

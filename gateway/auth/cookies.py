@@ -13,21 +13,17 @@ None of them reaches a tenant as the client sent it, and a tenant cannot set the
 
 from __future__ import annotations
 
-SESSION_COOKIE = "gateway_session"
-STATE_COOKIE = "gateway_state"
-ACTOR_COOKIE = "ds_actor"
-
-
-def csrf_cookie_name(tls: bool) -> str:
-    return "__Host-gateway_csrf" if tls else "gateway_csrf"
-
-
-# Stripped from every request to a tenant; a tenant's Set-Cookie for one of these is dropped.
-GATEWAY_COOKIES = frozenset(
-    name.encode()
-    for name in (SESSION_COOKIE, STATE_COOKIE, csrf_cookie_name(True), csrf_cookie_name(False))
+from ..identity import (  # the contract with the proxy; names re-exported for auth's use
+    ACTOR_COOKIE,
+    GATEWAY_COOKIES,
+    OWNED_COOKIES,
+    SESSION_COOKIE,
+    STATE_COOKIE,
+    csrf_cookie_name,
 )
-OWNED_COOKIES = GATEWAY_COOKIES | {ACTOR_COOKIE.encode()}
+
+__all__ = ["ACTOR_COOKIE", "GATEWAY_COOKIES", "OWNED_COOKIES", "SESSION_COOKIE", "STATE_COOKIE",
+           "cookie_values", "csrf_cookie_name", "set_cookie"]
 
 
 def cookie_values(header: bytes, name: bytes) -> list[str]:

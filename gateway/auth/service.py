@@ -39,14 +39,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlencode
 
+from ..asgi import Scope, header, joined_header, wants_json
 from ..config import Config, TenantConfig
 from ..errors import AccountError, NotAMember, SignInRequired, Unauthorized
+from ..identity import NO_IDENTITY, OWNED_COOKIES, Identity
 from ..keys import tenant_secret
-from ..pages import wants_json
-from ..proxy import NO_IDENTITY, Identity, Scope
 from .actor import ActorMinter
 from .cookies import (
-    OWNED_COOKIES,
     SESSION_COOKIE,
     STATE_COOKIE,
     cookie_values,
@@ -359,17 +358,9 @@ class Auth:
 def _credentials(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | None]:
     """The request's cookies (all Cookie headers joined), Authorization and Host, in one pass
     over the headers: this runs on every proxied request."""
-    cookie: bytes | None = None
-    authorization: bytes | None = None
-    host: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"cookie":
-            cookie = value if cookie is None else cookie + b";" + value
-        elif name == b"authorization":
-            authorization = value
-        elif name == b"host":
-            host = value
-    return cookie, authorization, host
+    headers = scope["headers"]
+    return (joined_header(headers, b"cookie", b";"), header(headers, b"authorization"),
+            header(headers, b"host"))
 
 
 def _bearer_token(authorization: bytes | None) -> str | None:

@@ -22,9 +22,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..asgi import Receive, Scope, Send
 from ..errors import AccountError, HandOffFailed
 from ..pages import page, render
-from ..proxy import Receive, Scope, Send
 from .cookies import SESSION_COOKIE, STATE_COOKIE, cookie_values, csrf_cookie_name, set_cookie
 from .service import SignInRefused
 from .store import Principal, digest

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import sandbox
+from ..asgi import Message, Receive, ResponseAborted, Scope, Send, content_length, header
 from ..config import UploadSettings
 from ..errors import GatewayError, RequestError
 from ..pages import render, send_error, send_page
-from ..proxy import Message, Receive, ResponseAborted, Scope, Send
 from .errors import BadUpload, CannotImport, UploadFailed, UploadStalled, too_large
 from .form import Target, choose_target, importer_options, table_path
 from .importer_process import Importer
-from .request import FormParser, Part, check_same_origin, content_length, header, multipart_boundary
+from .request import FormParser, Part, check_same_origin, multipart_boundary
 
 if TYPE_CHECKING:
     from ..backends import TenantRoute
@@ -112,7 +112,7 @@ class Uploads:
     async def _import(self, scope: Scope, send: Send, route: TenantRoute, importer: Importer,
                       fields: dict[str, str], filename: str, who: str, started: float) -> None:
         """The upload is in: let the importer finish, commit where the form says, answer."""
-        streaming = NDJSON in header(scope["headers"], b"accept")
+        streaming = NDJSON in (header(scope["headers"], b"accept") or b"")
         if streaming:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", NDJSON), (b"cache-control", b"no-store"),
