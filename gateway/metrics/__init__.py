@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from ..asgi import Receive, Scope, Send
 from .collector import GatewayCollector
 from .tenants import render_tenants
 
@@ -42,7 +43,7 @@ class Metrics:
         tenants = render_tenants(self.gateway, self.gateway.request_metrics, self.events)
         return generate_latest(self.registry) + tenants.encode()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """GET /metrics, uncompressed: on loopback, gzip (which Prometheus asks for) would
         cost the gateway more than it saves (bench/metrics.py)."""
         if scope["type"] != "http":
