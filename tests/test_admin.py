@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from gateway.admin.charts import sparkline
-from gateway.admin.history import p95
+from gateway.admin.history import KEPT, Sample, _Series, p95
 from gateway.metrics.events import EventCounts
 from gateway.metrics.requests import BUCKETS
 
@@ -49,3 +49,13 @@ def test_events_are_counted_by_name() -> None:
     assert counts.upload_results == {("alice", "ok"): 1, ("alice", "failed"): 1}
     assert [r["failed"] for r in counts.reloads] == [{"carol": "exited"}]
     assert set(counts.last_upload) == {"alice"}
+
+
+def test_a_day_of_samples_is_kept_compactly() -> None:
+    series = _Series()
+    for minute in range(KEPT + 5):
+        series.append(Sample(minute, None if minute % 2 else 0.025, 50 * 1024 * 1024))
+    assert len(series.requests) == len(series.p95_s) == len(series.rss_kb) == KEPT
+    assert series.last(2) == [Sample(KEPT + 3, None, 50 * 1024 * 1024),
+                              Sample(KEPT + 4, 0.02500000037252903, 50 * 1024 * 1024)]
+    assert series.requests.itemsize + series.p95_s.itemsize + series.rss_kb.itemsize == 12
