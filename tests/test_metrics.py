@@ -14,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import _is_private
 from gateway.metrics.requests import RequestMetrics
 
 from .conftest import RunningGateway, Site, wait_until
@@ -178,3 +179,11 @@ def test_request_counters_are_bounded_and_bucketed() -> None:
     assert alice.counts == {("GET", 2): 1, ("OTHER", 2): 2, ("POST", 2): 1, ("GET", 5): 1}
     assert (alice.attempts, alice.retries, alice.errors) == (7, 2, {502: 1})
     assert sum(alice.buckets) == 5 and alice.buckets[-1] == 5  # perf_counter() - 0: long ago
+
+
+@pytest.mark.parametrize(("host", "private"), [
+    ("127.0.0.1", True), ("::1", True), ("10.0.0.5", True), ("192.168.1.2", True),
+    ("0.0.0.0", False), ("::", False), ("203.0.113.7", False),
+])
+def test_a_public_metrics_address_is_warned_about(host: str, private: bool) -> None:
+    assert _is_private(host) is private

@@ -12,6 +12,8 @@ worker serves it with a small uvicorn server of its own.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,6 +27,8 @@ from .tenants import render_tenants
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
+
+log = logging.getLogger(__name__)
 
 PATH = "/metrics"
 
@@ -66,6 +70,11 @@ class MetricsServer:
                  connections: Callable[[], int]) -> None:
         from ..server import uvicorn_server
 
+        host = listener.getsockname()[0]
+        if not _is_private(host):
+            log.warning("metrics_listener_public", extra={
+                "address": host, "hint": "anyone who can reach it sees every tenant's metrics:"
+                " set [metrics] listen to a loopback or private address"})
         self.metrics = Metrics(gateway, connections)
         self.server = uvicorn_server(self.metrics, drain_s=1)
         self._serving = asyncio.ensure_future(self.server.serve(sockets=[listener]))
@@ -73,3 +82,11 @@ class MetricsServer:
     async def stop(self) -> None:
         self.server.should_exit = True
         await self._serving
+
+
+def _is_private(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not address.is_unspecified and (address.is_loopback or address.is_private)
