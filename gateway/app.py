@@ -95,6 +95,9 @@ class GatewayApp:
             # connection; the access log says 499 unless a status was sent.
             outcome.status = outcome.status or 499
         finally:
+            gateway.request_metrics.record(route.tenant if tenant is not None else "",
+                                           scope["method"], outcome.status, start,
+                                           outcome.attempts)
             gateway.access_log.write(
                 start=start,
                 host=route.host,

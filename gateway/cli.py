@@ -128,13 +128,22 @@ def upgrade(ctx: click.Context) -> None:
 @cli.command("check-config", context_settings=CONTEXT)
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Read gateway.toml and tenants/ and report the first problem (exit 1), or OK.
+    """Check gateway.toml and tenants/ and report every problem (exit 1), or OK.
+
+    Each tenant's tenant.toml, its metadata file (parses, and has Datasette's shape) and its
+    plugins (import without error, in the tenant's sandbox) are checked too.
 
     \b
     Example:
         gateway --config gateway.toml check-config
     """
-    config = _config(ctx)
+    from .config_check import check_config
+
+    config, problems = check_config(ctx.obj["config_path"])
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if config is None or problems:
+        ctx.exit(1)
     click.echo(f"OK: {config.path} (domain {config.domain}, {len(config.tenants)} tenants)")
 
 
@@ -146,19 +155,27 @@ def reload(ctx: click.Context, as_json: bool) -> None:
 
     Only the difference is applied: added tenants start, removed ones stop, changed ones are
     replaced without losing a request. An invalid config is reported and nothing changes.
+    Waits until every added or changed tenant serves, or has failed to start (exit 1: a changed
+    tenant's previous process keeps serving; a new one keeps being retried).
 
     \b
     Example:
         gateway reload
     """
-    plan = _call(_config(ctx), "POST", "/reload")
+    report = _call(_config(ctx), "POST", "/reload")
 
-    def text(plan: dict[str, list[str]]) -> str:
-        lines = [f"{key}: {', '.join(names) or '-'}" for key, names in plan.items()
-                 if key != "unchanged"]
+    def text(report: dict[str, Any]) -> str:
+        lines = [f"{key}: {', '.join(report[key]) or '-'}"
+                 for key in ("added", "removed", "changed", "needs_restart")]
+        lines += [f"{name}: serving" for name in report["serving"]]
+        lines += [f"{name}: failed: {reason}" for name, reason in report["failed"].items()]
         return "\n".join(lines)
 
-    _print(plan, as_json, text)
+    _print(report, as_json, text)
+    if report["failed"]:
+        failed = len(report["failed"])
+        raise click.ClickException(f"{failed} tenant{'s' if failed != 1 else ''} failed to start:"
+                                   f" {', '.join(report['failed'])}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -192,8 +209,11 @@ def _status_text(status: dict[str, Any]) -> str:
             f" {tenant['generation'] or '-':>5} {tenant['restarts']:>8}"
             f"  {', '.join(tenant['databases']) or '-'}"
         )
-        if tenant["failure"]:
+        last = tenant["last_failure"]
+        if tenant["failure"] and (last is None or last["reason"] != tenant["failure"]):
             lines.append(f"{'':<20} {tenant['failure']}")
+        if last is not None:
+            lines.append(f"{'':<20} last failure {_iso(last['time'])}: {last['reason']}")
     return "\n".join(lines)
 
 
@@ -371,6 +391,11 @@ def _accounts_for(config: Config) -> Accounts:
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        command = click.get_current_context().command_path
+        raise GatewayError("no terminal to ask for the password on: pipe it in with"
+                           f' --password-stdin, e.g. echo "$PASSWORD" | {command} EMAIL'
+                           " --password-stdin")
     password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     return password
 
@@ -426,6 +451,33 @@ def user_remove(ctx: click.Context, email: str) -> None:
     accounts = _accounts(ctx)
     accounts.remove_user(email)
     click.echo(f"Removed {email}.")
+
+
+@user.command("admin", context_settings=CONTEXT)
+@click.argument("email")
+@click.option("--remove", is_flag=True, help="No longer an admin.")
+@click.pass_context
+def user_admin(ctx: click.Context, email: str, remove: bool) -> None:
+    """Let an account see the dashboard, /-/admin on the apex (or no longer, with --remove).
+
+    \b
+    Example:
+        gateway user admin ann@example.com
+    """
+    from .admin.admins import Admins
+    from .auth.passwords import normalise_email
+
+    accounts = _accounts(ctx)
+    admins = Admins(accounts.store.path)
+    email = normalise_email(email)
+    if remove:
+        if not admins.remove(email):
+            raise GatewayError(f"{email} is not an admin")
+        click.echo(f"{email} is no longer an admin.")
+        return
+    accounts.check_users_exist((email,))
+    admins.add(email)
+    click.echo(f"{email} is an admin: the dashboard is at /-/admin on the apex domain.")
 
 
 @user.command("list", context_settings=CONTEXT)
@@ -542,7 +594,10 @@ def cert_status(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway cert status
     """
-    _print(_call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
+    status = _call(_config(ctx), "GET", "/certificate")
+    if status["mode"] == "off" and not as_json:
+        raise GatewayError(status["renewal_basis"])
+    _print(status, as_json, _certificate_text)
 
 
 @cert.command("renew", context_settings=CONTEXT)

@@ -10,6 +10,7 @@ Unknown keys, wrong types and bad values raise ConfigError naming the file and t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import re
@@ -494,6 +495,32 @@ class SmtpSettings:
     )
 
 
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """'127.0.0.1:9464' / '[::1]:0' -> (host, port); None if not a host:port (port 0: any)."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def _metrics_listen(value: str) -> str | None:
+    if value == "" or parse_listen(value) is not None:
+        return None
+    return 'expected host:port, e.g. "127.0.0.1:9464" (or "" for no metrics)'
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str = setting(
+        "127.0.0.1:9464",
+        "Where Prometheus scrapes /metrics (host:port). Not public: keep it on loopback or a"
+        ' private network. "" turns metrics off. Sign-in, upload, certificate and reload'
+        " counts come from their log events: they need log.level info or debug.",
+        check=_metrics_listen,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
@@ -511,6 +538,7 @@ class GatewaySettings:
     auth: AuthSettings = section(AuthSettings)
     upload: UploadSettings = section(UploadSettings)
     smtp: SmtpSettings = section(SmtpSettings)
+    metrics: MetricsSettings = section(MetricsSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,14 +634,19 @@ def load_tenants(tenants_dir: Path, defaults: TenantSettings) -> dict[str, Tenan
     if not tenants_dir.is_dir():
         raise ConfigError(f"{tenants_dir}: the tenants folder does not exist")
     tenants: dict[str, TenantConfig] = {}
+    problems: list[str] = []
     for entry in sorted(tenants_dir.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         try:
             validate_tenant_name(entry.name)
+            tenants[entry.name] = load_tenant(entry, defaults)
         except TenantNameError as exc:
-            raise ConfigError(f"{entry}: {exc}") from None
-        tenants[entry.name] = load_tenant(entry, defaults)
+            problems.append(f"{entry}: {exc}")
+        except ConfigError as exc:
+            problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
     return tenants
 
 
@@ -773,38 +806,50 @@ def _build(
     cls: type[Any], table: Mapping[str, Any], *, file: str, prefix: str, base: Any = None
 ) -> Any:
     """Build dataclass `cls` from a TOML table, starting from `base` (or the defaults)."""
-    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{file}: {prefix}{key}: unknown key (known keys: {known})")
+    problems = [_unknown_key(key, fields, file=file, prefix=prefix)
+                for key in table if key not in fields]
     values: dict[str, Any] = {}
     for name, f in fields.items():
-        where = f"{prefix}{name}"
         current = getattr(base, name) if base is not None else None
         if name not in table:
             if current is not None:
                 values[name] = current
             continue
-        raw = table[name]
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
-            values[name] = _build(
-                typing.cast(type[Any], kind), raw, file=file, prefix=f"{where}.", base=current
-            )
-            continue
-        value = _convert(kind, raw, file=file, where=where)
-        if isinstance(value, dict) and isinstance(current, dict):
-            value = {**current, **value}
-        check = f.metadata.get("check")
-        problem = check(value) if check else None
-        if problem:
-            raise ConfigError(f"{file}: {where}: {problem}")
-        values[name] = value
+        try:
+            values[name] = _build_value(cls, f, table[name], current, file=file, prefix=prefix)
+        except ConfigError as exc:  # every problem is reported, not only the first
+            problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
     return cls(**values)
+
+
+def _build_value(cls: type[Any], f: dataclasses.Field[Any], raw: Any, current: Any, *, file: str,
+                 prefix: str) -> Any:
+    where = f"{prefix}{f.name}"
+    kind = typing.get_type_hints(cls)[f.name]
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
+        return _build(
+            typing.cast(type[Any], kind), raw, file=file, prefix=f"{where}.", base=current
+        )
+    value = _convert(kind, raw, file=file, where=where)
+    if isinstance(value, dict) and isinstance(current, dict):
+        value = {**current, **value}
+    check = f.metadata.get("check")
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"{file}: {where}: {problem}")
+    return value
+
+
+def _unknown_key(key: str, fields: Mapping[str, Any], *, file: str, prefix: str) -> str:
+    known = ", ".join(sorted(fields))
+    message = f"{file}: {prefix}{key}: unknown key (known keys: {known})"
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]}?" if close else message
 
 
 def _convert(kind: Any, raw: Any, *, file: str, where: str) -> Any:

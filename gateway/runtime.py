@@ -10,9 +10,11 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 from . import sandbox
+from .admin.history import History
 from .auth.service import Auth
 from .backends import TenantRoute
 from .certs import certificates_for
@@ -21,8 +23,10 @@ from .errors import ConfigError, GatewayError
 from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
+from .metrics.events import EventCounts
+from .metrics.requests import NoRequestMetrics, RequestMetrics
 from .proxy import Proxy
-from .reload import ReloadPlan, plan_reload
+from .reload import ReloadReport, plan_reload
 from .supervisor import Spawner, StartFailed, TenantSupervisor
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,10 @@ class Gateway:
         self.spawner = Spawner(config, self.isolation, self.master_key)
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
+        self.request_metrics = RequestMetrics() if gateway.metrics.listen else NoRequestMetrics()
+        self.events = EventCounts()  # for the metrics and the dashboard
+        logging.getLogger().addHandler(self.events)
+        self.history = History(self, self.request_metrics)
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
         self.certificates = certificates_for(config)
@@ -87,12 +95,14 @@ class Gateway:
         """Wait until removed tenants have stopped and replaced processes have drained."""
         await asyncio.gather(*self._removing, *(s.retired() for s in self.supervisors.values()))
 
-    async def reload(self) -> ReloadPlan:
+    async def reload(self) -> ReloadReport:
         """Re-read gateway.toml and tenants/ and apply only the difference.
 
+        Returns once every added or changed tenant serves or has failed to, saying which.
         Raises ConfigError (and changes nothing) when the new config is invalid.
         """
         async with self._reload_lock:
+            since = time.time()
             new = await asyncio.to_thread(load_config, self.config.path)
             # Compare with what really runs: a replacement that failed last time is tried again.
             running = dataclasses.replace(
@@ -111,13 +121,43 @@ class Gateway:
                 *(self.supervisors[name].replace(new.tenants[name]) for name in plan.changed),
                 return_exceptions=True,
             )
-            for name, result in zip(plan.changed, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("tenant_replace_failed",
-                              extra={"tenant": name, "error": str(result)})
+            failed = {name: str(result) for name, result in zip(plan.changed, results, strict=True)
+                      if isinstance(result, BaseException)}
+            waiting = [n for n in (*plan.added, *plan.changed) if n not in failed]
+            outcomes = await asyncio.gather(
+                *(self._outcome(n, since, new.tenants[n]) for n in waiting)
+            )
+            failed.update((n, why) for n, why in zip(waiting, outcomes, strict=True) if why)
+            report = ReloadReport(plan, dict(sorted(failed.items())))
             if plan.needs_restart:
                 log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
-            return plan
+            if report.ok:
+                log.info("reload_done", extra={"serving": list(report.serving)})
+            else:
+                log.error("reload_failed", extra={"serving": list(report.serving),
+                                                  "failed": report.failed})
+            return report
+
+    async def _outcome(self, name: str, since: float, config: TenantConfig) -> str:
+        """Wait until tenant `name` serves ("") or a start of `config` has failed since `since`
+        (why). A failure of the config it replaced, still starting when the reload came, is
+        not this reload's."""
+        supervisor = self.supervisors[name]
+        route = supervisor.route
+        deadline = time.monotonic() + supervisor.config.settings.start_timeout_s + 5
+        while True:
+            failure = supervisor.last_failure
+            if (failure is not None and failure["time"] >= since
+                    and supervisor.failed_config == config):
+                return str(failure["reason"])
+            if route.state == "running" and route.backend is not None:
+                return ""
+            if route.state == "stopped":
+                return "stopped while starting"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"not serving {supervisor.config.settings.start_timeout_s:g} s after reload"
+            await route.wait_for_change(remaining)
 
     def _apply_settings(self, new: Config) -> None:
         self.config = new

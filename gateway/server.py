@@ -81,6 +81,7 @@ class Worker:
         handover_socket: socket.socket | None,
     ) -> None:
         self.config = config
+        self.metrics_listener = listeners.pop("metrics", None)  # not public: see metrics/
         self.listeners = listeners
         self.master = master
         self.handover_socket = handover_socket
@@ -112,6 +113,13 @@ class Worker:
                    for server, sockets in public]
         for server, _ in public:
             await _started(server)
+        gateway.history.start()
+        metrics = None
+        if self.metrics_listener is not None:
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(gateway, self.metrics_listener, lambda: sum(
+                len(server.server_state.connections) for server, _ in public))
         if self.handover_socket is not None:
             handover.send(self.handover_socket, {"op": "ready", "pid": os.getpid()})
             self.handover_socket.close()
@@ -124,6 +132,7 @@ class Worker:
         asyncio.get_running_loop().add_reader(self.master.fileno(), self._on_master_message)
         log.info("gateway_listening", extra={
             **{name: _address(sock) for name, sock in self.listeners.items()},
+            **({"metrics": _address(self.metrics_listener)} if self.metrics_listener else {}),
             "control": str(control_path), "domain": gateway.domain, "worker": os.getpid(),
             "tenants": sorted(gateway.routes),
         })
@@ -139,6 +148,9 @@ class Worker:
             await gateway.stop()
         control.should_exit = True
         await controlling
+        if metrics is not None:
+            await metrics.stop()
+        await gateway.history.stop()
         if not self.handed_over:
             with contextlib.suppress(FileNotFoundError):
                 control_path.unlink()

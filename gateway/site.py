@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .admin.dashboard import dashboard_routes
 from .auth.account import AccountPages
 from .auth.team import TeamPages
 from .auth.web import auth_routes
@@ -118,4 +119,5 @@ def build_site(gateway: Gateway) -> Any:
         *auth_routes(gateway.auth),
         *AccountPages(gateway).routes(),
         *TeamPages(gateway).routes(),
+        *dashboard_routes(gateway),
     ])

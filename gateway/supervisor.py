@@ -256,6 +256,8 @@ class TenantSupervisor:
         self.config = route.config
         self.current: TenantProcess | None = None
         self.restarts = 0
+        self.last_failure: dict[str, Any] | None = None  # {"reason", "time"}: for status, reload
+        self.failed_config: TenantConfig | None = None  # what last_failure was a start of
         self._crashes: collections.deque[float] = collections.deque()
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -308,13 +310,14 @@ class TenantSupervisor:
                     async with self._lock:
                         if self._stopping or self.current is not None:
                             continue
-                        process = await self.spawner.launch(self.config)
+                        config = self.config
+                        process = await self.spawner.launch(config)
                         self._install(process)
                     backoff = supervisor.restart_backoff_initial_s
                 except StartFailed as exc:
                     if self._stopping:
                         return
-                    backoff = await self._after_crash(str(exc), backoff)
+                    backoff = await self._after_crash(str(exc), backoff, config)
                     continue
             running = self.current
             if running is None:
@@ -326,12 +329,13 @@ class TenantSupervisor:
             reason = f"tenant {self.name!r} {running.describe_exit()}"
             self.route.withdraw(running.backend, "restarting", reason)
             await running.stop(0)
-            backoff = await self._after_crash(reason, backoff)
+            backoff = await self._after_crash(reason, backoff, self.config)
 
-    async def _after_crash(self, reason: str, backoff: float) -> float:
+    async def _after_crash(self, reason: str, backoff: float, config: TenantConfig) -> float:
         """Record a crash; mark the tenant failed in a crash loop, else wait `backoff`."""
         settings = self.spawner.config.gateway.supervisor
         now = time.monotonic()
+        self._record_failure(reason, config)
         self._crashes.append(now)
         while self._crashes and now - self._crashes[0] > settings.crash_loop_window_s:
             self._crashes.popleft()
@@ -351,6 +355,10 @@ class TenantSupervisor:
         self._kick.clear()
         return min(backoff * 2, settings.restart_backoff_max_s)
 
+    def _record_failure(self, reason: str, config: TenantConfig) -> None:
+        self.last_failure = {"reason": reason, "time": time.time()}
+        self.failed_config = config
+
     def _install(self, process: TenantProcess) -> Backend | None:
         self.current = process
         return self.route.publish(process.backend)
@@ -369,7 +377,11 @@ class TenantSupervisor:
                 self.route.set_state("starting")
                 self._kick.set()
                 return
-            process = await self.spawner.launch(config)
+            try:
+                process = await self.spawner.launch(config)
+            except StartFailed as exc:
+                self._record_failure(str(exc), config)
+                raise
             old = self.current
             self.config = self.route.config = config
             old.retiring = True
@@ -426,4 +438,5 @@ class TenantSupervisor:
             "uptime_s": round(time.time() - process.started_at, 1) if process else None,
             "in_flight": process.backend.in_flight if process else 0,
             "restarts": self.restarts,
+            "last_failure": self.last_failure,
         }

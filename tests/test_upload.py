@@ -111,6 +111,8 @@ def test_broken_file_is_refused_with_its_line_and_changes_nothing(member: Upload
     assert answer["message"] == ('Line 3: a quoted field starts here, but its closing quote (")'
                                  " is missing.")
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
+    event = member.gateway.wait_for_event("upload_failed", tenant="alice")
+    assert (event["status"], event["reason"]) == (422, answer["message"])
 
 
 def test_create_replace_append(member: Uploader) -> None:

@@ -69,6 +69,7 @@ class Uploads:
                     await self._upload(scope, receive, send, route, who)
             except RequestError as error:
                 error.tenant = route.name
+                _log_failure(route, error, request_id)
                 await send_error(send, error, request_id=request_id, as_json=True,
                                  site_name=route.name)
         else:
@@ -121,6 +122,7 @@ class Uploads:
         except RequestError as error:
             if not stream.started:
                 raise
+            _log_failure(route, error, "")
             await stream.line({"event": "error", "status": error.status,
                                "message": str(error)}, more=False)
             return
@@ -231,6 +233,11 @@ def _notes(*events: dict[str, Any]) -> list[str]:
             if isinstance(note, str) and note not in notes:
                 notes.append(note)
     return notes
+
+
+def _log_failure(route: TenantRoute, error: RequestError, request_id: str) -> None:
+    log.warning("upload_failed", extra={"tenant": route.name, "status": error.status,
+                                        "reason": str(error), "request_id": request_id})
 
 
 class _Upload:
