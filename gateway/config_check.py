@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # Datasette's own YAML parser; no stubs installed
+import yaml  # Datasette's own YAML parser; no stubs installed
 
 from . import sandbox
 from .config import Config, TenantConfig, load_config
