@@ -18,7 +18,12 @@ BUILDAH := buildah --storage-driver vfs
 
 .PHONY: demo test check lint typecheck venv debs bench-debs image image-test bench lock clean docs apt
 
+# As root, the demo installs what sandboxes tenants (as `make test` does); as another user it runs
+# with what is there (README: "Tenant processes and isolation").
+DEMO_DEBS := bubblewrap util-linux
+
 demo: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory apt DEBS="$(DEMO_DEBS)"; fi
 	$(BIN)/python -m gateway.demo build demo
 	@echo
 	@echo "Serving http://localhost:8000 (alice: http://alice.localhost:8000, bob: http://bob.localhost:8000)"

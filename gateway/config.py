@@ -40,7 +40,7 @@ _NAME_PATTERN = re.compile(r"[a-z0-9-]{1,63}")
 
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes including the terminating NUL).
 _MAX_SOCKET_PATH = 107
-_SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see supervisor.Spawner: run_dir/<generation>/
+_SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see spawner.Spawner: run_dir/<generation>/
 
 
 def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -254,11 +254,17 @@ class SupervisorSettings:
     crash_loop_restarts: int = setting(
         5,
         "A tenant that crashes this many times within crash_loop_window_s is marked failed and"
-        " answers 503 until it is restarted or changed.",
+        " answers 503 for failed_cooldown_s, or until it is restarted or changed.",
         check=_positive,
     )
     crash_loop_window_s: float = setting(
         60.0, "Window for counting crashes (see crash_loop_restarts).", check=_positive
+    )
+    failed_cooldown_s: float = setting(
+        300.0,
+        "How long a failed tenant rests before it is started again by itself, with a fresh count"
+        " of crashes. 0: it stays failed until it is restarted or changed.",
+        check=_non_negative,
     )
 
 
@@ -666,6 +672,12 @@ def load_tenant(directory: Path, defaults: TenantSettings) -> TenantConfig:
         has_plugins=plugins.is_dir(),
         fingerprint=_fingerprint(directory, metadata_file, plugins),
     )
+
+
+def tenant_settings_from_table(table: Mapping[str, Any], *, file: str) -> TenantSettings:
+    """TenantSettings from a table of every key (as another worker sent them), with the checks
+    a tenant.toml gets: ConfigError naming `file` and the key."""
+    return typing.cast(TenantSettings, _build(TenantSettings, table, file=file, prefix=""))
 
 
 def list_databases(data_dir: Path) -> tuple[str, ...]:

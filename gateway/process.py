@@ -171,7 +171,7 @@ class TenantProcess:
         with contextlib.suppress(TimeoutError):  # the last lines it printed
             await asyncio.wait(self._readers, timeout=1)
         self.stop_reading()
-        shutil.rmtree(self.handle.run_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""

@@ -13,21 +13,23 @@ import os
 import time
 from typing import Any
 
-from . import sandbox
+from . import handover, sandbox
 from .admin.history import History
 from .auth.service import Auth
 from .backends import TenantRoute
 from .certs import certificates_for
-from .config import Config, TenantConfig, load_config, load_tenant
+from .config import Config, TenantConfig, load_config, load_tenant, load_tenants
 from .errors import ConfigError, GatewayError
 from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
 from .metrics.events import EventCounts
 from .metrics.requests import NoRequestMetrics, RequestMetrics
+from .process import ProcessHandle
 from .proxy import Proxy
 from .reload import ReloadReport, plan_reload
-from .supervisor import Spawner, StartFailed, TenantSupervisor
+from .spawner import Spawner, StartFailed
+from .supervisor import TenantSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class Gateway:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o711)
         self.isolation = sandbox.probe_isolation(gateway.sandbox.isolation, gateway.sandbox.uid_min)
-        if gateway.sandbox.isolation == "required" and not self.isolation.uses_bwrap:
+        if gateway.sandbox.isolation == "required" and not self.isolation.is_complete:
             raise ConfigError(
                 f"{config.path.name}: sandbox.isolation: required, but {self.isolation.reason}"
             )
@@ -103,12 +105,15 @@ class Gateway:
         """
         async with self._reload_lock:
             since = time.time()
-            new = await asyncio.to_thread(load_config, self.config.path)
+            loaded = await asyncio.to_thread(load_config, self.config.path)
+            new = await asyncio.to_thread(self._keep_paths, loaded)
             # Compare with what really runs: a replacement that failed last time is tried again.
             running = dataclasses.replace(
                 self.config, tenants={n: s.config for n, s in self.supervisors.items()}
             )
             plan = plan_reload(running, new)
+            if new is not loaded:
+                plan = dataclasses.replace(plan, needs_restart=("paths", *plan.needs_restart))
             if self.certificates is not None and "tls.mode" not in plan.needs_restart:
                 await self.certificates.apply(new)  # first: unusable files reject the reload
             log.info("reload_planned", extra=plan.summary())
@@ -158,6 +163,18 @@ class Gateway:
             if remaining <= 0:
                 return f"not serving {supervisor.config.settings.start_timeout_s:g} s after reload"
             await route.wait_for_change(remaining)
+
+    def _keep_paths(self, new: Config) -> Config:
+        """[paths] apply at the next start only, all together: until then the running folders
+        stay, and tenants are read from the running tenants folder."""
+        paths = self.config.gateway.paths
+        if new.gateway.paths == paths:
+            return new
+        return dataclasses.replace(
+            new,
+            gateway=dataclasses.replace(new.gateway, paths=paths),
+            tenants=load_tenants(paths.tenants_dir, new.gateway.tenant_defaults),
+        )
 
     def _apply_settings(self, new: Config) -> None:
         self.config = new
@@ -216,15 +233,21 @@ class Gateway:
         if self.certificates is not None:
             await self.certificates.start()
         self.spawner.continue_generations(generation)
+        stale: list[str] = []
         for tenant in tenants:
-            route = TenantRoute(tenant.config, self.config.gateway.proxy.max_connections_per_tenant)
+            config = tenant.config or await self._read_stale(tenant.handle)
+            if config is None:
+                continue
+            if tenant.config is None:
+                stale.append(config.name)
+            route = TenantRoute(config, self.config.gateway.proxy.max_connections_per_tenant)
             supervisor = TenantSupervisor(self.spawner, route)
-            self.routes[tenant.config.name] = route
-            self.supervisors[tenant.config.name] = supervisor
+            self.routes[config.name] = route
+            self.supervisors[config.name] = supervisor
             try:
-                process = await self.spawner.adopt(tenant.config, tenant.handle)
+                process = await self.spawner.adopt(config, tenant.handle)
             except StartFailed as exc:
-                log.warning("tenant_not_adopted", extra={"tenant": tenant.config.name,
+                log.warning("tenant_not_adopted", extra={"tenant": config.name,
                                                          "error": str(exc)})
                 supervisor.start()
                 continue
@@ -235,6 +258,23 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload_rejected", extra={"error": str(exc)})
             self.config = adopted
+        for name in stale:  # run with settings this code cannot read: replace, blue/green
+            try:
+                await self.supervisors[name].replace()
+            except GatewayError as exc:  # the adopted process serves on
+                log.error("tenant_replace_failed", extra={"tenant": name, "error": str(exc)})
+
+    async def _read_stale(self, handle: ProcessHandle) -> TenantConfig | None:
+        """The tenant's config from disk, for a process whose sent settings were refused."""
+        gateway = self.config.gateway
+        try:
+            return await asyncio.to_thread(
+                load_tenant, gateway.paths.tenants_dir / handle.tenant, gateway.tenant_defaults
+            )
+        except ConfigError as exc:
+            log.error("tenant_not_adopted", extra={"tenant": handle.tenant, "error": str(exc)})
+            handover.let_go(handle)
+            return None
 
     async def stop(self) -> None:
         if self.certificates is not None:

@@ -111,8 +111,8 @@ class Worker:
             await gateway.start()
         serving = [asyncio.ensure_future(server.serve(sockets=sockets))
                    for server, sockets in public]
-        for server, _ in public:
-            await _started(server)
+        for (server, _), task in zip(public, serving, strict=True):
+            await _started(server, task)
         gateway.history.start()
         metrics = None
         if self.metrics_listener is not None:
@@ -227,17 +227,19 @@ class Worker:
             reply, _ = await asyncio.to_thread(handover.receive, peer)
             if reply.get("op") != "ready":
                 raise ConnectionError("the new worker exited before it was ready")
-        except OSError as exc:
+            new_worker = int(reply["pid"])
+        except Exception as exc:  # whatever failed, the new worker did not take over: carry on
             gateway.resume()
-            log.error("handover_failed", extra={"error": str(exc)})
-            self._settle_upgrade(GatewayError(f"upgrade failed: {exc}; nothing changed"))
+            error = str(exc) or type(exc).__name__
+            log.error("handover_failed", extra={"error": error})
+            self._settle_upgrade(GatewayError(f"upgrade failed: {error}; nothing changed"))
             return
         finally:
             peer.close()
         gateway.release()
         self.handed_over = True
-        log.info("handover_done", extra={"tenants": [t.config.name for t in tenants]})
-        self._settle_upgrade({"old_worker": os.getpid(), "new_worker": int(reply["pid"])})
+        log.info("handover_done", extra={"tenants": [t.handle.tenant for t in tenants]})
+        self._settle_upgrade({"old_worker": os.getpid(), "new_worker": new_worker})
         self.stopping.set()
 
     def _settle_upgrade(self, outcome: dict[str, int] | Exception) -> None:
@@ -270,8 +272,12 @@ class Worker:
             log.error("reload_rejected", extra={"error": str(exc)})
 
 
-async def _started(server: _Server) -> None:
+async def _started(server: _Server, serving: asyncio.Future[None]) -> None:
+    """Wait until `server` listens; raise what stopped it if serve() ended first."""
     while not server.started:
+        if serving.done():
+            serving.result()  # raises what made serve() fail
+            raise GatewayError("the listener stopped before it started")
         await asyncio.sleep(0.005)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -97,6 +98,26 @@ def test_invalid_tenant_folder_is_reported_and_nothing_changes(
     assert result.returncode == 1
     assert "'Bad_Name' is not a valid tenant name" in result.stderr
     assert gateway.get("dave", "/").status_code == 404
+
+
+def test_changed_paths_wait_for_a_restart_all_together(
+    site: Site, gateway: RunningGateway
+) -> None:
+    """1. gateway.toml points tenants_dir at another folder, holding carol. 2. reload says
+    [paths] needs a restart, and applies none of it: alice and bob keep serving from the
+    running folder, carol does not appear; `tenant restart` still reads the running folder."""
+    before = pids(gateway)
+    (site.root / "elsewhere").mkdir()
+    elsewhere = Site(site.root / "elsewhere")
+    elsewhere.add_tenant("carol")
+    site.write_config(paths={"tenants_dir": str(elsewhere.tenants_dir)})
+    plan = json.loads(gateway.cli("reload", "--json").stdout)
+    assert (plan["needs_restart"], plan["added"], plan["removed"]) == (["paths"], [], [])
+    assert pids(gateway) == before
+    assert gateway.get("carol", "/").status_code == 404
+    gateway.cli("tenant", "restart", "alice")
+    assert gateway.get("alice", "/data/items.json").status_code == 200
+    assert gateway.status()["config"] == str(site.config_path)
 
 
 def test_plan_reload_is_pure(site: Site) -> None:
