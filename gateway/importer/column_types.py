@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+from .numbers import NumberColumn
+
 ColumnType = Literal["INTEGER", "REAL", "TEXT"]
 NUMERIC_TYPES = ("INTEGER", "REAL")
 
@@ -18,23 +20,47 @@ class TypeTracker:
     Same answers as sqlite-utils because the same int()/float() decide (int-valid strings are
     float-valid too, tests/test_importer.py checks, so a column leaving INTEGER only needs its
     current batch checked for float). The loops over values run in C (map, filter).
+
+    Text columns are also watched as numbers written for people (numbers.NumberColumn), from
+    the batch that made them text. What came before only matters when it was not plain
+    integers (which every format reads): such columns are `unsure`, and `from_start` (a second
+    pass) watches them from the first row.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, from_start: frozenset[int] = frozenset()) -> None:
         self.types: list[ColumnType] = ["INTEGER"] * width
         self.rows = 0
+        self.numbers: list[NumberColumn | None] = [
+            NumberColumn() if index in from_start else None for index in range(width)]
+        self.unsure: set[int] = set()
+        self._plain = [True] * width  # every value so far "-"? and digits
+        self._watched = [index in from_start for index in range(width)]
 
     def observe(self, rows: list[list[str]]) -> None:
         self.rows += len(rows)
-        if all(kind == "TEXT" for kind in self.types):
+        if all(kind == "TEXT" for kind in self.types) and not any(self.numbers):
             return
         for index, column in enumerate(zip(*rows, strict=True)):
-            kind = self.types[index]
-            if kind == "INTEGER" and not (_plain_integers(column) or _all_convert(int, column)):
-                kind = "REAL"
+            kind = before = self.types[index]
+            was_plain = self._plain[index]
+            if kind == "INTEGER":
+                plain = _plain_integers(column)
+                if not (plain or _all_convert(int, column)):
+                    kind = "REAL"
+                self._plain[index] = was_plain and plain
             if kind == "REAL" and not _all_convert(float, column):
                 kind = "TEXT"
+            if kind == "TEXT" and not self._watched[index]:
+                self._watched[index] = True
+                self.numbers[index] = NumberColumn()
+                if before == "REAL" or not was_plain:
+                    self.unsure.add(index)
             self.types[index] = kind
+            watcher = self.numbers[index]
+            if watcher is not None:
+                watcher.observe(column)
+                if watcher.given_up:
+                    self.numbers[index] = None
 
     def result(self) -> list[ColumnType]:
         """The types; a file with no rows at all gets TEXT columns (nothing says otherwise)."""

@@ -14,6 +14,8 @@ from .column_types import NUMERIC_TYPES, ColumnType, TypeTracker
 from .dialect import DELIMITERS, Dialect, sniff_dialect
 from .errors import ImportFailed, at_line
 from .names import clean_headers
+from .notes import delimiter_note, encoding_note, header_notes, number_notes
+from .numbers import NumberFormat, read_columns
 from .text import Decoder, Lines, decoded_chunks, detect_encoding, refuse_non_csv, resolve_encoding
 
 MAX_COLUMNS = 2000  # SQLite's default SQLITE_MAX_COLUMN
@@ -33,6 +35,9 @@ class Staged:
     rows: int
     encoding: str
     delimiter: str
+    formats: list[NumberFormat | None]  # text columns of numbers written for people
+    notes: list[str]  # what was changed or guessed, for the person who uploaded (notes.py)
+    unresolved: frozenset[int]  # columns to watch from the first row (a second pass)
 
 
 Progress = Callable[[int, int], None]  # (rows so far, bytes read so far)
@@ -66,9 +71,11 @@ def stage(
     delimiter: str | None = None,
     progress: Progress | None = None,
     guess_types: bool = True,
+    from_start: frozenset[int] = frozenset(),
 ) -> Staged:
     """Read the whole upload into table `staging` and track its column types. With
-    `guess_types`, columns are declared with the types of the first batch (see job.Import)."""
+    `guess_types`, columns are declared with the types of the first batch (see job.Import);
+    `from_start` columns are watched as numbers written for people from the first row."""
     chunks = iter(source)
     head = _read_head(chunks)
     refuse_non_csv(head)
@@ -97,12 +104,13 @@ def stage(
     reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar='"',
                         doublequote=True, strict=True)
     records = _Records(reader, 1 if dialect.skip_first_line else 0)
-    columns = clean_headers(records.header())
+    cells = records.header()
+    columns = clean_headers(cells)
     width = len(columns)
     if width > MAX_COLUMNS:
         raise at_line(records.start_line, f"the header has {width:,} columns; SQLite allows"
                                           f" at most {MAX_COLUMNS:,}.")
-    tracker = TypeTracker(width)
+    tracker = TypeTracker(width, from_start)
     batches = records.batches(width)
     first = next(batches, [])
     tracker.observe(first)
@@ -124,8 +132,25 @@ def stage(
     connection.execute("COMMIT")
     if progress is not None:
         progress(tracker.rows, source.total)
-    return Staged(columns, tracker.result(), declared, tracker.rows,
-                  _ENCODING_NAMES[decoder.encoding], dialect.delimiter)
+    types = tracker.result()
+    readings = read_columns([watcher if kind == "TEXT" else None
+                             for watcher, kind in zip(tracker.numbers, types, strict=True)])
+    formats: list[NumberFormat | None] = []
+    for index, (reading, watcher) in enumerate(zip(readings, tracker.numbers, strict=True)):
+        number_format = None if reading is None else reading.format
+        formats.append(number_format)
+        if number_format is not None and watcher is not None:
+            types[index] = "INTEGER" if watcher.is_integer(number_format) else "REAL"
+    unresolved = frozenset(index for index in tracker.unsure
+                           if (reading := readings[index]) is not None
+                           and (reading.format is not None or reading.ambiguous))
+    encoding_name = _ENCODING_NAMES[decoder.encoding]
+    notes = [*(encoding_note(encoding_name) if encoding is None else []),
+             *(delimiter_note(dialect.delimiter, from_sep_line=dialect.skip_first_line)
+               if delimiter is None else []),
+             *header_notes(cells, columns), *number_notes(columns, readings)]
+    return Staged(columns, types, declared, tracker.rows, encoding_name, dialect.delimiter,
+                  formats, notes, unresolved)
 
 
 _ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
