@@ -848,3 +848,19 @@ def test_numbers_written_for_people_round_trip_like_sqlite_utils_plain_numbers(
         job.commit(Target("ours.db", "t", "create", True))
     plain_records = [[cell.replace("\r", "") for cell in record] for record in plain_records]
     assert_same_as_sqlite_utils(folder, header, plain_records)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'id,text\r\n1,"two\r\nlines"\r\n\r\n2,"three\nmore\rlines"\n3,x,y\n',
+     "Line 8: this row has 3 fields, but the header has 2. A field that contains the delimiter"
+     " must be quoted."),
+    (b'id,text\n1,"a\nb"\n\n2,"open\n3,x\n',
+     'Line 5: a quoted field starts here, but its closing quote (") is missing.'),
+])
+def test_error_lines_count_line_breaks_inside_fields(tmp_path: Path, data: bytes,
+                                                     message: str) -> None:
+    """Rows are read a batch at a time; the line of a bad row counts the blank lines and the
+    line breaks (CRLF, LF, CR) inside the quoted fields before it."""
+    events = run_importer(tmp_path, data, target={"database": "data.db", "table": "t",
+                                                  "mode": "create", "create_database": True})
+    assert events[-1]["message"] == message
