@@ -62,11 +62,11 @@ apt:
 	fi
 
 bench: debs bench-debs $(VENV)/.bench-installed  # debs: bench/acme runs pebble and knot
-	for script in bench/proxy bench/swap bench/acme bench/upload; do \
+	for script in bench/proxy bench/swap bench/acme bench/upload.py; do \
 		test -x $$script && $(BIN)/python $$script || exit 1; done
 
-bench-%: debs bench-debs $(VENV)/.bench-installed
-	$(BIN)/python bench/$*
+bench-%: debs bench-debs $(VENV)/.bench-installed  # bench/NAME.py, or bench/NAME
+	$(BIN)/python $(firstword $(wildcard bench/$*.py bench/$*))
 
 # What only the benchmarks use (pyproject's bench extra: aiohttp for bench/proxy's comparison).
 $(VENV)/.bench-installed: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import operator
 import sys
 from collections.abc import Callable, Iterable
 from typing import Literal
@@ -38,9 +39,12 @@ class TypeTracker:
 
     def observe(self, rows: list[list[str]]) -> None:
         self.rows += len(rows)
-        if all(kind == "TEXT" for kind in self.types) and not any(self.numbers):
+        if not rows:
             return
-        for index, column in enumerate(zip(*rows, strict=True)):
+        active = [index for index, (kind, watcher)
+                  in enumerate(zip(self.types, self.numbers, strict=True))
+                  if kind != "TEXT" or watcher is not None]
+        for index, column in zip(active, _columns(rows, active, len(self.types)), strict=True):
             kind = before = self.types[index]
             was_plain = self._plain[index]
             if kind == "INTEGER":
@@ -67,6 +71,19 @@ class TypeTracker:
         return list(self.types) if self.rows else ["TEXT"] * len(self.types)
 
 
+def _columns(rows: list[list[str]], indices: list[int], width: int
+             ) -> Iterable[tuple[str, ...]]:
+    """The values of these columns, a tuple per column (only those: text columns that no
+    longer need looking at are most of the work of transposing)."""
+    if len(indices) == width:
+        return zip(*rows, strict=True)
+    if len(indices) == 1:
+        return [tuple(map(operator.itemgetter(indices[0]), rows))]
+    if not indices:
+        return []
+    return zip(*map(operator.itemgetter(*indices), rows), strict=True)
+
+
 def _plain_integers(values: tuple[str, ...]) -> bool:
     """True if every value is empty or an optional "-" and decimal digits, all of which int()
     accepts: a few passes of C over the joined column instead of an int() call per value.
@@ -80,7 +97,8 @@ def _plain_integers(values: tuple[str, ...]) -> bool:
             return False
         joined = joined.replace("-", "")
     digits = joined.replace("\x00", "")
-    return (not digits or digits.isdecimal()) and max(map(len, values)) <= _INT_MAX_DIGITS
+    return (not digits or digits.isdecimal()) and (
+        len(digits) <= _INT_MAX_DIGITS or max(map(len, values)) <= _INT_MAX_DIGITS)
 
 
 # int() refuses longer digit strings (sys.get_int_max_str_digits(), CVE-2020-10735).

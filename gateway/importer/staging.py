@@ -257,7 +257,7 @@ class _Records:
                 raise self._csv_error(exc) from None
             if not batch:
                 return
-            if min(map(len, batch)) != width or max(map(len, batch)) != width:
+            if list(map(len, batch)).count(width) != len(batch):
                 batch = self._fit(batch, width, offset + before)
             if batch:
                 yield batch
