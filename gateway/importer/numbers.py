@@ -67,19 +67,24 @@ class NumberColumn:
             if not self.grouped:
                 self.grouped = next((v for v in values if _has_separator(v)), "")
         else:
-            for value in filter(None, values):
-                self._observe_one(value)
+            present = list(filter(None, values))
+            odd = sum(self.odd.values())
+            for index, value in enumerate(present):
+                if odd > self.numbers + len(present) - index:  # the rest cannot outnumber them
+                    break
+                odd += self._observe_one(value)
         if sum(self.odd.values()) > self.numbers:
             self.given_up = True
 
-    def _observe_one(self, value: str) -> None:
+    def _observe_one(self, value: str) -> int:
+        """1 if `value` is no number."""
         fits = {fmt for fmt in FORMATS if _VALUE[fmt].fullmatch(value)}
         if not fits:
             try:
                 float(value)  # a number sqlite-utils reads (1e5, nan, " 12 "), in neither format
             except ValueError:
                 self.odd[value] += 1
-                return
+                return 1
         self.numbers += 1
         self.formats &= fits
         self.fractions.update(fmt for fmt in fits if _FRACTION[fmt] in value)
@@ -87,6 +92,7 @@ class NumberColumn:
             self.example = value
         if not self.grouped and _has_separator(value):
             self.grouped = value
+        return 0
 
     def is_integer(self, fmt: NumberFormat) -> bool:
         return fmt not in self.fractions
