@@ -73,7 +73,8 @@ class Import:
 
 def _open_staging(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / f".upload-{os.getpid()}-{time.monotonic_ns():x}.staging"
-    connection = sqlite3.connect(path, isolation_level=None, timeout=60)
+    connection = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                 check_same_thread=False)  # see inserter.py
     try:
         connection.execute("PRAGMA page_size=65536")  # a sixteenth of the system calls
         connection.execute("PRAGMA journal_mode=OFF")

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .column_types import NUMERIC_TYPES, ColumnType, TypeTracker
+from .column_types import ColumnType, TypeTracker
 from .dialect import DELIMITERS, Dialect, sniff_dialect
 from .errors import ImportFailed, at_line
+from .inserter import Inserter
 from .names import clean_headers
 from .notes import delimiter_note, encoding_note, header_notes, number_notes
 from .numbers import NumberFormat, read_columns
@@ -24,8 +25,6 @@ FIELD_SIZE_LIMIT = csv.field_size_limit()
 _HEAD_BYTES = 64 * 1024  # what encoding and dialect detection look at (bytes, characters)
 _CHUNK_BYTES = 1024 * 1024
 _BATCH_ROWS = 5000
-_ROWS_PER_INSERT = 100
-_PARAMETERS_PER_INSERT = 999  # SQLite's limit was 999 before 3.32
 _PROGRESS_EVERY_S = 0.2
 
 
@@ -120,16 +119,16 @@ def stage(
     connection.execute("CREATE TABLE staging ("
                        + ", ".join(f"c{i} {kind}".rstrip() for i, kind in enumerate(declared))
                        + ")")
-    insert = _Inserter(connection, declared)
     last_report = time.monotonic()
     connection.execute("BEGIN")
-    insert(first)
-    for batch in batches:
-        tracker.observe(batch)
-        insert(batch)
-        if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            progress(tracker.rows, source.total)
+    with Inserter(connection, declared) as insert:
+        insert(first)
+        for batch in batches:
+            tracker.observe(batch)
+            insert(batch)
+            if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                progress(tracker.rows, source.total)
     connection.execute("COMMIT")
     if progress is not None:
         progress(tracker.rows, source.total)
@@ -156,32 +155,6 @@ def stage(
 
 _ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
                    "windows-1252": "windows-1252", "latin-1": "latin-1"}
-
-
-class _Inserter:
-    """Rows into the staging table, many rows per INSERT statement: a third less time than one
-    statement per row (SQLite's per-statement work and the sqlite3 module's per-row calls are
-    shared by the rows of a VALUES list). Numeric columns turn empty cells into NULL."""
-
-    def __init__(self, connection: sqlite3.Connection, declared: list[str]) -> None:
-        self.connection = connection
-        self.width = len(declared)
-        row = "(" + ", ".join("NULLIF(?, '')" if kind in NUMERIC_TYPES else "?"
-                              for kind in declared) + ")"
-        self.per_statement = max(1, min(_ROWS_PER_INSERT, _PARAMETERS_PER_INSERT // self.width))
-        self.one = f"INSERT INTO staging VALUES {row}"
-        self.many = f"INSERT INTO staging VALUES {', '.join([row] * self.per_statement)}"
-
-    def __call__(self, rows: list[list[str]]) -> None:
-        size = self.per_statement * self.width
-        whole = len(rows) - len(rows) % self.per_statement
-        if whole and self.per_statement > 1:
-            values = list(itertools.chain.from_iterable(rows))
-            self.connection.executemany(
-                self.many, [values[start:start + size] for start in range(0, whole * self.width,
-                                                                          size)])
-            rows = rows[whole:]
-        self.connection.executemany(self.one, rows)
 
 
 def guess_declared_types(tracker: TypeTracker, first: list[list[str]]) -> list[str]:
