@@ -16,7 +16,7 @@ from .errors import ImportFailed, at_line
 from .inserter import Inserter
 from .names import clean_headers
 from .notes import delimiter_note, encoding_note, header_notes, number_notes
-from .numbers import NumberFormat, read_columns
+from .numbers import NumberFormat, Reading, read_columns
 from .text import Decoder, Lines, decoded_chunks, detect_encoding, refuse_non_csv, resolve_encoding
 
 MAX_COLUMNS = 2000  # SQLite's default SQLITE_MAX_COLUMN
@@ -132,15 +132,7 @@ def stage(
     connection.execute("COMMIT")
     if progress is not None:
         progress(tracker.rows, source.total)
-    types = tracker.result()
-    readings = read_columns([watcher if kind == "TEXT" else None
-                             for watcher, kind in zip(tracker.numbers, types, strict=True)])
-    formats: list[NumberFormat | None] = []
-    for index, (reading, watcher) in enumerate(zip(readings, tracker.numbers, strict=True)):
-        number_format = None if reading is None else reading.format
-        formats.append(number_format)
-        if number_format is not None and watcher is not None:
-            types[index] = "INTEGER" if watcher.is_integer(number_format) else "REAL"
+    types, formats, readings = _numbers_for_people(tracker)
     unresolved = frozenset(index for index in tracker.unsure
                            if (reading := readings[index]) is not None
                            and (reading.format is not None or reading.ambiguous))
@@ -151,6 +143,21 @@ def stage(
              *header_notes(cells, columns), *number_notes(columns, readings)]
     return Staged(columns, types, declared, tracker.rows, encoding_name, dialect.delimiter,
                   formats, notes, unresolved)
+
+
+def _numbers_for_people(tracker: TypeTracker) -> tuple[
+        list[ColumnType], list[NumberFormat | None], list[Reading | None]]:
+    """sqlite-utils' types, but numbers for the text columns of numbers written for people."""
+    types = tracker.result()
+    readings = read_columns([watcher if kind == "TEXT" else None
+                             for watcher, kind in zip(tracker.numbers, types, strict=True)])
+    formats: list[NumberFormat | None] = []
+    for index, (reading, watcher) in enumerate(zip(readings, tracker.numbers, strict=True)):
+        number_format = None if reading is None else reading.format
+        formats.append(number_format)
+        if number_format is not None and watcher is not None:
+            types[index] = "INTEGER" if watcher.is_integer(number_format) else "REAL"
+    return types, formats, readings
 
 
 _ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
