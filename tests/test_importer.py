@@ -11,9 +11,11 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,8 @@ from gateway.importer.numbers import (
     read_columns,
 )
 from gateway.importer.text import Decoder, detect_encoding
+
+from .conftest import UID_BASE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
 
@@ -686,6 +690,36 @@ def test_numbers_cannot_be_copied_into_text(declared: list[str], numeric: list[b
                                             formats: list[NumberFormat | None]) -> None:
     with pytest.raises(_StagedAsNumbers):
         copy_values(declared, numeric, formats)
+
+
+@pytest.mark.root
+def test_without_a_thread_to_spare_batches_are_inserted_as_they_come(tmp_path: Path) -> None:
+    """1. Run the importer as a tenant user whose RLIMIT_NPROC (1) leaves no room for its
+    inserting thread. 2. Import 12,000 rows. 3. All are there, typed."""
+    uid = UID_BASE + 998  # no test site uses it: its process count is this importer alone
+    folder = Path(tempfile.mkdtemp(prefix="importer-nproc-", dir="/tmp"))
+    try:
+        os.chown(folder, uid, uid)
+        commit_read, commit_write = os.pipe()
+        os.write(commit_write, json.dumps({"database": "data.db", "table": "t", "mode": "create",
+                                           "create_database": True}).encode())
+        os.close(commit_write)
+        data = b"n,x\n" + b"".join(b"%d,%d.5\n" % (i, i) for i in range(12_000))
+        result = subprocess.run(
+            ["prlimit", "--nproc=1:1", "setpriv", f"--reuid={uid}", f"--regid={uid}",
+             "--clear-groups", "--", sys.executable, "-m", "gateway.importer", "--data-dir",
+             str(folder), "--commit-fd", str(commit_read)],
+            input=data, capture_output=True, pass_fds=(commit_read,), timeout=60, check=False)
+        os.close(commit_read)
+        assert result.returncode == 0, result.stderr.decode()
+        done = json.loads(result.stdout.splitlines()[-1])
+        assert (done["event"], done["rows"]) == ("done", 12_000)
+        with sqlite3.connect(folder / "data.db") as connection:
+            assert connection.execute("SELECT count(*), sum(n), typeof(x) FROM t").fetchone() == (
+                12_000, 71_994_000, "real")
+        connection.close()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_import_failed_carries_the_line() -> None:

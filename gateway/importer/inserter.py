@@ -22,7 +22,8 @@ _BATCHES_AHEAD = 2  # what the thread may hold besides the one it inserts (memor
 
 class Inserter:
     """insert(rows) hands a batch to the thread; errors (a full disk) come back on the next
-    call or on leaving the `with`, which waits for every batch to be in."""
+    call or on leaving the `with`, which waits for every batch to be in. Where no thread can
+    start (the tenant's RLIMIT_NPROC is reached), batches are inserted as they come."""
 
     def __init__(self, connection: sqlite3.Connection, declared: list[str]) -> None:
         self.connection = connection
@@ -35,18 +36,28 @@ class Inserter:
         self.many = f"INSERT INTO staging VALUES {', '.join([row] * self.per_statement)}"
         self._batches: queue.Queue[list[list[str]] | None] = queue.Queue(_BATCHES_AHEAD)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="inserter", daemon=True)
+        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Inserter:
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="inserter", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread"
+            return self
+        self._thread = thread
         return self
 
     def __call__(self, rows: list[list[str]]) -> None:
+        if self._thread is None:
+            self._insert(rows)
+            return
         self._raise_error()
         self._batches.put(rows)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self._thread is None:
+            return
         self._batches.put(None)
         self._thread.join()
         if error is None:
