@@ -67,12 +67,11 @@ apt:
 	fi
 
 bench: debs bench-debs $(VENV)/.bench-installed  # debs: bench/acme runs pebble and knot
-	for name in proxy swap acme upload abuse; do \
-		script=bench/$$name.py; test -f $$script || script=bench/$$name; \
-		$(BIN)/python $$script || exit 1; done
+	for name in proxy swap acme upload abuse metrics backup; do \
+		$(BIN)/python bench/$$name.py || exit 1; done
 
 bench-%: debs bench-debs $(VENV)/.bench-installed
-	$(BIN)/python $$(test -f bench/$*.py && echo bench/$*.py || echo bench/$*)
+	$(BIN)/python bench/$*.py
 
 # What only the benchmarks use (pyproject's bench extra: aiohttp for bench/proxy's comparison).
 $(VENV)/.bench-installed: $(STAMP)
