@@ -335,6 +335,84 @@ def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
 
 
 @cli.group(context_settings=CONTEXT)
+def backup() -> None:
+    """Replication of every database to object storage ([backup] in gateway.toml)."""
+
+
+@backup.command("status", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def backup_status(ctx: click.Context, as_json: bool) -> None:
+    """Per database: last sync, lag, replica size and snapshots, as the bucket has them.
+
+    \b
+    Example:
+        gateway backup status
+    """
+    from .backup import restore
+
+    _print(restore.status(_config(ctx)), as_json, _backup_status_text)
+
+
+def _backup_status_text(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'tenant':<16} {'database':<24} {'last sync':<26} {'lag':>8} {'size':>12}"
+             f" {'snapshots':>9}"]
+    for row in rows:
+        lag = "-" if row["lag_s"] is None else f"{row['lag_s']:g} s"
+        lines.append(f"{row['tenant'] or '(state)':<16} {row['database']:<24}"
+                     f" {row['last_sync'] or 'never':<26} {lag:>8} {row['replica_bytes']:>12}"
+                     f" {row['snapshots']:>9}")
+    return "\n".join(lines)
+
+
+@cli.command("restore", context_settings=CONTEXT)
+@click.argument("tenant", required=False)
+@click.option("--at", help="A point in time (ISO 8601, UTC unless it says): the data as it was"
+              " then. Default: the newest.")
+@click.option("--database", help="Restore only this database file (e.g. data.db); the others"
+              " stay as they are.")
+@click.option("--all", "whole_site", is_flag=True,
+              help="Rebuild tenants/ and state/ (with --to) from the bucket.")
+@click.option("--to", type=click.Path(path_type=Path), help="With --all: an empty folder.")
+@click.pass_context
+def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
+                    database: str | None, whole_site: bool, to: Path | None) -> None:
+    """Bring back a tenant's data (or a whole site) from the replicas in [backup]'s bucket.
+
+    A tenant's data/ is replaced by a hot swap: no request fails, and the old folder is kept
+    in tenants/.restored/.
+
+    \b
+    Examples:
+        gateway restore alice --at 2026-03-01T09:30:00Z
+        gateway restore alice --database sales.db
+        gateway restore --all --to /srv/gateway
+    """
+    from .backup import restore
+
+    if whole_site:
+        if tenant or at or database or to is None:
+            raise click.UsageError("--all takes --to DIR and nothing else")
+        config = load_config(ctx.obj["config_path"], with_tenants=False)
+        done = restore.restore_site(config, to)
+        click.echo(f"Restored {len(done['tenants'])} tenants ({done['databases']} databases)"
+                   f" and state/ into {to} in {done['duration_s']:g} s.")
+        return
+    if tenant is None or to is not None:
+        raise click.UsageError("name a TENANT, or use --all --to DIR")
+    config = _config(ctx)
+    when = restore.parse_time(at) if at else None
+    kept = restore.restore_tenant(config, tenant, when, database)
+    click.echo(f"Restored {tenant}; its previous data is in {kept}.")
+    try:
+        _call(config, "POST", f"/tenants/{tenant}/restart")
+    except GatewayError as exc:
+        click.echo(f"Not swapped in yet ({exc}): the gateway serves it when it starts.")
+    else:
+        click.echo(f"{tenant} now serves the restored data.")
+
+
+@cli.group(context_settings=CONTEXT)
 def user() -> None:
     """Accounts: add, invite, list, remove; API tokens."""
 

@@ -398,6 +398,41 @@ class UploadSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupSettings:
+    endpoint: str = setting(
+        "", "URL of the S3-compatible object storage that every database is replicated to"
+        " (https://s3.eu-west-1.amazonaws.com, https://<account>.r2.cloudflarestorage.com,"
+        " http://127.0.0.1:8333). Empty: no replication."
+    )
+    bucket: str = setting("", "The bucket replicas go to. Required with endpoint.")
+    region: str = setting("us-east-1", "The bucket's region.")
+    prefix: str = setting(
+        "", "Folder in the bucket for this site's replicas, e.g. \"gateway/prod\" (several"
+        " sites can share a bucket)."
+    )
+    access_key_id_file: Path | None = setting(
+        None, "File holding the storage's access key id. Required with endpoint."
+    )
+    secret_access_key_file: Path | None = setting(
+        None, "File holding the storage's secret access key (mode 0600). Required with"
+        " endpoint."
+    )
+    sync_interval_s: float = setting(
+        1.0, "How often new transactions are sent to the bucket: at most this much of the"
+        " latest writes is lost with the machine. Each sync is a write to the bucket (a"
+        " cost on most providers).", check=_positive,
+    )
+    retention_h: float = setting(
+        24.0, "How far back a point-in-time restore can go (hours); older replica files are"
+        " removed.", check=_positive,
+    )
+    uid_offset: int = setting(
+        10000, "When the gateway runs as root, the replication of a tenant runs as the"
+        " tenant's uid plus this: a user of its own, in the tenant's group.", check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -412,6 +447,7 @@ class GatewaySettings:
     log: LogSettings = section(LogSettings)
     auth: AuthSettings = section(AuthSettings)
     upload: UploadSettings = section(UploadSettings)
+    backup: BackupSettings = section(BackupSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,8 +518,10 @@ def normalise_domain(domain: str) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
-    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem."""
+def load_config(path: Path, *, with_tenants: bool = True) -> Config:
+    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem.
+
+    `with_tenants` False: gateway.toml alone (`gateway restore --all` on an empty machine)."""
     path = Path(path).absolute()
     table = _read_toml(path)
     settings = _build(GatewaySettings, table, file=path.name, prefix="")
@@ -497,8 +535,9 @@ def load_config(path: Path) -> Config:
     if settings.sandbox.uid_min > settings.sandbox.uid_max:
         raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
     tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
-    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls)
-    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
+    backup = _check_backup(settings.backup, base=path.parent, file=path.name)
+    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, backup=backup)
+    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults) if with_tenants else {}
     return Config(path=path, gateway=settings, tenants=tenants)
 
 
@@ -639,6 +678,24 @@ def _check_tls(tls: TlsSettings, domain: str, *, base: Path, file: str) -> TlsSe
             raise ConfigError(f"{file}: tls.dns.wait_servers: {server!r} is not a host or"
                               " host:port")
     return dataclasses.replace(tls, dns=dataclasses.replace(tls.dns, zone=zone))
+
+
+def _check_backup(backup: BackupSettings, *, base: Path, file: str) -> BackupSettings:
+    """[backup]: with an endpoint, a bucket and both credential files (absolute paths)."""
+    backup = dataclasses.replace(backup, **{
+        name: base / getattr(backup, name) for name in ("access_key_id_file",
+                                                         "secret_access_key_file")
+        if getattr(backup, name) is not None
+    })
+    if not backup.endpoint:
+        return backup
+    if not backup.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{file}: backup.endpoint: expected an http:// or https:// URL,"
+                          f" got {backup.endpoint!r}")
+    for name in ("bucket", "access_key_id_file", "secret_access_key_file"):
+        if not getattr(backup, name):
+            raise ConfigError(f"{file}: backup.{name}: required when backup.endpoint is set")
+    return dataclasses.replace(backup, prefix=backup.prefix.strip("/"))
 
 
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:
