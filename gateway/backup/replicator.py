@@ -55,7 +55,6 @@ STATE = ".state"  # the stream of state/ (no tenant name starts with a dot)
 _PROBE_EVERY_S = 5.0
 _STOP_TIMEOUT_S = 10.0
 _LEVEL = re.compile(rb"\blevel=(\w+)")
-_MESSAGE = re.compile(rb'\bmsg=("(?:[^"\\]|\\.)*"|\S+)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,16 +284,10 @@ class _Stream:
         assert process.stdout is not None
         last = ""
         while line := await process.stdout.readline():
-            level_match = _LEVEL.search(line)
-            level = level_match.group(1).decode() if level_match else "INFO"
-            message = _MESSAGE.search(line)
-            text = line.decode("utf-8", "replace").rstrip()
-            last = text
-            event = {"tenant": self.plan.name, "line": text,
-                     "message": json.loads(message.group(1)) if message and
-                     message.group(1).startswith(b'"') else
-                     (message.group(1).decode() if message else "")}
-            if level in ("ERROR", "WARN"):
+            level = _LEVEL.search(line)
+            last = line.decode("utf-8", "replace").rstrip()
+            event = {"tenant": self.plan.name, "line": last}
+            if level is not None and level.group(1) in (b"ERROR", b"WARN"):
                 log.warning("backup_litestream", extra=event)
             else:
                 log.debug("backup_litestream", extra=event)

@@ -107,7 +107,7 @@ def status(config: Config) -> list[dict[str, Any]]:
     for name in (ACCOUNTS_FILE, CATALOG_FILE):
         entries.append(("", name, litestream.state_object_path(config.gateway.backup, name),
                         state_dir / REPLICATION_DIR / ".state" / "litestream.json"))
-    for line in _catalog_lineages(state_dir, None):
+    for line in lineage_at(_catalog_lineages(state_dir, None), None):
         path = litestream.tenant_object_path(config.gateway.backup, line.tenant, line.lineage,
                                              line.name)
         entries.append((line.tenant, line.name, path,
