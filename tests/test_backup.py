@@ -315,8 +315,8 @@ def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
     """1. A gateway replicating to its own SeaweedFS. 2. The storage goes away: an event says
     so; uploads and reads go on. 3. It comes back: an event says so, and the replica catches up
     with everything written while it was away."""
-    storage = SeaweedFS(site.root / "s3")
     (site.root / "s3").mkdir()
+    storage = SeaweedFS(site.root / "s3")
     storage.start()
     try:
         site.write_config(auth=FAST_HASHING, backup=backup_settings(site, storage.endpoint))
@@ -329,7 +329,8 @@ def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
         storage.stop()
         gateway.wait_for_event("backup_storage_unreachable", timeout=30)
         for i in range(5):
-            response = uploader.post(f"n\n{i}\n".encode(), database="data", table="during")
+            response = uploader.post(f"n\n{i}\n".encode(), database="data", table="during",
+                                     mode="append" if i else "create")
             assert response.status_code == 200, response.text
             assert gateway.get("alice", "/data/items.json").status_code == 200
             time.sleep(4)
