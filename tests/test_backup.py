@@ -401,3 +401,36 @@ def test_sigkill_mid_upload_loses_no_answered_upload(site: Site, backed_up: Runn
 def _post_quietly(uploader: Uploader, body: bytes) -> None:
     with contextlib.suppress(httpx.HTTPError):
         uploader.post(body, database="data", table="big")
+
+
+@pytest.mark.root
+def test_replication_survives_its_own_crash_and_an_upgrade(site: Site,
+                                                            backed_up: RunningGateway) -> None:
+    """1. alice's Litestream is killed with SIGKILL: an event says so, it is started again, and
+    rows written meanwhile reach the replica. 2. `gateway upgrade`: the new worker replicates
+    (one Litestream per tenant, never two), and rows written after it reach the replica."""
+    data = site.tenants_dir / "alice" / "data" / "data.db"
+    first = _backup_process(backed_up, "alice")["pid"]
+    os.kill(first, signal.SIGKILL)
+    write_rows(data, "during_crash", [(1, "written while Litestream was down")])
+    event = backed_up.wait_for_event("backup_process_exited", tenant="alice")
+    assert event["status"] == -9
+    wait_until(lambda: _backup_process(backed_up, "alice")["pid"] not in (None, first),
+               message="a new Litestream for alice")
+    wait_replicated(backed_up)
+
+    old_worker = backed_up.worker_pid
+    backed_up.cli("upgrade")
+    wait_until(lambda: backed_up.worker_pid != old_worker, message="the new worker")
+    write_rows(data, "after_upgrade", [(1, "written after the upgrade")])
+    wait_replicated(backed_up)
+    litestreams = subprocess.run(["pgrep", "-f", f"{site.root}/state/replication/alice/"],
+                                 capture_output=True, text=True, check=False).stdout.split()
+    assert len(litestreams) == 1
+    restored = site.root / "restored"
+    restore_all(backed_up, restored)
+    database = restored / "tenants/alice/data/data.db"
+    assert read_rows(database, "SELECT name FROM during_crash") == [
+        ("written while Litestream was down",)]
+    assert read_rows(database, "SELECT name FROM after_upgrade") == [
+        ("written after the upgrade",)]
