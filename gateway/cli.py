@@ -84,8 +84,25 @@ def serve(ctx: click.Context) -> None:
     """
     from .master import serve as run
 
+    _restore_new_machine(ctx.obj["config_path"])
     code = run(ctx.obj["config_path"])
     ctx.exit(code)
+
+
+def _restore_new_machine(config_path: Path) -> None:
+    """With [backup] set and no tenant and no state yet (a new machine, a container with empty
+    volumes), the site is first restored from the bucket: "new machine, same site"."""
+    config = load_config(config_path, with_tenants=False)
+    if not config.gateway.backup.endpoint:
+        return
+    from .backup import restore
+
+    if not restore.is_empty_site(config):
+        return
+    paths = config.gateway.paths
+    done = restore.restore_site(config, paths.tenants_dir, paths.state_dir)
+    if done is not None:  # else the bucket is empty too: a first start
+        click.echo(json.dumps({"event": "backup_site_restored", **done}), err=True)
 
 
 @cli.command(hidden=True, context_settings=CONTEXT)
@@ -394,7 +411,10 @@ def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
         if tenant or at or database or to is None:
             raise click.UsageError("--all takes --to DIR and nothing else")
         config = load_config(ctx.obj["config_path"], with_tenants=False)
-        done = restore.restore_site(config, to)
+        done = restore.restore_site(config, to / "tenants", to / "state")
+        if done is None:
+            raise GatewayError(f"the bucket {config.gateway.backup.bucket!r} has no site under"
+                               f" the prefix {config.gateway.backup.prefix!r}")
         click.echo(f"Restored {len(done['tenants'])} tenants ({done['databases']} databases)"
                    f" and state/ into {to} in {done['duration_s']:g} s.")
         return

@@ -80,7 +80,11 @@ class SeaweedFS:
             except httpx.HTTPError:
                 return False
 
-        wait_until(up, timeout=90, interval=0.2, message="SeaweedFS's S3 endpoint")
+        try:
+            wait_until(up, timeout=90, interval=0.2, message="SeaweedFS's S3 endpoint")
+        except AssertionError as exc:
+            log = (self.root / "weed.log").read_text(errors="replace").splitlines()[-15:]
+            raise AssertionError(f"{exc}; weed.log ends with:\n" + "\n".join(log)) from None
         # A bucket write right after start can land before the filer is ready: retry it.
         wait_until(self.make_bucket, timeout=30, interval=0.5, message="the bucket")
 
@@ -215,8 +219,8 @@ def test_every_database_and_state_reach_the_bucket_and_a_new_machine_gets_them(
         assert (restored / "state/accounts.db").exists()
         again = backed_up.cli("restore", "--all", "--to", str(restored), check=False)
         assert again.returncode == 1
-        assert again.stderr.strip() == (f"Error: {restored} is not empty: restore --all only"
-                                        " writes into an empty folder")
+        assert again.stderr.strip() == (f"Error: {restored}/tenants is not empty: a site is"
+                                        " only restored into empty folders")
     finally:
         shutil.rmtree(new_machine, ignore_errors=True)
 
@@ -434,3 +438,41 @@ def test_replication_survives_its_own_crash_and_an_upgrade(site: Site,
         ("written while Litestream was down",)]
     assert read_rows(database, "SELECT name FROM after_upgrade") == [
         ("written after the upgrade",)]
+
+
+@pytest.mark.root
+def test_serve_on_an_empty_machine_restores_the_site(site: Site, backed_up: RunningGateway
+                                                     ) -> None:
+    """1. A site replicates; a member has an API token. 2. On a "new machine" (an empty
+    folder with the same gateway.toml and credentials), `gateway serve` restores the site from
+    the bucket before it starts (as the Docker image does with empty volumes). 3. Alice serves
+    the same rows, the token still works (accounts and key came back), and the new site
+    replicates into a new epoch, never over the old one's replicas."""
+    token = add_user(backed_up, "ann@example.com", "alice")
+    write_rows(site.tenants_dir / "alice" / "data" / "data.db", "kept", [(1, "still here")])
+    wait_replicated(backed_up)
+
+    root = Path(tempfile.mkdtemp(prefix="gw-new-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    try:
+        new_site = Site(root)
+        shutil.copytree(site.root / "secrets", root / "secrets")
+        new_site.write_config(**{k: v for k, v in site.settings.items() if k != "paths"})
+        new = RunningGateway(new_site)
+        try:
+            event = new.wait_for_event("backup_site_restored")
+            assert event["tenants"] == ["alice", "bob"] and event["epoch"] == 1
+            new.wait_running("alice", "bob")
+            rows = new.get("alice", "/data/kept.json?_shape=array").json()
+            assert rows == [{"id": 1, "name": "still here"}]
+            upload = Uploader(new, token).post(b"a\n1\n", database="data", table="fresh")
+            assert upload.status_code == 200, upload.text
+            assert (root / "state" / "replication" / "epoch").read_text() == "2\n"
+            new.wait_for_event("backup_started", tenant="alice")
+            replicas = {row["replica"] for row in wait_replicated(new)}
+            assert f"{site.settings['backup']['prefix']}/state/e2/accounts.db" in replicas
+            assert f"{site.settings['backup']['prefix']}/tenants/alice/g2/data.db" in replicas
+        finally:
+            new.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

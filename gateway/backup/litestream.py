@@ -3,11 +3,13 @@
 
 Where things go in the bucket (`prefix` first):
 
-    state/accounts.db/, state/backup.db/        the gateway's own databases
+    state/e<epoch>/accounts.db/, …/backup.db/   the gateway's own databases
     tenants/<tenant>/g<lineage>/<database>/     one folder per tenant database
 
 A lineage starts when a database is first replicated and a new one after every restore of its
-tenant: a database restored to an earlier time never writes over the replica it came from.
+tenant; an epoch starts with a site and a new one after every `restore --all`. So a restored
+database never writes over the replica it came from (Litestream's transaction ids restart with
+its bookkeeping). The newest epoch is found by looking for e1, e2, … in turn.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ..errors import ConfigError
 # Litestream 0.5.17 refuses to start when AWS_CA_BUNDLE is set ("unable to add custom RootCAs
 # HTTPClient"), and the AWS SDK reads ~/.aws and AWS_* variables: it gets this, and no more.
 _BASE_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+
+
+EPOCH_FILE = "replication/epoch"  # in state/
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +54,22 @@ def tenant_object_path(settings: BackupSettings, tenant: str, lineage: int, data
     return object_path(settings, "tenants", tenant, f"g{lineage}", database)
 
 
-def state_object_path(settings: BackupSettings, database: str) -> str:
-    return object_path(settings, "state", database)
+def state_object_path(settings: BackupSettings, epoch: int, database: str) -> str:
+    return object_path(settings, "state", f"e{epoch}", database)
+
+
+def read_epoch(state_dir: Path) -> int:
+    """This site's epoch (1 until a `restore --all` made it)."""
+    try:
+        return int((state_dir / EPOCH_FILE).read_text())
+    except FileNotFoundError:
+        return 1
+
+
+def write_epoch(state_dir: Path, epoch: int) -> None:
+    path = state_dir / EPOCH_FILE
+    path.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+    path.write_text(f"{epoch}\n")
 
 
 def duration(seconds: float) -> str:

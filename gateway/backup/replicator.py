@@ -133,9 +133,10 @@ class Replication:
             catalog.close()
         state = [name for name in (ACCOUNTS_FILE, CATALOG_FILE) if (self.state_dir / name).exists()]
         root = 0 if os.geteuid() == 0 else None
+        epoch = litestream.read_epoch(self.state_dir)
         plans[STATE] = _Plan(STATE, tuple(
             litestream.Replica(self.state_dir / name,
-                               litestream.state_object_path(self.settings, name),
+                               litestream.state_object_path(self.settings, epoch, name),
                                replication / STATE / "meta" / name)
             for name in state), root, None, replication / STATE)
         return plans

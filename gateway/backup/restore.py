@@ -7,7 +7,8 @@ Runs in the CLI, as the operator (root): Litestream reads the bucket with the cr
     restore_tenant(config, name, at, db)   a point-in-time copy of a tenant's data, swapped in
                                            for data/ (the old folder kept in tenants/.restored/);
                                            the CLI then hot-swaps the running tenant onto it
-    restore_site(config, to)               tenants/ and state/ rebuilt in an empty folder
+    restore_site(config, tenants, state)   tenants/ and state/ rebuilt in empty folders (`restore
+                                           --all`, and `serve` on a new machine)
 """
 
 from __future__ import annotations
@@ -104,8 +105,10 @@ def status(config: Config) -> list[dict[str, Any]]:
     """One entry per replicated database (tenant "" is the gateway's own state/)."""
     state_dir = config.gateway.paths.state_dir
     entries: list[tuple[str, str, str, Path]] = []
+    epoch = litestream.read_epoch(state_dir)
     for name in (ACCOUNTS_FILE, CATALOG_FILE):
-        entries.append(("", name, litestream.state_object_path(config.gateway.backup, name),
+        entries.append(("", name, litestream.state_object_path(config.gateway.backup, epoch,
+                                                               name),
                         state_dir / REPLICATION_DIR / ".state" / "litestream.json"))
     for line in lineage_at(_catalog_lineages(state_dir, None), None):
         path = litestream.tenant_object_path(config.gateway.backup, line.tenant, line.lineage,
@@ -229,40 +232,76 @@ def _copy_database(source: Path, destination: Path) -> None:
 # --- the whole site ----------------------------------------------------------------------------
 
 
-def restore_site(config: Config, to: Path) -> dict[str, Any]:
-    """tenants/ and state/ as the bucket has them, in `to` (which must be empty)."""
-    if to.exists() and any(to.iterdir()):
-        raise RestoreError(f"{to} is not empty: restore --all only writes into an empty folder")
-    to.mkdir(mode=0o755, parents=True, exist_ok=True)
+def restore_site(config: Config, tenants_dir: Path, state_dir: Path) -> dict[str, Any] | None:
+    """tenants/ and state/ as the bucket has them (both folders must be empty). None: the
+    bucket has no site under [backup]'s prefix."""
+    for folder in (tenants_dir, state_dir):
+        if _site_entries(folder, config.gateway.paths):
+            raise RestoreError(f"{folder} is not empty: a site is only restored into empty"
+                               " folders")
     settings = config.gateway.backup
     started = time.monotonic()
     with storage(config) as bucket:
-        catalog_path = to / "state" / CATALOG_FILE
-        bucket.restore(litestream.state_object_path(settings, CATALOG_FILE), catalog_path)
-        os.chmod(to / "state", 0o711)
+        epoch = _newest_epoch(bucket)
+        if epoch is None:
+            return None
+        for folder, mode in ((tenants_dir, 0o711), (state_dir, 0o711)):
+            folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            os.chmod(folder, mode)
+        catalog_path = state_dir / CATALOG_FILE
+        bucket.restore(litestream.state_object_path(settings, epoch, CATALOG_FILE), catalog_path)
         catalog = Catalog(catalog_path)
         try:
             files, lines = catalog.files(), lineage_at(catalog.lineages(), None)
+            for tenant in {line.tenant for line in lines}:
+                catalog.end_lineages(tenant)  # this site replicates into new folders
         finally:
             catalog.close()
         for relative, mode, content in files:
-            _write_file(to, relative, content, mode)
-        jobs = [(litestream.state_object_path(settings, ACCOUNTS_FILE),
-                 to / "state" / ACCOUNTS_FILE)]
+            top, _, rest = relative.partition("/")
+            _write_file(tenants_dir if top == "tenants" else state_dir, rest, content, mode)
+        jobs = [(litestream.state_object_path(settings, epoch, ACCOUNTS_FILE),
+                 state_dir / ACCOUNTS_FILE)]
         jobs += [(litestream.tenant_object_path(settings, line.tenant, line.lineage, line.name),
-                  to / "tenants" / line.tenant / DATA_DIR / line.name) for line in lines]
+                  tenants_dir / line.tenant / DATA_DIR / line.name) for line in lines]
         for _, output in jobs:
             output.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with concurrent.futures.ThreadPoolExecutor(_PARALLEL_RESTORES) as pool:
             for future in [pool.submit(bucket.restore, path, output) for path, output in jobs]:
                 future.result()
-    (to / "tenants").mkdir(exist_ok=True)
-    os.chmod(to / "tenants", 0o711)
-    for path in (to / "state" / MASTER_KEY_FILE, to / "state" / ACCOUNTS_FILE):
+    litestream.write_epoch(state_dir, epoch + 1)
+    for path in (state_dir / MASTER_KEY_FILE, state_dir / ACCOUNTS_FILE, catalog_path):
         if path.exists():
             os.chmod(path, 0o600)
     return {"tenants": sorted({line.tenant for line in lines}), "databases": len(lines),
-            "duration_s": round(time.monotonic() - started, 2)}
+            "epoch": epoch, "duration_s": round(time.monotonic() - started, 2)}
+
+
+def _newest_epoch(bucket: Storage) -> int | None:
+    epoch = 0
+    while bucket.files(litestream.state_object_path(bucket.settings, epoch + 1, CATALOG_FILE)):
+        epoch += 1
+    return epoch or None
+
+
+def is_empty_site(config: Config) -> bool:
+    """No tenant and no state yet: a new machine (or a container with empty volumes)."""
+    paths = config.gateway.paths
+    return not _site_entries(paths.tenants_dir, paths) and not _site_entries(paths.state_dir,
+                                                                            paths)
+
+
+def _site_entries(folder: Path, paths: Any) -> list[str]:
+    """What a folder holds, but for the run folder (sockets) and removed tenants."""
+    return [entry for entry in _entries(folder)
+            if folder / entry != paths.run_dir and entry not in (TRASH_DIR, RESTORED_DIR)]
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
 
 
 def _write_file(root: Path, relative: str, content: bytes, mode: int) -> None:
