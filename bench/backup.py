@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replication, measured: lag, the cost to uploads, restore times. Run as root.
 
-    .venv/bin/python bench/backup [--appends 30] [--append-rows 20000] [--big-rows 1000000]
+    .venv/bin/python bench/backup.py [--appends 30] [--append-rows 20000] [--big-rows 1000000]
                                   [--site-tenants 20]
 
 Starts a SeaweedFS S3 server and two gateways side by side, one with [backup] and one
@@ -37,11 +37,9 @@ from typing import Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gateway.backup import litestream  # noqa: E402
-from gateway.backup.restore import Storage  # noqa: E402
-from gateway.config import load_config  # noqa: E402
+from gateway.backup import litestream
+from gateway.backup.restore import Storage
+from gateway.config import load_config
 
 BIN = Path(sys.executable).parent
 KEY_ID, SECRET, BUCKET = "bench", "bench-secret", "bench"
