@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ import httpx
 
 from ..auth.store import ACCOUNTS_FILE
 from ..config import BackupSettings, Config, TenantConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, GatewayError
 from ..keys import MASTER_KEY_FILE
 from . import litestream
 from .catalog import CATALOG_FILE, Catalog
@@ -102,7 +103,12 @@ class Replication:
             except ConfigError as exc:
                 log.error("backup_not_started", extra={"error": str(exc)})
                 return
-            plans = await asyncio.to_thread(self._plans, tenants)
+            try:
+                plans = await asyncio.to_thread(self._plans, tenants)
+            except (GatewayError, OSError, sqlite3.Error) as exc:
+                # Never fails what called it (a reload, a restart, an upload's hot swap).
+                log.error("backup_not_started", extra={"error": str(exc)})
+                return
             for name in set(self.streams) - set(plans):
                 await self.streams.pop(name).stop()
                 if name != STATE:
@@ -256,19 +262,17 @@ class _Stream:
         backoff = self.supervisor.restart_backoff_initial_s
         while not self._stopping:
             started = time.monotonic()
-            config_file = await asyncio.to_thread(self._write_config)
-            argv = [*litestream.run_as(self.plan.uid, self.plan.group),
-                    *litestream.replicate_argv(config_file)]
-            self.process = await asyncio.create_subprocess_exec(
-                *argv, env=litestream.environment(self.credentials),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )
-            log.info("backup_started", extra={
-                "tenant": self.plan.name, "pid": self.process.pid, "uid": self.plan.uid,
-                "databases": [replica.database.name for replica in self.plan.replicas]})
-            last = await self._read_output(self.process)
-            code = await self.process.wait()
+            try:
+                self.process = await self._spawn()
+            except (OSError, GatewayError) as exc:
+                code: int | None = None
+                last = f"cannot start Litestream: {exc}"
+            else:
+                log.info("backup_started", extra={
+                    "tenant": self.plan.name, "pid": self.process.pid, "uid": self.plan.uid,
+                    "databases": [replica.database.name for replica in self.plan.replicas]})
+                last = await self._read_output(self.process)
+                code = await self.process.wait()
             if self._stopping:
                 return
             if time.monotonic() - started > self.supervisor.crash_loop_window_s:
@@ -279,6 +283,16 @@ class _Stream:
                 "restart_in_s": backoff})
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.supervisor.restart_backoff_max_s)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        config_file = await asyncio.to_thread(self._write_config)
+        argv = [*litestream.run_as(self.plan.uid, self.plan.group),
+                *litestream.replicate_argv(config_file)]
+        return await asyncio.create_subprocess_exec(
+            *argv, env=litestream.environment(self.credentials),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
 
     async def _read_output(self, process: asyncio.subprocess.Process) -> str:
         """Litestream's warnings and errors become events; the rest is debug."""
