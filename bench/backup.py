@@ -80,7 +80,8 @@ def start_seaweed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         [str(BIN / "weed"), "server", f"-dir={root / 'weed'}", "-ip=127.0.0.1",
          f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer",
          f"-filer.port={ports[2]}", "-s3", f"-s3.port={ports[3]}",
-         f"-s3.config={root / 's3.json'}"], stdout=subprocess.DEVNULL,
+         f"-s3.config={root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+         "-master.telemetry=false"], stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{ports[3]}"
 

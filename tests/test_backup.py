@@ -31,6 +31,9 @@ from .test_upload import Uploader, add_user
 ACCESS_KEY, SECRET_KEY, BUCKET = "gatewaytest", "s3cr3t-for-tests", "backups"
 
 pytestmark = pytest.mark.slow
+# Off: the Iceberg and Lance listeners (fixed ports: two servers at once would collide) and
+# SeaweedFS's telemetry.
+WEED_QUIET = ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
 
 
 def _free_port_pair() -> int:
@@ -70,7 +73,7 @@ class SeaweedFS:
                 [str(BIN / "weed"), "server", f"-dir={self.root / 'data'}", "-ip=127.0.0.1",
                  f"-master.port={p['master']}", f"-volume.port={p['volume']}", "-filer",
                  f"-filer.port={p['filer']}", "-s3", f"-s3.port={p['s3']}",
-                 f"-s3.config={self.root / 's3.json'}"],
+                 f"-s3.config={self.root / 's3.json'}", *WEED_QUIET],
                 stdout=subprocess.DEVNULL, stderr=log,
             )
 
@@ -321,8 +324,8 @@ def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
     with everything written while it was away."""
     (site.root / "s3").mkdir()
     storage = SeaweedFS(site.root / "s3")
-    storage.start()
     try:
+        storage.start()
         site.write_config(auth=FAST_HASHING, backup=backup_settings(site, storage.endpoint))
         site.add_tenant("alice")
         gateway: RunningGateway = start_gateway()
