@@ -84,8 +84,25 @@ def serve(ctx: click.Context) -> None:
     """
     from .master import serve as run
 
+    _restore_new_machine(ctx.obj["config_path"])
     code = run(ctx.obj["config_path"])
     ctx.exit(code)
+
+
+def _restore_new_machine(config_path: Path) -> None:
+    """With [backup] set and no tenant and no state yet (a new machine, a container with empty
+    volumes), the site is first restored from the bucket: "new machine, same site"."""
+    config = load_config(config_path, with_tenants=False)
+    if not config.gateway.backup.endpoint:
+        return
+    from .backup import restore
+
+    if not restore.is_empty_site(config):
+        return
+    paths = config.gateway.paths
+    done = restore.restore_site(config, paths.tenants_dir, paths.state_dir)
+    if done is not None:  # else the bucket is empty too: a first start
+        click.echo(json.dumps({"event": "backup_site_restored", **done}), err=True)
 
 
 @cli.command(hidden=True, context_settings=CONTEXT)
@@ -371,6 +388,87 @@ def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
     _print(team, as_json, lambda team: "\n".join(
         m["email"] + ("  (owner)" if m["role"] == "owner" else "") for m in team)
         or f"{name} has no members")
+
+
+@cli.group(context_settings=CONTEXT)
+def backup() -> None:
+    """Replication of every database to object storage ([backup] in gateway.toml)."""
+
+
+@backup.command("status", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def backup_status(ctx: click.Context, as_json: bool) -> None:
+    """Per database: last sync, lag, replica size and snapshots, as the bucket has them.
+
+    \b
+    Example:
+        gateway backup status
+    """
+    from .backup import restore
+
+    _print(restore.status(_config(ctx)), as_json, _backup_status_text)
+
+
+def _backup_status_text(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'tenant':<16} {'database':<24} {'last sync':<26} {'lag':>8} {'size':>12}"
+             f" {'snapshots':>9}"]
+    for row in rows:
+        lag = "-" if row["lag_s"] is None else f"{row['lag_s']:g} s"
+        lines.append(f"{row['tenant'] or '(state)':<16} {row['database']:<24}"
+                     f" {row['last_sync'] or 'never':<26} {lag:>8} {row['replica_bytes']:>12}"
+                     f" {row['snapshots']:>9}")
+    return "\n".join(lines)
+
+
+@cli.command("restore", context_settings=CONTEXT)
+@click.argument("tenant", required=False)
+@click.option("--at", help="A point in time (ISO 8601, UTC unless it says): the data as it was"
+              " then. Default: the newest.")
+@click.option("--database", help="Restore only this database file (e.g. data.db); the others"
+              " stay as they are.")
+@click.option("--all", "whole_site", is_flag=True,
+              help="Rebuild tenants/ and state/ (with --to) from the bucket.")
+@click.option("--to", type=click.Path(path_type=Path), help="With --all: an empty folder.")
+@click.pass_context
+def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
+                    database: str | None, whole_site: bool, to: Path | None) -> None:
+    """Bring back a tenant's data (or a whole site) from the replicas in [backup]'s bucket.
+
+    A tenant's data/ is replaced by a hot swap: no request fails, and the old folder is kept
+    in tenants/.restored/.
+
+    \b
+    Examples:
+        gateway restore alice --at 2026-03-01T09:30:00Z
+        gateway restore alice --database sales.db
+        gateway restore --all --to /srv/gateway
+    """
+    from .backup import restore
+
+    if whole_site:
+        if tenant or at or database or to is None:
+            raise click.UsageError("--all takes --to DIR and nothing else")
+        config = load_config(ctx.obj["config_path"], with_tenants=False)
+        done = restore.restore_site(config, to / "tenants", to / "state")
+        if done is None:
+            raise GatewayError(f"the bucket {config.gateway.backup.bucket!r} has no site under"
+                               f" the prefix {config.gateway.backup.prefix!r}")
+        click.echo(f"Restored {len(done['tenants'])} tenants ({done['databases']} databases)"
+                   f" and state/ into {to} in {done['duration_s']:g} s.")
+        return
+    if tenant is None or to is not None:
+        raise click.UsageError("name a TENANT, or use --all --to DIR")
+    config = _config(ctx)
+    when = restore.parse_time(at) if at else None
+    kept = restore.restore_tenant(config, tenant, when, database)
+    click.echo(f"Restored {tenant}; its previous data is in {kept}.")
+    try:
+        _call(config, "POST", f"/tenants/{tenant}/restart")
+    except GatewayError as exc:
+        click.echo(f"Not swapped in yet ({exc}): the gateway serves it when it starts.")
+    else:
+        click.echo(f"{tenant} now serves the restored data.")
 
 
 @cli.group(context_settings=CONTEXT)

@@ -528,6 +528,41 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BackupSettings:
+    endpoint: str = setting(
+        "", "URL of the S3-compatible object storage that every database is replicated to"
+        " (https://s3.eu-west-1.amazonaws.com, https://<account>.r2.cloudflarestorage.com,"
+        " http://127.0.0.1:8333). Empty: no replication."
+    )
+    bucket: str = setting("", "The bucket replicas go to. Required with endpoint.")
+    region: str = setting("us-east-1", "The bucket's region.")
+    prefix: str = setting(
+        "", "Folder in the bucket for this site's replicas, e.g. \"gateway/prod\" (several"
+        " sites can share a bucket)."
+    )
+    access_key_id_file: Path | None = setting(
+        None, "File holding the storage's access key id. Required with endpoint."
+    )
+    secret_access_key_file: Path | None = setting(
+        None, "File holding the storage's secret access key (mode 0600). Required with"
+        " endpoint."
+    )
+    sync_interval_s: float = setting(
+        1.0, "How often new transactions are sent to the bucket: at most this much of the"
+        " latest writes is lost with the machine. Each sync is a write to the bucket (a"
+        " cost on most providers).", check=_positive,
+    )
+    retention_h: float = setting(
+        24.0, "How far back a point-in-time restore can go (hours); older replica files are"
+        " removed.", check=_positive,
+    )
+    uid_offset: int = setting(
+        10000, "When the gateway runs as root, the replication of a tenant runs as the"
+        " tenant's uid plus this: a user of its own, in the tenant's group.", check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -545,6 +580,7 @@ class GatewaySettings:
     upload: UploadSettings = section(UploadSettings)
     smtp: SmtpSettings = section(SmtpSettings)
     metrics: MetricsSettings = section(MetricsSettings)
+    backup: BackupSettings = section(BackupSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,8 +651,10 @@ def normalise_domain(domain: str) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
-    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem."""
+def load_config(path: Path, *, with_tenants: bool = True) -> Config:
+    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem.
+
+    `with_tenants` False: gateway.toml alone (`gateway restore --all` on an empty machine)."""
     path = Path(path).absolute()
     table = _read_toml(path)
     settings = _build(GatewaySettings, table, file=path.name, prefix="")
@@ -631,8 +669,10 @@ def load_config(path: Path) -> Config:
         raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
     tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
     smtp = _check_smtp(settings.smtp, base=path.parent, file=path.name)
-    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, smtp=smtp)
-    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
+    backup = _check_backup(settings.backup, base=path.parent, file=path.name)
+    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, smtp=smtp,
+                                   backup=backup)
+    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults) if with_tenants else {}
     return Config(path=path, gateway=settings, tenants=tenants)
 
 
@@ -793,6 +833,24 @@ def _check_smtp(smtp: SmtpSettings, *, base: Path, file: str) -> SmtpSettings:
         name: base / path for name in ("password_file", "ca_file")
         if (path := getattr(smtp, name)) is not None
     })
+
+
+def _check_backup(backup: BackupSettings, *, base: Path, file: str) -> BackupSettings:
+    """[backup]: with an endpoint, a bucket and both credential files (absolute paths)."""
+    backup = dataclasses.replace(backup, **{
+        name: base / getattr(backup, name) for name in ("access_key_id_file",
+                                                         "secret_access_key_file")
+        if getattr(backup, name) is not None
+    })
+    if not backup.endpoint:
+        return backup
+    if not backup.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{file}: backup.endpoint: expected an http:// or https:// URL,"
+                          f" got {backup.endpoint!r}")
+    for name in ("bucket", "access_key_id_file", "secret_access_key_file"):
+        if not getattr(backup, name):
+            raise ConfigError(f"{file}: backup.{name}: required when backup.endpoint is set")
+    return dataclasses.replace(backup, prefix=backup.prefix.strip("/"))
 
 
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:

@@ -17,6 +17,7 @@ from . import handover, sandbox
 from .admin.history import History
 from .auth.service import Auth
 from .backends import TenantRoute
+from .backup import Replication
 from .certs import certificates_for
 from .config import Config, TenantConfig, load_config, load_tenant, load_tenants
 from .errors import ConfigError, GatewayError
@@ -54,6 +55,7 @@ class Gateway:
         self.master_key = load_master_key(gateway.paths.state_dir)
         self.auth = Auth(config, self.master_key)
         self.spawner = Spawner(config, self.isolation, self.master_key)
+        self.backups = Replication(config, self.spawner)
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
         self.request_metrics = RequestMetrics() if gateway.metrics.listen else NoRequestMetrics()
@@ -78,6 +80,7 @@ class Gateway:
             await self.certificates.start()
         for tenant in self.config.tenants.values():
             self._add(tenant)
+        await self._track_backups()
 
     def _add(self, tenant: TenantConfig) -> None:
         route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
@@ -136,6 +139,7 @@ class Gateway:
             report = ReloadReport(plan, dict(sorted(failed.items())))
             if plan.needs_restart:
                 log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
+            await self._track_backups()
             if report.ok:
                 log.info("reload_done", extra={"serving": list(report.serving)})
             else:
@@ -176,6 +180,11 @@ class Gateway:
             tenants=load_tenants(paths.tenants_dir, new.gateway.tenant_defaults),
         )
 
+    async def _track_backups(self) -> None:
+        """Replicate what now runs: a new database (an upload, a reload) from now on."""
+        tenants = {name: s.config for name, s in self.supervisors.items()}
+        await self.backups.track(self.config, tenants)
+
     def _apply_settings(self, new: Config) -> None:
         self.config = new
         self.spawner.config = new
@@ -203,10 +212,12 @@ class Gateway:
             load_tenant, tenant_dir, self.config.gateway.tenant_defaults
         )
         await supervisor.replace(fresh)
+        await self._track_backups()
 
     async def detach(self) -> list[HandedOver]:
         """Pause supervision and describe every running process, for a new worker."""
         await self._reload_lock.acquire()
+        await self.backups.pause()  # the new worker replicates; never two at once
         await asyncio.gather(*(s.pause() for s in self.supervisors.values()))
         return [
             HandedOver(config=s.config, handle=s.current.handle)
@@ -219,6 +230,9 @@ class Gateway:
         for supervisor in self.supervisors.values():
             supervisor.resume()
         self._reload_lock.release()
+        task = asyncio.ensure_future(self.backups.resume())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
 
     def release(self) -> None:
         """The new worker owns the tenants now: let go of them without stopping any."""
@@ -280,6 +294,7 @@ class Gateway:
         if self.certificates is not None:
             await self.certificates.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()), *self._removing)
+        await self.backups.stop()  # after the tenants: their last writes are sent
         self.auth.close()
 
     def status(self) -> dict[str, Any]:
@@ -292,5 +307,6 @@ class Gateway:
             "tls": self.config.gateway.tls.mode,
             "draining": self.draining,
             "tenants": [s.status() for s in self.supervisors.values()],
+            "backup": self.backups.status(),
         }
 
