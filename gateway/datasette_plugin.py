@@ -2,8 +2,9 @@
 (not through a plugins folder: that one is the operator's, and Datasette 0.65 takes only one).
 
 It protects every SQLite connection of every tenant from anonymous SQL (prepare_connection),
-and links the gateway's upload page (upload/) from Datasette's menu for signed-in users. The
-page itself decides who may upload; the link is only a way there.
+and puts the gateway's menu (tenant_menu.py) in Datasette's: all sites, sign in or the
+account page, upload for members, the team for owners. A tenant with no database yet gets a
+welcome page with an upload button at `/` instead of Datasette's "_memory, 0 tables".
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import sqlite3
 from typing import Any
 
 from datasette import hookimpl
+
+from . import tenant_menu
+
+
+def _scheme(datasette: Any, request: Any) -> str:
+    """The public scheme: the gateway terminates TLS and starts tenants with force_https_urls
+    when it does."""
+    return "https" if datasette.setting("force_https_urls") else str(request.scheme)
+
 
 # Functions no query may call. Debian builds SQLite with SQLITE_ENABLE_FTS3_TOKENIZER: the
 # two-argument fts3_tokenizer() installs a tokenizer from a pointer the caller chooses (the next
@@ -46,7 +56,29 @@ def prepare_connection(conn: sqlite3.Connection) -> None:
 
 
 @hookimpl  # type: ignore[untyped-decorator]
-def menu_links(actor: dict[str, Any] | None) -> list[dict[str, str]]:
-    if not actor:
+def menu_links(datasette: Any, actor: dict[str, Any] | None, request: Any
+               ) -> list[dict[str, str]]:
+    if request is None:
         return []
-    return [{"href": "/-/upload", "label": "Upload CSV files"}]
+    return tenant_menu.menu(_scheme(datasette, request), request.host, request.full_path, actor)
+
+
+@hookimpl  # type: ignore[untyped-decorator]
+def register_routes(datasette: Any) -> list[tuple[str, Any]]:
+    # Databases are attached before the routes are made, and a new one needs a restart.
+    if any(not database.is_memory for database in datasette.databases.values()):
+        return []
+    return [(r"^/$", _welcome)]
+
+
+async def _welcome(datasette: Any, request: Any) -> Any:
+    from datasette.utils.asgi import Response
+
+    template = datasette.jinja_env.from_string(tenant_menu.WELCOME_TEMPLATE)
+    _, tenant = tenant_menu.apex_and_tenant(request.host)
+    html = await datasette.render_template(template, {
+        "title": datasette.metadata("title") or tenant,
+        "can_upload": tenant_menu.role_of(request.actor) is not None,
+        "sign_in_url": tenant_menu.sign_in_url(_scheme(datasette, request), request.host, "/"),
+    }, request=request)
+    return Response.html(html)

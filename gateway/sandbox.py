@@ -241,17 +241,18 @@ def launch(
 
 def importer_command(
     isolation: Isolation, *, uid: int, settings: TenantSettings, data_dir: Path,
-    importer_args: list[str],
+    importer_args: list[str], module: str = "gateway.importer",
 ) -> tuple[list[str], dict[str, str]]:
-    """`python -m gateway.importer` as the tenant, isolated like its Datasette (uid, rlimits,
-    view) but with only its data folder mounted: no socket folder, no configuration."""
+    """`python -m gateway.importer` (or another gateway `module`: the upload page's table
+    deletion) as the tenant, isolated like its Datasette (uid, rlimits, view) but with only its
+    data folder mounted: no socket folder, no configuration."""
     venv, package_parent = venv_prefix(), gateway_package_parent()
     env = _python_env(isolation, package_parent)
     if not isolation.uses_bwrap:
-        inner = [str(venv / "bin" / "python"), "-m", "gateway.importer",
+        inner = [str(venv / "bin" / "python"), "-m", module,
                  "--data-dir", str(data_dir), *importer_args]
         return _without_bwrap(isolation, uid, settings, inner), env
-    inner = [f"{SANDBOX_VENV}/bin/python", "-m", "gateway.importer",
+    inner = [f"{SANDBOX_VENV}/bin/python", "-m", module,
              "--data-dir", SANDBOX_DATA, *importer_args]
     mounts = [
         *_code_mounts(venv, package_parent),

@@ -37,6 +37,8 @@ class TenantSupervisor:
         self.lifecycle = Lifecycle()
         self.policy = CrashPolicy(spawner.config.gateway.supervisor)
         self.restarts = 0
+        self.last_failure: dict[str, Any] | None = None  # {"reason", "time"}: for status, reload
+        self.failed_config: TenantConfig | None = None  # what last_failure was a start of
         self._retry_at = 0.0  # when a failed tenant is tried again (monotonic)
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
@@ -96,10 +98,11 @@ class TenantSupervisor:
             async with self._lock:
                 if self._stopping or self.current is not None:
                     return
-                self._install(await self.spawner.launch(self.config))
+                config = self.config
+                self._install(await self.spawner.launch(config))
         except StartFailed as exc:
             if not self._stopping:
-                await self._wait_for_kick(self._crashed(str(exc)))
+                await self._wait_for_kick(self._crashed(str(exc), config))
 
     async def _watch(self, running: TenantProcess) -> None:
         await asyncio.wait({running.exited})
@@ -108,13 +111,15 @@ class TenantSupervisor:
         self.current = None
         reason = f"tenant {self.name!r} {running.describe_exit()}"
         self.route.withdraw(running.backend, "restarting", reason)
-        wait_s = self._crashed(reason)  # before any await: a handover may pause us there
+        # Before any await: a handover may pause us there.
+        wait_s = self._crashed(reason, self.config)
         await running.stop(0)
         await self._wait_for_kick(wait_s)
 
-    def _crashed(self, reason: str) -> float:
+    def _crashed(self, reason: str, config: TenantConfig) -> float:
         """Apply the crash policy; how long to wait before the next start (0: failed, see
         _cool_down)."""
+        self._record_failure(reason, config)
         self.restarts += 1
         self.policy.settings = self.spawner.config.gateway.supervisor  # reloads apply
         state, wait_s = self.policy.after_crash(time.monotonic())
@@ -130,6 +135,10 @@ class TenantSupervisor:
         log.warning("tenant_crashed", extra={"tenant": self.name, "reason": reason,
                                              "restart_in_s": wait_s})
         return wait_s
+
+    def _record_failure(self, reason: str, config: TenantConfig) -> None:
+        self.last_failure = {"reason": reason, "time": time.time()}
+        self.failed_config = config
 
     async def _cool_down(self) -> None:
         """A failed tenant rests until its cool-down is over, or an operator restarts it."""
@@ -167,7 +176,11 @@ class TenantSupervisor:
                 self._enter(State.STARTING)
                 self._kick.set()
                 return
-            process = await self.spawner.launch(config)
+            try:
+                process = await self.spawner.launch(config)
+            except StartFailed as exc:
+                self._record_failure(str(exc), config)
+                raise
             old = self.current
             self.config = self.route.config = config
             old.retiring = True
@@ -225,4 +238,5 @@ class TenantSupervisor:
             "uptime_s": round(time.time() - process.started_at, 1) if process else None,
             "in_flight": process.backend.in_flight if process else 0,
             "restarts": self.restarts,
+            "last_failure": self.last_failure,
         }

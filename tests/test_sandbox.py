@@ -178,7 +178,8 @@ def test_data_folder_modes(site: Site, gateway: RunningGateway) -> None:
     alice = site.tenants_dir / "alice"
     uid = gateway.tenant("alice")["uid"]
     assert (alice / "data").stat().st_uid == uid
-    assert (alice / "data").stat().st_mode & 0o777 == 0o700
+    assert (alice / "data").stat().st_mode & 0o7777 == 0o2770  # the group: its replication
+    assert (alice / "data").stat().st_gid == uid
     assert (alice / "data" / "data.db").stat().st_uid == uid  # created by root: handed over
     assert alice.stat().st_mode & 0o777 == 0o750
     assert alice.stat().st_gid == uid

@@ -499,6 +499,10 @@ def test_certificate_commands_say_when_tls_is_off(site: Site, start_gateway: Any
     assert result.returncode == 1
     assert result.stderr == ('Error: tls.mode is "off": the gateway serves plain HTTP and has'
                              " no certificate\n")
+    assert json.loads(gateway.cli("cert", "status", "--json").stdout) == {
+        "mode": "off", "certificate": None, "next_renewal": None,
+        "renewal_basis": 'tls.mode is "off": the gateway serves plain HTTP and has no certificate',
+    }
 
 
 
