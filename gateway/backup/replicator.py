@@ -47,7 +47,7 @@ from . import litestream
 from .catalog import CATALOG_FILE, Catalog
 
 if TYPE_CHECKING:
-    from ..supervisor import Spawner
+    from ..spawner import Spawner
 
 log = logging.getLogger(__name__)
 
