@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 TEST_DEBS := python3-venv bubblewrap util-linux sqlite3 curl pebble knot knot-dnsutils chromium \
-	testssl.sh python3-seccomp prometheus
+	testssl.sh python3-seccomp prometheus etcd-server etcd-client
 BENCH_DEBS := wrk caddy nginx-light
 IMAGE_DEBS := buildah debootstrap util-linux iproute2 curl python3-seccomp
 IMAGE ?= gateway:latest

@@ -308,3 +308,15 @@ def sign_in(page: Any, apex: str, email: str, password: str, then: str | None = 
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(then or f"{apex}/")
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[Any]:
+    """A real 3-member etcd cluster on loopback, shared by the session's cluster tests."""
+    from .etcd_cluster import EtcdCluster
+
+    cluster = EtcdCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
