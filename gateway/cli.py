@@ -752,3 +752,45 @@ def _certificate_text(status: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     cli()
+
+
+@cli.group(context_settings=CONTEXT)
+def cluster() -> None:
+    """The cluster's certificates (edges and hosts talk over mutual TLS)."""
+
+
+def _ca_folder(ctx: click.Context, folder: Path | None) -> Path:
+    if folder is not None:
+        return folder
+    tls_dir = _config(ctx).gateway.cluster.tls_dir
+    if tls_dir is None:  # load_config always resolves it
+        raise GatewayError("cluster.tls_dir is not set: pass --dir")
+    return tls_dir
+
+
+@cluster.command("init", context_settings=CONTEXT)
+@click.option("--dir", "folder", type=click.Path(path_type=Path),
+              help="Where the CA goes (default: cluster.tls_dir).")
+@click.pass_context
+def cluster_init(ctx: click.Context, folder: Path | None) -> None:
+    """Make the cluster CA (ca.pem, ca.key). Keep ca.key off the nodes if you can."""
+    from .cluster import tls
+
+    cert = tls.init_ca(_ca_folder(ctx, folder))
+    click.echo(f"cluster CA: {cert}")
+
+
+@cluster.command("cert", context_settings=CONTEXT)
+@click.argument("node")
+@click.option("--dir", "folder", type=click.Path(path_type=Path),
+              help="Where the CA is (default: cluster.tls_dir).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Where the node's files go (default: <CA folder>/<NODE>).")
+@click.pass_context
+def cluster_cert(ctx: click.Context, node: str, folder: Path | None, out: Path | None) -> None:
+    """Issue NODE's certificate: copy ca.pem, node.pem, node.key to its cluster.tls_dir."""
+    from .cluster import tls
+
+    ca_folder = _ca_folder(ctx, folder)
+    cert = tls.issue_node(ca_folder, node, out or ca_folder / node)
+    click.echo(f"{node}: {cert}")

@@ -563,6 +563,36 @@ class BackupSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    etcd_endpoints: tuple[str, ...] = setting(
+        (), "URLs of the etcd members (http://10.0.0.1:2379, ...). Empty: no cluster, one"
+        " machine as always. With them, this node joins the cluster named by these members."
+    )
+    node: str = setting("", "This node's name in the cluster, unique. Required with"
+                        " etcd_endpoints.")
+    role: Literal["edge", "host", "both"] = setting(
+        "both", "What this node does: edge (public listeners, routing to hosts), host (runs"
+        " the tenants placed on it), or both."
+    )
+    capacity: int = setting(
+        50, "How many tenants this host runs at most; the leader places within it.",
+        check=_positive,
+    )
+    advertise: str = setting(
+        "", "The address (IP, no port) edges reach this host's tenants at, over mutual TLS;"
+        " each tenant gets a port of its own there. Required for a host."
+    )
+    tls_dir: Path | None = setting(
+        None, "Folder with ca.pem, node.pem and node.key (from `gateway cluster cert NODE`):"
+        " edges and hosts authenticate each other with them. Default: <state_dir>/cluster."
+    )
+    lease_ttl_s: int = setting(
+        5, "A node is alive while its etcd lease is: it is refreshed every third of this, and"
+        " a dead host's tenants are re-placed this long after it stopped.", check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -581,6 +611,7 @@ class GatewaySettings:
     smtp: SmtpSettings = section(SmtpSettings)
     metrics: MetricsSettings = section(MetricsSettings)
     backup: BackupSettings = section(BackupSettings)
+    cluster: ClusterSettings = section(ClusterSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,8 +701,9 @@ def load_config(path: Path, *, with_tenants: bool = True) -> Config:
     tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
     smtp = _check_smtp(settings.smtp, base=path.parent, file=path.name)
     backup = _check_backup(settings.backup, base=path.parent, file=path.name)
+    cluster = _check_cluster(settings.cluster, paths.state_dir, base=path.parent, file=path.name)
     settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, smtp=smtp,
-                                   backup=backup)
+                                   backup=backup, cluster=cluster)
     tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults) if with_tenants else {}
     return Config(path=path, gateway=settings, tenants=tenants)
 
@@ -851,6 +883,26 @@ def _check_backup(backup: BackupSettings, *, base: Path, file: str) -> BackupSet
         if not getattr(backup, name):
             raise ConfigError(f"{file}: backup.{name}: required when backup.endpoint is set")
     return dataclasses.replace(backup, prefix=backup.prefix.strip("/"))
+
+
+def _check_cluster(cluster: ClusterSettings, state_dir: Path, *, base: Path, file: str
+                   ) -> ClusterSettings:
+    """[cluster]: with endpoints, a node name (and an advertised address for a host)."""
+    tls_dir = base / cluster.tls_dir if cluster.tls_dir is not None else state_dir / "cluster"
+    cluster = dataclasses.replace(cluster, tls_dir=tls_dir)
+    if not cluster.etcd_endpoints:
+        return cluster
+    for endpoint in cluster.etcd_endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"{file}: cluster.etcd_endpoints: expected http:// or https://"
+                              f" URLs, got {endpoint!r}")
+    if not _NAME_PATTERN.fullmatch(cluster.node):
+        raise ConfigError(f"{file}: cluster.node: required with cluster.etcd_endpoints: 1 to 63"
+                          " characters from a-z, 0-9 and '-'")
+    if cluster.role != "edge" and not cluster.advertise:
+        raise ConfigError(f"{file}: cluster.advertise: required for a host (role"
+                          f" {cluster.role!r}): the IP edges reach it at")
+    return cluster
 
 
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:
