@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import time
 import typing
 from dataclasses import dataclass
@@ -268,9 +269,11 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 class ConnectionPool:
     """Idle keep-alive connections to one backend, most recently used first."""
 
-    def __init__(self, address: BackendAddress, connect_timeout: float) -> None:
+    def __init__(self, address: BackendAddress, connect_timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.address = address
         self.connect_timeout = connect_timeout
+        self.tls = tls  # TCP to another machine's host (gateway/cluster): mutual TLS
         self._idle: collections.deque[Connection] = collections.deque()
         self._closed = False
 
@@ -308,7 +311,8 @@ class ConnectionPool:
                     )
                 else:
                     _, protocol = await loop.create_connection(
-                        lambda: Connection(loop), self.address.host, self.address.port
+                        lambda: Connection(loop), self.address.host, self.address.port,
+                        ssl=self.tls,
                     )
         except TimeoutError:
             raise ConnectFailed(f"connecting to {self.address} timed out") from None

@@ -9,6 +9,7 @@ then drains the old one, so every request is served by exactly one of them.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Literal
 
 from .backend_client import BackendAddress, ConnectionPool
@@ -20,10 +21,11 @@ TenantState = Literal["starting", "running", "restarting", "failed", "stopped"]
 class Backend:
     """A tenant process as the proxy sees it: address, connection pool, requests in flight."""
 
-    def __init__(self, address: BackendAddress, *, generation: int, connect_timeout: float) -> None:
+    def __init__(self, address: BackendAddress, *, generation: int, connect_timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.address = address
         self.generation = generation
-        self.pool = ConnectionPool(address, connect_timeout)
+        self.pool = ConnectionPool(address, connect_timeout, tls)
         self.in_flight = 0
         self._drained: asyncio.Event | None = None
 

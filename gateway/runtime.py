@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import handover, sandbox
 from .admin.history import History
@@ -31,6 +31,9 @@ from .proxy import Proxy
 from .reload import ReloadReport, plan_reload
 from .spawner import Spawner, StartFailed
 from .supervisor import TenantSupervisor
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,11 @@ class Gateway:
         self.draining = False
         self._reload_lock = asyncio.Lock()
         self._removing: set[asyncio.Task[None]] = set()
+        self.cluster: ClusterNode | None = None
+        if gateway.cluster.etcd_endpoints:  # else one machine, exactly as without a cluster
+            from .cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(self)
 
     @property
     def domain(self) -> str:
@@ -78,9 +86,25 @@ class Gateway:
         self.spawner.remove_stale_run_dirs()
         if self.certificates is not None:
             await self.certificates.start()
+        if self.cluster is not None:
+            await self.cluster.start()  # it adds the tenants placed here
+            return
         for tenant in self.config.tenants.values():
             self._add(tenant)
         await self._track_backups()
+
+    def add_tenant(self, tenant: TenantConfig) -> TenantRoute:
+        """Start running `tenant` here (the cluster placed it on this host)."""
+        self._add(tenant)
+        task = asyncio.ensure_future(self._track_backups())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
+        return self.routes[tenant.name]
+
+    def remove_tenant(self, name: str) -> None:
+        """Stop running tenant `name` here (the cluster placed it elsewhere)."""
+        if name in self.supervisors:
+            self._remove(name)
 
     def _add(self, tenant: TenantConfig) -> None:
         route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
@@ -114,7 +138,7 @@ class Gateway:
             running = dataclasses.replace(
                 self.config, tenants={n: s.config for n, s in self.supervisors.items()}
             )
-            plan = plan_reload(running, new)
+            plan = plan_reload(running, self._runs_here(new))
             if new is not loaded:
                 plan = dataclasses.replace(plan, needs_restart=("paths", *plan.needs_restart))
             if self.certificates is not None and "tls.mode" not in plan.needs_restart:
@@ -167,6 +191,14 @@ class Gateway:
             if remaining <= 0:
                 return f"not serving {supervisor.config.settings.start_timeout_s:g} s after reload"
             await route.wait_for_change(remaining)
+
+    def _runs_here(self, new: Config) -> Config:
+        """In a cluster a host runs only the tenants placed on it; the rest stay in the config
+        for the leader (placement) and the edge (routes)."""
+        if self.cluster is None:
+            return new
+        return dataclasses.replace(
+            new, tenants={n: t for n, t in new.tenants.items() if n in self.supervisors})
 
     def _keep_paths(self, new: Config) -> Config:
         """[paths] apply at the next start only, all together: until then the running folders
@@ -291,6 +323,8 @@ class Gateway:
             return None
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.certificates is not None:
             await self.certificates.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()), *self._removing)
@@ -308,5 +342,6 @@ class Gateway:
             "draining": self.draining,
             "tenants": [s.status() for s in self.supervisors.values()],
             "backup": self.backups.status(),
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 

@@ -1,0 +1,137 @@
+"""A cluster of real parts: 3 etcd members, hosts and an edge as separate `gateway serve`
+processes on their own loopback addresses, tenants reached through the edge over mutual TLS."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.cluster import tls
+
+from .conftest import UID_BASE, RunningGateway, Site, wait_until
+
+pytestmark = pytest.mark.root
+
+
+class Cluster:
+    """Sites on disk for each node, all with the same tenants, and the gateways serving them."""
+
+    def __init__(self, etcd: Any, root: Path) -> None:
+        self.etcd = etcd
+        self.root = root
+        tls.init_ca(root / "ca")
+        self.nodes: dict[str, RunningGateway] = {}
+        self.sites: dict[str, Site] = {}
+        self._uids = UID_BASE
+        _etcd_delete_prefix(etcd.endpoints[0], "/gateway/")  # a clean slate in the shared etcd
+
+    def site(self, node: str, role: str, advertise: str = "") -> Site:
+        folder = self.root / node
+        folder.mkdir(mode=0o755)
+        site = Site(folder)
+        tls.issue_node(self.root / "ca", node, folder / "cluster")
+        cluster: dict[str, Any] = {"etcd_endpoints": self.etcd.endpoints, "node": node,
+                                   "role": role, "tls_dir": str(folder / "cluster"),
+                                   "lease_ttl_s": 2}
+        if advertise:
+            cluster["advertise"] = advertise
+        # Each node its own tenant uids: two hosts must not share tenant users.
+        site.write_config(cluster=cluster,
+                          sandbox={"uid_min": self._uids, "uid_max": self._uids + 99})
+        self._uids += 100
+        site.add_tenant("alice")
+        self.sites[node] = site
+        return site
+
+    def start(self, node: str, role: str, advertise: str = "") -> RunningGateway:
+        self.nodes[node] = RunningGateway(self.site(node, role, advertise))
+        return self.nodes[node]
+
+    def placement(self, tenant: str) -> str | None:
+        return _etcd_get(self.etcd.endpoints[0], f"/gateway/placement/{tenant}")
+
+    def close(self) -> None:
+        for gateway in self.nodes.values():
+            with contextlib.suppress(Exception):
+                gateway.stop()
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _etcd_get(endpoint: str, key: str) -> str | None:
+    found = httpx.post(f"{endpoint}/v3/kv/range", json={"key": _b64(key)}).json().get("kvs")
+    return base64.b64decode(found[0]["value"]).decode() if found else None
+
+
+def _etcd_delete_prefix(endpoint: str, prefix: str) -> None:
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    httpx.post(f"{endpoint}/v3/kv/deleterange", json={"key": _b64(prefix), "range_end": _b64(end)})
+
+
+@pytest.fixture
+def cluster(etcd_cluster: Any) -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="gw-cluster-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    made = Cluster(etcd_cluster, root)
+    try:
+        yield made
+    finally:
+        made.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_leader_places_a_tenant_and_the_edge_routes_to_its_host(cluster: Cluster) -> None:
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    response = edge.get("alice", "/data/items.json?_shape=array&id=3")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 3, "name": "item 3"}]
+    assert edge.status()["cluster"]["endpoints"]["alice"].startswith("tcp:127.0.0.2:")
+    assert host.status()["cluster"]["hosting"] == ["alice"]
+    assert edge.status()["tenants"] == []  # the edge runs no tenant itself
+    # Only a peer with a certificate from the cluster CA gets through the host's door.
+    port = int(edge.status()["cluster"]["endpoints"]["alice"].rpartition(":")[2])
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"https://127.0.0.2:{port}/", verify=False, timeout=5)
+
+
+@pytest.mark.slow
+def test_a_killed_hosts_tenant_comes_back_on_another_host(cluster: Cluster) -> None:
+    hosts = {"h1": cluster.start("h1", "host", advertise="127.0.0.2"),
+             "h2": cluster.start("h2", "host", advertise="127.0.0.3")}
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") in hosts, message="alice placed")
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    first = cluster.placement("alice")
+    assert first is not None
+    dead = hosts[first]
+    tenant_pids = {t["pid"] for t in dead.status()["tenants"] if t["pid"]}
+    worker = dead.worker_pid
+    os.kill(dead.pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    for pid in tenant_pids:  # a dead machine takes its tenants with it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # Requests to alice are held by the edge (retry budget) until the other host serves it.
+    response = edge.get("alice", "/data/items.json?_shape=array&id=3")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 3, "name": "item 3"}]
+    (second,) = set(hosts) - {first}
+    assert cluster.placement("alice") == second
+    assert hosts[second].status()["cluster"]["hosting"] == ["alice"]
+    dead.process.wait(10)
+    dead.client.close()
+    del cluster.nodes[first]
