@@ -135,3 +135,50 @@ def test_a_killed_hosts_tenant_comes_back_on_another_host(cluster: Cluster) -> N
     dead.process.wait(10)
     dead.client.close()
     del cluster.nodes[first]
+
+
+@pytest.mark.slow
+def test_without_etcd_quorum_edges_keep_routes_and_hosts_keep_tenants(cluster: Cluster) -> None:
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    (tenant,) = host.status()["tenants"]
+    etcd = cluster.etcd
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in etcd.members)
+    stopped = etcd.members[1:]
+    try:
+        for member in stopped:  # two of three: no quorum, no reads, no lease refresh
+            member.stop()
+        # (A watch on a member without quorum stays open and silent: the edge learns nothing,
+        # so it changes nothing.)
+        host.wait_for_event("cluster_lease_unrefreshed", timeout=30)
+        for _ in range(3):
+            response = edge.get("alice", "/data/items.json?_shape=array&id=3")
+            assert response.status_code == 200
+        wait_until(lambda: len([e for e in host.events
+                                if e.get("event") == "cluster_lease_unrefreshed"]) >= 3,
+                   message="the lease unrefreshed for longer than its TTL")
+        assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    finally:
+        for member in stopped:
+            member.start(initial, token=etcd.folder.name)
+        etcd.wait_healthy()
+    # Quorum is back: etcd renewed the leases when it elected a leader, nothing moved.
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    assert cluster.placement("alice") == "h1"
+    assert host.status()["tenants"][0]["pid"] == tenant["pid"]
+
+
+@pytest.mark.slow
+def test_a_node_whose_lease_expired_joins_again(cluster: Cluster) -> None:
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    lease = host.status()["cluster"]["lease"]
+    httpx.post(f"{cluster.etcd.endpoints[0]}/v3/lease/revoke", json={"ID": str(lease)})
+    host.wait_for_event("cluster_rejoined")
+    assert host.status()["cluster"]["lease"] != lease
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1 again")
+    response = edge.get("alice", "/data/items.json?_shape=array&id=3")
+    assert response.status_code == 200

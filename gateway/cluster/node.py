@@ -76,7 +76,8 @@ class ClusterNode:
         self.placement: dict[str, str] = {}
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Future[Any]] = []
+        self._leading_task: asyncio.Future[None] | None = None
         tls_dir = self.settings.tls_dir
         assert tls_dir is not None  # config.load_config resolves it
         self._server_tls = tls.server_context(tls_dir) if self.is_host else None
@@ -85,14 +86,12 @@ class ClusterNode:
     async def start(self) -> None:
         """Join: take a lease, announce this host, then lead, host and route in the background."""
         await self.lease.start()
-        if self.is_host:
-            await self.etcd.put(NODES + self.name, json.dumps(
-                {"capacity": self.settings.capacity, "advertise": self.settings.advertise}),
-                lease=self.lease.id)
+        await self._register()
         if self.is_edge:
             for tenant in self.gateway.config.tenants.values():
                 self._remote_route(tenant.name)
-        self._spawn(self._lead())
+        self._leading_task = asyncio.ensure_future(self._lead())
+        self._spawn(self._rejoin())
         if self.is_host:
             self._spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
@@ -100,10 +99,39 @@ class ClusterNode:
         log.info("cluster_joined", extra={"node": self.name, "role": self.settings.role,
                                           "lease": self.lease.id})
 
+    async def _register(self) -> None:
+        if self.is_host:
+            await self.etcd.put(NODES + self.name, json.dumps(
+                {"capacity": self.settings.capacity, "advertise": self.settings.advertise}),
+                lease=self.lease.id)
+
+    async def _rejoin(self) -> None:
+        """etcd let our lease expire (we could not refresh it within its TTL while etcd had
+        quorum): our keys are gone and our tenants re-placed. Join again with a new lease."""
+        while True:
+            await self.lease.lost.wait()
+            if self._leading_task is not None:
+                self._leading_task.cancel()
+            self.leading = False
+            while True:
+                try:
+                    await self.lease.start()
+                    await self._register()
+                    break
+                except EtcdUnavailable:
+                    await asyncio.sleep(1)
+            log.warning("cluster_rejoined", extra={"node": self.name, "lease": self.lease.id})
+            for name, door in self.doors.items():
+                self._spawn(self._announce(name, door.route, door))
+            self._leading_task = asyncio.ensure_future(self._lead())
+
     def _spawn(self, work: Awaitable[Any]) -> None:
         self._tasks.append(asyncio.ensure_future(work))
+        self._tasks = [task for task in self._tasks if not task.done()]
 
     async def stop(self) -> None:
+        if self._leading_task is not None:
+            self._tasks.append(self._leading_task)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
