@@ -19,6 +19,7 @@ import pytest
 from gateway.cluster import tls
 
 from .conftest import UID_BASE, RunningGateway, Site, wait_until
+from .test_backup import seaweed  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.root
 
@@ -182,3 +183,38 @@ def test_a_node_whose_lease_expired_joins_again(cluster: Cluster) -> None:
     wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1 again")
     response = edge.get("alice", "/data/items.json?_shape=array&id=3")
     assert response.status_code == 200
+
+
+@pytest.mark.slow
+def test_a_dead_hosts_tenant_is_restored_from_its_replica_on_the_next(
+        cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
+    from .test_backup import backup_settings, wait_replicated, write_rows
+
+    hosts = {}
+    for node, address in (("h1", "127.0.0.2"), ("h2", "127.0.0.3")):
+        site = cluster.site(node, "host", advertise=address)
+        site.write_config(backup=backup_settings(site, seaweed.endpoint))  # a prefix each
+        hosts[node] = cluster.nodes[node] = RunningGateway(site)
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") in hosts, message="alice placed")
+    first = cluster.placement("alice")
+    assert first is not None
+    dead = hosts[first]
+    dead.wait_for_event("backup_started", tenant="alice")
+    write_rows(cluster.sites[first].tenants_dir / "alice" / "data" / "data.db", "items",
+               [(99, "written on the first host")])
+    wait_replicated(dead)
+    wait_until(lambda: _etcd_get(cluster.etcd.endpoints[0], "/gateway/replicas/alice"),
+               message="alice's replica recorded")
+    tenant_pids = {t["pid"] for t in dead.status()["tenants"] if t["pid"]}
+    worker = dead.worker_pid
+    for pid in (dead.pid, worker, *tenant_pids):
+        os.kill(pid, signal.SIGKILL)
+    response = edge.get("alice", "/data/items.json?_shape=array&id=99")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 99, "name": "written on the first host"}]
+    (second,) = set(hosts) - {first}
+    hosts[second].wait_for_event("cluster_tenant_restored", tenant="alice", **{"from": first})
+    dead.process.wait(10)
+    dead.client.close()
+    del cluster.nodes[first]

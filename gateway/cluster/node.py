@@ -6,6 +6,7 @@ Keys in etcd (all under /gateway/):
     leader              "<node> <lease>" on the leader's lease (lease.Election)
     placement/<tenant>  the host that runs it, written by the leader only
     endpoints/<tenant>  {"node": ..., "address": "tcp:IP:PORT"} on the host's lease, once serving
+    replicas/<tenant>   {"node": ..., "databases": {db: object path}}: where to restore it from
 
 Every node campaigns; the leader re-places whenever nodes/ changes. A host runs the tenants
 placed on it and announces each one's address once it serves; an edge routes each tenant to the
@@ -25,12 +26,14 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
-from . import tls
+from ..errors import GatewayError
+from . import replicas, tls
 from .etcd import Etcd, EtcdUnavailable
 from .forward import TenantDoor
 from .lease import Election, Lease
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 ROOT = "/gateway/"
 NODES, PLACEMENT, ENDPOINTS = ROOT + "nodes/", ROOT + "placement/", ROOT + "endpoints/"
+REPLICAS = ROOT + "replicas/"
 LEADER = ROOT + "leader"
 
 
@@ -183,12 +187,49 @@ class ClusterNode:
             if tenant is None:
                 log.error("cluster_tenant_unknown", extra={"tenant": name})
                 continue
+            await self._restore(name)
             route = self.gateway.add_tenant(tenant)
             assert self._server_tls is not None
             door = TenantDoor(route, self.settings.advertise, self._server_tls)
             await door.start()
             self.doors[name] = door
             self._spawn(self._announce(name, route, door))
+
+    async def _restore(self, name: str) -> None:
+        """The tenant ran on another host: start from its replica (replicas.py)."""
+        config = self.gateway.config
+        if not config.gateway.backup.endpoint:
+            return
+        recorded = await self.etcd.get(REPLICAS + name)
+        if recorded is None:
+            return
+        replica = json.loads(recorded.value)
+        if replica["node"] == self.name:
+            return  # ours: the local files are as new as the replica, or newer
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(replicas.restore_replicas, config, name,
+                                    replica["databases"])
+        except GatewayError as exc:  # serve what this host has rather than nothing
+            log.error("cluster_restore_failed", extra={"tenant": name, "error": str(exc)})
+            return
+        log.info("cluster_tenant_restored", extra={
+            "tenant": name, "from": replica["node"],
+            "duration_s": round(time.monotonic() - started, 2)})
+
+    async def _record_replica(self, name: str) -> None:
+        """Where this host replicates the tenant, for the host it moves to next."""
+        config = self.gateway.config
+        if not config.gateway.backup.endpoint:
+            return
+        for _ in range(50):  # replication starts just after the tenant (Gateway.add_tenant)
+            paths = await asyncio.to_thread(replicas.replica_paths, config, name)
+            if paths:
+                with contextlib.suppress(EtcdUnavailable):  # the next start records it
+                    await self.etcd.put(REPLICAS + name,
+                                        json.dumps({"node": self.name, "databases": paths}))
+                return
+            await asyncio.sleep(0.2)
 
     async def _announce(self, name: str, route: TenantRoute, door: TenantDoor) -> None:
         """Once the tenant serves, tell the edges where (on this host's lease)."""
@@ -204,6 +245,7 @@ class ClusterNode:
             except EtcdUnavailable:
                 await asyncio.sleep(1)
         log.info("cluster_tenant_announced", extra={"tenant": name, "address": door.address})
+        await self._record_replica(name)
 
     # An edge ------------------------------------------------------------------------------
 
