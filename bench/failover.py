@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.cluster import tls  # noqa: E402
-from tests.conftest import RunningGateway, Site, wait_until  # noqa: E402
-from tests.etcd_cluster import EtcdCluster  # noqa: E402
+from gateway.cluster import tls
+from tests.conftest import RunningGateway, Site, wait_until
+from tests.etcd_cluster import EtcdCluster
 
 UID_BASE = int(os.environ.get("GATEWAY_TEST_UID_BASE", "20000"))
 
@@ -75,12 +75,13 @@ def main() -> None:
             results: list[tuple[float, float, int]] = []  # (start, duration, status)
             stop = threading.Event()
 
-            def load() -> None:
+            def load(stop: threading.Event = stop,
+                     results: list[tuple[float, float, int]] = results) -> None:
                 while not stop.is_set():
                     started = time.monotonic()
                     try:
                         code = edge.get("alice", "/data.json").status_code
-                    except Exception:  # noqa: BLE001 (a failed request is what we count)
+                    except Exception:  # a failed request is what we count
                         code = 0
                     results.append((started, time.monotonic() - started, code))
 
@@ -94,7 +95,8 @@ def main() -> None:
             for pid in (gone.pid, worker, *pids):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: any(s >= killed and c == 200 for s, _, c in results), timeout=60)
+            wait_until(lambda killed=killed, results=results: any(
+                s >= killed and c == 200 for s, _, c in results), timeout=60)
             time.sleep(1)
             stop.set()
             client.join()
@@ -103,7 +105,8 @@ def main() -> None:
             first_ok = min(s + d for s, d, c in after if c == 200 and s >= killed)
             failed = [c for _, _, c in after if c != 200]
             print(f"round {round_}: {victim} killed; alice answered 200 again after"
-                  f" {first_ok - killed:.2f} s; {len(failed)} failed {failed} of {len(after)} requests;"
+                  f" {first_ok - killed:.2f} s; {len(failed)} failed {failed} of"
+                  f" {len(after)} requests;"
                   f" slowest {max(d for _, d, _ in after):.2f} s")
             # A new machine takes the dead one's place for the next round.
             node = next(n for n in spare if n not in running)
