@@ -1,7 +1,13 @@
 """Beyond one machine (issue 17): edges and tenant hosts coordinated through etcd.
 
-Nothing here runs unless gateway.toml has a [cluster] table; one machine is unchanged.
+Nothing here runs unless gateway.toml has a [cluster] table; one machine is unchanged
+(runtime.Gateway makes a ClusterNode only then).
 
-    etcd.py     etcd's v3 API over its JSON gateway (httpx): KV, txn, leases, watches
-    lease.py    a node's lease kept alive; the leader election on it
+    etcd.py       etcd's v3 API over its JSON gateway (httpx): KV, txn, leases, watches
+    lease.py      a node's lease kept alive; the leader election on it
+    placement.py  which host runs which tenant (pure)
+    node.py       this machine as a node: membership, the leader's placing, hosting, routing
+    forward.py    a host's mutual-TLS door to one tenant's Unix socket
+    replicas.py   where a tenant's replica is, and restoring it on its next host
+    tls.py        the cluster CA, node certificates, the mutual-TLS contexts
 """

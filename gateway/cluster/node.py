@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
-from ..errors import GatewayError
+from ..errors import ConfigError, GatewayError
 from . import replicas, tls
 from .etcd import Etcd, EtcdUnavailable
 from .forward import TenantDoor
@@ -83,7 +83,8 @@ class ClusterNode:
         self._tasks: list[asyncio.Future[Any]] = []
         self._leading_task: asyncio.Future[None] | None = None
         tls_dir = self.settings.tls_dir
-        assert tls_dir is not None  # config.load_config resolves it
+        if tls_dir is None:  # config.load_config always resolves it
+            raise ConfigError("cluster.tls_dir: not set")
         self._server_tls = tls.server_context(tls_dir) if self.is_host else None
         self._client_tls = tls.client_context(tls_dir) if self.is_edge else None
 
@@ -175,6 +176,8 @@ class ClusterNode:
     # A host -------------------------------------------------------------------------------
 
     async def _host(self, placement: dict[str, str]) -> None:
+        if self._server_tls is None:
+            return  # not a host
         self.placement = placement
         mine = {t for t, host in placement.items() if host == self.name}
         for name in sorted(set(self.doors) - mine):
@@ -189,7 +192,6 @@ class ClusterNode:
                 continue
             await self._restore(name)
             route = self.gateway.add_tenant(tenant)
-            assert self._server_tls is not None
             door = TenantDoor(route, self.settings.advertise, self._server_tls)
             await door.start()
             self.doors[name] = door
