@@ -218,6 +218,11 @@ def _status_text(status: dict[str, Any]) -> str:
     if isolation["missing"]:
         lines.append(f"           not available: {', '.join(isolation['missing'])}"
                      f" ({isolation['reason']})")
+    if "cluster" in status:
+        node = status["cluster"]
+        lines.append(f"cluster    node {node['node']} ({node['role']}"
+                     f"{', leader' if node['leader'] else ''}), hosting"
+                     f" {', '.join(node['hosting']) or 'nothing'}")
     lines.append("")
     lines.append(f"{'TENANT':<20} {'STATE':<11} {'PID':>7} {'GEN':>5} {'RESTARTS':>8}  DATABASES")
     for tenant in status["tenants"]:

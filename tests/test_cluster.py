@@ -103,6 +103,9 @@ def test_the_leader_places_a_tenant_and_the_edge_routes_to_its_host(cluster: Clu
     assert edge.status()["cluster"]["endpoints"]["alice"].startswith("tcp:127.0.0.2:")
     assert host.status()["cluster"]["hosting"] == ["alice"]
     assert edge.status()["tenants"] == []  # the edge runs no tenant itself
+    leader = "h1" if host.status()["cluster"]["leader"] else "e1"
+    assert ("cluster    node h1 (host" + (", leader" if leader == "h1" else "")
+            + "), hosting alice") in host.cli("status").stdout
     # Only a peer with a certificate from the cluster CA gets through the host's door.
     port = int(edge.status()["cluster"]["endpoints"]["alice"].rpartition(":")[2])
     with pytest.raises(httpx.HTTPError):
