@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.upload.errors import duration
+
 from .conftest import UID_BASE, RunningGateway, Site
 from .test_auth import FAST_HASHING, PASSWORD
 from .test_streaming import RssSampler
@@ -77,7 +79,7 @@ def test_member_uploads_a_csv_and_datasette_shows_the_typed_table(member: Upload
     assert response.status_code == 200, response.text
     assert response.json() == {
         "ok": True, "database": "data", "table": "cities_2024", "rows": 3, "mode": "create",
-        "url": "/data/cities_2024",
+        "url": "/data/cities_2024", "notes": [],
         "columns": [{"name": "city", "type": "TEXT"}, {"name": "population", "type": "INTEGER"},
                     {"name": "area_km2", "type": "REAL"}, {"name": "note", "type": "TEXT"}],
     }
@@ -109,6 +111,8 @@ def test_broken_file_is_refused_with_its_line_and_changes_nothing(member: Upload
     assert answer["message"] == ('Line 3: a quoted field starts here, but its closing quote (")'
                                  " is missing.")
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
+    event = member.gateway.wait_for_event("upload_failed", tenant="alice")
+    assert (event["status"], event["reason"]) == (422, answer["message"])
 
 
 def test_create_replace_append(member: Uploader) -> None:
@@ -201,11 +205,12 @@ def test_only_members_may_upload(gateway: RunningGateway, member: Uploader) -> N
                                     headers={"host": gateway.host("alice")})
     assert anonymous.status_code == 401
     assert anonymous.json()["message"] == (
-        "Only members of 'alice' may change its data. Sign in at http://gw.test/-/login, or send"
-        " an API token (`gateway user token EMAIL`) as 'Authorization: Bearer <token>'.")
+        "Only members of 'alice' may change its data. Sign in at"
+        f" http://gw.test:{gateway.port}/-/login, or send an API token (`gateway user token"
+        " EMAIL`) as 'Authorization: Bearer <token>'.")
     page = gateway.client.get("/-/upload", headers={"host": gateway.host("alice")})
     assert page.status_code == 303
-    assert page.headers["location"].startswith("http://gw.test/-/login?next=")
+    assert page.headers["location"].startswith(f"http://gw.test:{gateway.port}/-/login?next=")
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     refused = outsider.post(b"a\n1\n")
     assert refused.status_code == 403
@@ -306,3 +311,40 @@ def test_upload_without_the_sandbox(site: Site, start_gateway: Any) -> None:
     assert response.status_code == 200, response.text
     assert member.rows("data", "t") == [{"rowid": 1, "id": 1, "name": "Łódź", "count": 10},
                                         {"rowid": 2, "id": 2, "name": "Kraków", "count": None}]
+
+
+def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> None:
+    """1. Upload a table. 2. POST /-/upload/delete names it: deleted, as the tenant, and
+    Datasette no longer lists it. 3. Again: 404. An unknown database: 404. No form: 400.
+    Someone who is not a member: 403. (Every member is an owner until accounts have roles.)"""
+    assert member.post(b"a\n1\n", table="Old Numbers").status_code == 200
+
+    def delete(uploader: Uploader = member, **fields: str) -> httpx.Response:
+        return gateway.client.post("/-/upload/delete", data=fields, headers=uploader.headers)
+
+    response = delete(database="data", table="old numbers")
+    assert (response.status_code, response.json()) == (200, {
+        "ok": True, "database": "data", "table": "Old Numbers", "deleted": True})
+    tables = gateway.client.get("/data.json", headers=member.headers).json()["tables"]
+    assert [t["name"] for t in tables] == ["keep"]
+    again = delete(database="data", table="Old Numbers")
+    assert (again.status_code, again.json()["message"]) == (
+        404, "There is no table 'Old Numbers' in 'data'.")
+    unknown = delete(database="nope", table="keep")
+    assert (unknown.status_code, unknown.json()["message"]) == (
+        404, "There is no database 'nope'.")
+    no_form = gateway.client.post("/-/upload/delete", json={"table": "keep"},
+                                  headers=member.headers)
+    assert (no_form.status_code, no_form.json()["message"]) == (400, (
+        "Send the database and the table as a form (curl: -d database=data -d table=t)."))
+    outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
+    assert delete(outsider, database="data", table="keep").status_code == 403
+    assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (1, "1 second"), (1.5, "1.5 seconds"), (45, "45 seconds"), (90, "90 seconds"),
+    (120, "2 minutes"), (3600, "1 hour"), (5400, "90 minutes"), (3_600_000, "1,000 hours"),
+])
+def test_limits_are_written_in_words(seconds: float, text: str) -> None:
+    assert duration(seconds) == text

@@ -36,6 +36,31 @@ class Forbidden(RequestError):
     title = "Not allowed"
 
 
+class NoSuchTable(RequestError):
+    status = 404
+    title = "No such table"
+
+
 def too_large(settings: UploadSettings) -> UploadTooLarge:
     return UploadTooLarge(f"The file is larger than this site's limit of"
                           f" {settings.max_file_mb:,} MB.")
+
+
+def too_long(settings: UploadSettings) -> UploadStalled:
+    return UploadStalled(f"The upload took longer than this site's limit of"
+                         f" {duration(settings.max_duration_s)}, so it was stopped and nothing"
+                         " was imported.")
+
+
+def plural(count: float, unit: str) -> str:
+    """ "1 second", "2 seconds", "1.5 seconds"."""
+    number = f"{int(count):,}" if count == int(count) else f"{count:g}"
+    return f"{number} {unit}" + ("" if count == 1 else "s")
+
+
+def duration(seconds: float) -> str:
+    """A limit in the largest whole unit: "1 hour", "90 minutes", "45 seconds"."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            return plural(seconds // size, unit)
+    return plural(seconds, "second")

@@ -44,6 +44,7 @@ def choose_target(fields: Mapping[str, str], filename: str,
         table = check_table_name(fields.get("table", "").strip() or table_name_for(filename))
     except ImportFailed as exc:
         raise BadUpload(str(exc)) from None
+    check_datasette_name(table)
     existing = {file_name.rsplit(".", 1)[0]: file_name for file_name in databases}
     database = fields.get("database", "").strip() or min(existing, default="data")
     if database in existing:
@@ -52,6 +53,16 @@ def choose_target(fields: Mapping[str, str], filename: str,
         raise BadUpload(f"{database!r} cannot name a new database: use up to 64 letters, digits,"
                         " '_' and '-', starting with a letter or digit.")
     return Target(database, f"{database}.db", True, table, mode)
+
+
+def check_datasette_name(table: str) -> None:
+    """Datasette 0.65 quotes table names in [brackets] in some of its queries (the table
+    counts of the index and database pages, foreign keys, indexes), where SQLite has no way to
+    escape "]": one such table breaks those pages for everybody (issue 12). Every other
+    character works. New database names are plainer still (letters, digits, '_' and '-')."""
+    if "]" in table:
+        raise BadUpload(f"{table!r} cannot name a table: Datasette cannot show a table whose"
+                        " name contains ']'. Choose another name.")
 
 
 def importer_options(fields: Mapping[str, str], filename: str) -> list[str]:

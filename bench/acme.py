@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time to the first certificate, and TLS handshakes per second beside Caddy.
 
-    .venv/bin/python bench/acme [--rounds 3] [--duration 10] [--clients 2]
+    .venv/bin/python bench/acme.py [--rounds 3] [--duration 10] [--clients 2]
 
 Starts Debian's pebble and knot on loopback (tests/acme_servers.py; pebble with its validation
 sleeps off and its default 5 % nonce rejection), then:

@@ -2,8 +2,8 @@
 """What the gateway costs, measured side by side with direct access and with Caddy.
 
     make bench                 (installs wrk, caddy, nginx-light and aiohttp, then runs this)
-    .venv/bin/python bench/proxy [--duration 10] [--rounds 3] [--only versions,ceiling,start]
-    .venv/bin/python bench/proxy --hold     (set up, print each target, wait: to profile one)
+    .venv/bin/python bench/proxy.py [--duration 10] [--rounds 3] [--only versions,ceiling,start]
+    .venv/bin/python bench/proxy.py --hold     (set up, print each target, wait: to profile one)
 
 One run builds a 100,000-row, 9-column table and starts:
 - a real `gateway serve` with one tenant (sandboxed when run as root), Datasette with
@@ -709,7 +709,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gw-bench-", dir="/tmp"))
     os.chmod(root, 0o755)  # tenant users must reach their folders
     processes = Processes()
-    print(f"bench/proxy: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f};"
+    print(f"bench/proxy.py: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f};"
           f" {tool_versions()}; wrk -t2 -c32 -d{args.duration:g}s, {args.rounds} rounds",
           flush=True)
     try:

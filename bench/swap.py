@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fearless deploys, measured: load runs while the backend is replaced again and again.
 
-    make bench-swap            (or: .venv/bin/python bench/swap [--duration 25])
+    make bench-swap            (or: .venv/bin/python bench/swap.py [--duration 25])
 
 One run, three fronts, the same load (wrk, 2 threads, 32 connections, DURATION s, on a small
 JSON page of the same Datasette database):
@@ -61,7 +61,7 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -
         if result:
             return result
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench/swap: timed out waiting for {what}")
+            raise SystemExit(f"bench/swap.py: timed out waiting for {what}")
         time.sleep(0.05)
 
 
@@ -313,7 +313,7 @@ def main() -> None:
     args = parser.parse_args()
     for tool in ("wrk", "caddy", "nginx"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"bench/swap needs {tool}: run `make bench-debs`")
+            raise SystemExit(f"bench/swap.py needs {tool}: run `make bench-debs`")
     root = Path(tempfile.mkdtemp(prefix="swap-", dir="/tmp"))
     procs = Processes()
     results = []
@@ -324,7 +324,7 @@ def main() -> None:
     finally:
         procs.stop_all()
         shutil.rmtree(root, ignore_errors=True)
-    print(f"\nbench/swap: wrk -t2 -c32 -d{args.duration:.0f}s {PATH} while the backend is"
+    print(f"\nbench/swap.py: wrk -t2 -c32 -d{args.duration:.0f}s {PATH} while the backend is"
           f" replaced ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n")
     print(f"{'front':<9} {'requests':>9} {'failures':>9} {'p99 ms':>8} {'max ms':>8}  "
           "failure kinds / what happened")
