@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 TEST_DEBS := python3-venv bubblewrap util-linux sqlite3 curl pebble knot knot-dnsutils chromium \
-	testssl.sh python3-seccomp
+	testssl.sh python3-seccomp prometheus
 BENCH_DEBS := wrk caddy nginx-light
 IMAGE_DEBS := buildah debootstrap util-linux iproute2 curl python3-seccomp
 IMAGE ?= gateway:latest
@@ -18,7 +18,12 @@ BUILDAH := buildah --storage-driver vfs
 
 .PHONY: demo test check lint typecheck venv debs bench-debs image image-test bench lock clean docs apt
 
+# As root, the demo installs what sandboxes tenants (as `make test` does); as another user it runs
+# with what is there (README: "Tenant processes and isolation").
+DEMO_DEBS := bubblewrap util-linux
+
 demo: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory apt DEBS="$(DEMO_DEBS)"; fi
 	$(BIN)/python -m gateway.demo build demo
 	@echo
 	@echo "Serving http://localhost:8000 (alice: http://alice.localhost:8000, bob: http://bob.localhost:8000)"
@@ -62,12 +67,11 @@ apt:
 	fi
 
 bench: debs bench-debs $(VENV)/.bench-installed  # debs: bench/acme runs pebble and knot
-	for name in proxy swap acme upload abuse; do \
-		script=bench/$$name.py; test -f $$script || script=bench/$$name; \
-		$(BIN)/python $$script || exit 1; done
+	for name in proxy swap acme upload abuse metrics backup; do \
+		$(BIN)/python bench/$$name.py || exit 1; done
 
 bench-%: debs bench-debs $(VENV)/.bench-installed
-	$(BIN)/python $$(test -f bench/$*.py && echo bench/$*.py || echo bench/$*)
+	$(BIN)/python bench/$*.py
 
 # What only the benchmarks use (pyproject's bench extra: aiohttp for bench/proxy's comparison).
 $(VENV)/.bench-installed: $(STAMP)

@@ -13,29 +13,32 @@ request (bench/proxy), which the gateway would take from Datasette on a shared C
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
-from typing import Any
 
+from .asgi import ASGIApp, Message, Receive, ResponseAborted, Scope, Send, header, wants_json
+from .auth.urls import host_port, origin
 from .auth.web import tenant_pages
 from .backends import TenantRoute
-from .errors import RequestError, UnknownHost
-from .pages import send_error, wants_json
-from .proxy import NO_IDENTITY, Message, Outcome, Receive, ResponseAborted, Scope, Send
-from .routing import host_header, route_host
+from .errors import BackendTimeout, BackendUnavailable, BadRequest, RequestError, UnknownHost
+from .identity import NO_IDENTITY
+from .pages import send_error
+from .proxy import Outcome
+from .routing import route_host
 from .runtime import Gateway
 from .site import build_site
 from .upload.endpoint import PATHS as UPLOAD_PATHS
 from .upload.endpoint import Uploads
 
-ASGIApp = Any
+log = logging.getLogger(__name__)
 
 
 class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.site: ASGIApp = build_site(gateway)
-        self.tenant_pages = tenant_pages(gateway)
+        self.tenant_pages = tenant_pages(gateway.auth)
         self.uploads = Uploads(
             settings=lambda: gateway.config.gateway.upload, authorize=self._may_upload,
             tenant_command=gateway.tenant_command, serve_database=gateway.restart_tenant,
@@ -48,13 +51,16 @@ class GatewayApp:
         start = time.perf_counter()
         request_id = next(self._request_ids)
         gateway = self.gateway
-        route = route_host(host_header(scope), gateway.domain)
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        route = route_host(hosts[0] if hosts else None, gateway.domain)
         outcome = Outcome()
         if gateway.draining:
             send = _closing_connection(send)
         tenant = gateway.routes.get(route.tenant) if route.kind == "tenant" else None
         identity = NO_IDENTITY
         try:
+            if len(hosts) > 1:  # which one names the site? RFC 9112 3.2: answer 400
+                raise BadRequest("The request has more than one Host header.", tenant=None)
             if tenant is not None and scope["path"] in self.tenant_pages:
                 await self.tenant_pages[scope["path"]](
                     scope, receive, _recording(send, outcome), tenant.name
@@ -74,16 +80,24 @@ class GatewayApp:
                     f"There is no site at {route.host or 'this address'}.", tenant=None
                 )
         except RequestError as error:
+            if isinstance(error, BackendUnavailable | BackendTimeout):
+                error = _for_the_public(error, tenant.name if tenant else "", request_id)
             outcome.status = error.status
             await send_error(
                 _recording(send, outcome), error, request_id=request_id,
                 as_json=wants_json(scope["path"], scope["headers"]),
                 site_name=gateway.domain,
+                apex_url=origin(scope["scheme"], gateway.domain,
+                                host_port(header(scope["headers"], b"host"))),
             )
         except ResponseAborted:
+            # The client went away or stalled, or the tenant broke off: uvicorn closes the
+            # connection; the access log says 499 unless a status was sent.
             outcome.status = outcome.status or 499
-            raise
         finally:
+            gateway.request_metrics.record(route.tenant if tenant is not None else "",
+                                           scope["method"], outcome.status, start,
+                                           outcome.attempts)
             gateway.access_log.write(
                 start=start,
                 host=route.host,
@@ -105,6 +119,19 @@ class GatewayApp:
         member = await self.gateway.auth.member(scope, tenant.config,
                                                 api=scope["method"] == "POST")
         return member.email
+
+
+def _for_the_public(
+    error: BackendUnavailable | BackendTimeout, tenant: str, request_id: str
+) -> RequestError:
+    """The page says what happened in words; why (a socket path, an errno) goes to the log."""
+    log.warning("backend_unavailable", extra={
+        "tenant": tenant, "status": error.status, "cause": str(error), "request_id": request_id})
+    if isinstance(error, BackendTimeout):
+        text = f"The site {tenant!r} took too long to answer. Try again in a moment."
+    else:
+        text = f"The site {tenant!r} could not be reached. Try again in a moment."
+    return type(error)(text, tenant=tenant, headers=error.headers)
 
 
 def _recording(send: Send, outcome: Outcome) -> Send:

@@ -84,8 +84,25 @@ def serve(ctx: click.Context) -> None:
     """
     from .master import serve as run
 
+    _restore_new_machine(ctx.obj["config_path"])
     code = run(ctx.obj["config_path"])
     ctx.exit(code)
+
+
+def _restore_new_machine(config_path: Path) -> None:
+    """With [backup] set and no tenant and no state yet (a new machine, a container with empty
+    volumes), the site is first restored from the bucket: "new machine, same site"."""
+    config = load_config(config_path, with_tenants=False)
+    if not config.gateway.backup.endpoint:
+        return
+    from .backup import restore
+
+    if not restore.is_empty_site(config):
+        return
+    paths = config.gateway.paths
+    done = restore.restore_site(config, paths.tenants_dir, paths.state_dir)
+    if done is not None:  # else the bucket is empty too: a first start
+        click.echo(json.dumps({"event": "backup_site_restored", **done}), err=True)
 
 
 @cli.command(hidden=True, context_settings=CONTEXT)
@@ -128,13 +145,22 @@ def upgrade(ctx: click.Context) -> None:
 @cli.command("check-config", context_settings=CONTEXT)
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Read gateway.toml and tenants/ and report the first problem (exit 1), or OK.
+    """Check gateway.toml and tenants/ and report every problem (exit 1), or OK.
+
+    Each tenant's tenant.toml, its metadata file (parses, and has Datasette's shape) and its
+    plugins (import without error, in the tenant's sandbox) are checked too.
 
     \b
     Example:
         gateway --config gateway.toml check-config
     """
-    config = _config(ctx)
+    from .config_check import check_config
+
+    config, problems = check_config(ctx.obj["config_path"])
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if config is None or problems:
+        ctx.exit(1)
     click.echo(f"OK: {config.path} (domain {config.domain}, {len(config.tenants)} tenants)")
 
 
@@ -146,19 +172,27 @@ def reload(ctx: click.Context, as_json: bool) -> None:
 
     Only the difference is applied: added tenants start, removed ones stop, changed ones are
     replaced without losing a request. An invalid config is reported and nothing changes.
+    Waits until every added or changed tenant serves, or has failed to start (exit 1: a changed
+    tenant's previous process keeps serving; a new one keeps being retried).
 
     \b
     Example:
         gateway reload
     """
-    plan = _call(_config(ctx), "POST", "/reload")
+    report = _call(_config(ctx), "POST", "/reload")
 
-    def text(plan: dict[str, list[str]]) -> str:
-        lines = [f"{key}: {', '.join(names) or '-'}" for key, names in plan.items()
-                 if key != "unchanged"]
+    def text(report: dict[str, Any]) -> str:
+        lines = [f"{key}: {', '.join(report[key]) or '-'}"
+                 for key in ("added", "removed", "changed", "needs_restart")]
+        lines += [f"{name}: serving" for name in report["serving"]]
+        lines += [f"{name}: failed: {reason}" for name, reason in report["failed"].items()]
         return "\n".join(lines)
 
-    _print(plan, as_json, text)
+    _print(report, as_json, text)
+    if report["failed"]:
+        failed = len(report["failed"])
+        raise click.ClickException(f"{failed} tenant{'s' if failed != 1 else ''} failed to start:"
+                                   f" {', '.join(report['failed'])}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -192,8 +226,11 @@ def _status_text(status: dict[str, Any]) -> str:
             f" {tenant['generation'] or '-':>5} {tenant['restarts']:>8}"
             f"  {', '.join(tenant['databases']) or '-'}"
         )
-        if tenant["failure"]:
+        last = tenant["last_failure"]
+        if tenant["failure"] and (last is None or last["reason"] != tenant["failure"]):
             lines.append(f"{'':<20} {tenant['failure']}")
+        if last is not None:
+            lines.append(f"{'':<20} last failure {_iso(last['time'])}: {last['reason']}")
     return "\n".join(lines)
 
 
@@ -212,9 +249,10 @@ def health_command(ctx: click.Context, as_json: bool) -> None:
     from .health import check_health
 
     answer = check_health(_config(ctx))
-    states = answer["tenants"]
-    running = sum(1 for state in states.values() if state == "running")
-    _print(answer, as_json, lambda _: f"healthy: {running} of {len(states)} tenants running")
+    states = answer["tenants"]  # how many tenants are in each state
+    running = states.get("running", 0)
+    _print(answer, as_json,
+           lambda _: f"healthy: {running} of {sum(states.values())} tenants running")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -227,23 +265,28 @@ def tenant() -> None:
 @click.option("--public", is_flag=True, help="Anyone may browse it (default: members only).")
 @click.option("--member", "members", multiple=True, metavar="EMAIL",
               help="An account that may see it (repeatable).")
+@click.option("--owner", "owners", multiple=True, metavar="EMAIL",
+              help="An account that may see it and manage its team (repeatable).")
 @click.pass_context
-def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, ...]) -> None:
+def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, ...],
+               owners: tuple[str, ...]) -> None:
     """Create tenants/NAME; run `gateway reload` to start it.
 
     \b
     Example:
-        gateway tenant add carol --member ann@example.com && gateway reload
+        gateway tenant add carol --owner ann@example.com && gateway reload
     """
     config = _config(ctx)
     from .auth.passwords import normalise_email
 
     accounts = _accounts_for(config)
-    accounts.check_users_exist(members)
+    accounts.check_users_exist(members + owners)
     directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
                                            public=public)
     for email in members:
         accounts.store.add_member(name, normalise_email(email))
+    for email in owners:
+        accounts.store.add_member(name, normalise_email(email), "owner")
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
 
@@ -313,25 +356,119 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
 @click.option("--add", "added", multiple=True, metavar="EMAIL", help="Add a member (repeatable).")
 @click.option("--remove", "removed", multiple=True, metavar="EMAIL",
               help="Remove a member (repeatable).")
+@click.option("--owner", "owners", multiple=True, metavar="EMAIL",
+              help="Make an account an owner, adding it if needed (repeatable).")
+@click.option("--member", "demoted", multiple=True, metavar="EMAIL",
+              help="Make an owner a member again (repeatable).")
 @json_option
 @click.pass_context
 def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
-                   removed: tuple[str, ...], as_json: bool) -> None:
-    """List, add or remove the accounts that may see a private tenant.
+                   removed: tuple[str, ...], owners: tuple[str, ...], demoted: tuple[str, ...],
+                   as_json: bool) -> None:
+    """List, add or remove the accounts that may see a tenant, and name its owners.
 
-    The running gateway applies changes within auth.session_cache_s seconds.
+    Members see a private tenant and upload to it; owners also manage its team on the Team
+    page. The running gateway applies changes within auth.session_cache_s seconds.
 
     \b
     Example:
         gateway tenant members bob --add ann@example.com --remove joe@example.com
+        gateway tenant members bob --owner ann@example.com
     """
     accounts = _accounts(ctx)
     for email in added:
         accounts.add_member(name, email)
+    for email in owners:
+        accounts.add_member(name, email, "owner")
+    for email in demoted:
+        accounts.add_member(name, email, "member")
     for email in removed:
         accounts.remove_member(name, email)
-    members = accounts.members(name)
-    _print(members, as_json, lambda members: "\n".join(members) or f"{name} has no members")
+    team = [{"email": email, "role": role} for email, role in accounts.team(name)]
+    _print(team, as_json, lambda team: "\n".join(
+        m["email"] + ("  (owner)" if m["role"] == "owner" else "") for m in team)
+        or f"{name} has no members")
+
+
+@cli.group(context_settings=CONTEXT)
+def backup() -> None:
+    """Replication of every database to object storage ([backup] in gateway.toml)."""
+
+
+@backup.command("status", context_settings=CONTEXT)
+@json_option
+@click.pass_context
+def backup_status(ctx: click.Context, as_json: bool) -> None:
+    """Per database: last sync, lag, replica size and snapshots, as the bucket has them.
+
+    \b
+    Example:
+        gateway backup status
+    """
+    from .backup import restore
+
+    _print(restore.status(_config(ctx)), as_json, _backup_status_text)
+
+
+def _backup_status_text(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'tenant':<16} {'database':<24} {'last sync':<26} {'lag':>8} {'size':>12}"
+             f" {'snapshots':>9}"]
+    for row in rows:
+        lag = "-" if row["lag_s"] is None else f"{row['lag_s']:g} s"
+        lines.append(f"{row['tenant'] or '(state)':<16} {row['database']:<24}"
+                     f" {row['last_sync'] or 'never':<26} {lag:>8} {row['replica_bytes']:>12}"
+                     f" {row['snapshots']:>9}")
+    return "\n".join(lines)
+
+
+@cli.command("restore", context_settings=CONTEXT)
+@click.argument("tenant", required=False)
+@click.option("--at", help="A point in time (ISO 8601, UTC unless it says): the data as it was"
+              " then. Default: the newest.")
+@click.option("--database", help="Restore only this database file (e.g. data.db); the others"
+              " stay as they are.")
+@click.option("--all", "whole_site", is_flag=True,
+              help="Rebuild tenants/ and state/ (with --to) from the bucket.")
+@click.option("--to", type=click.Path(path_type=Path), help="With --all: an empty folder.")
+@click.pass_context
+def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
+                    database: str | None, whole_site: bool, to: Path | None) -> None:
+    """Bring back a tenant's data (or a whole site) from the replicas in [backup]'s bucket.
+
+    A tenant's data/ is replaced by a hot swap: no request fails, and the old folder is kept
+    in tenants/.restored/.
+
+    \b
+    Examples:
+        gateway restore alice --at 2026-03-01T09:30:00Z
+        gateway restore alice --database sales.db
+        gateway restore --all --to /srv/gateway
+    """
+    from .backup import restore
+
+    if whole_site:
+        if tenant or at or database or to is None:
+            raise click.UsageError("--all takes --to DIR and nothing else")
+        config = load_config(ctx.obj["config_path"], with_tenants=False)
+        done = restore.restore_site(config, to / "tenants", to / "state")
+        if done is None:
+            raise GatewayError(f"the bucket {config.gateway.backup.bucket!r} has no site under"
+                               f" the prefix {config.gateway.backup.prefix!r}")
+        click.echo(f"Restored {len(done['tenants'])} tenants ({done['databases']} databases)"
+                   f" and state/ into {to} in {done['duration_s']:g} s.")
+        return
+    if tenant is None or to is not None:
+        raise click.UsageError("name a TENANT, or use --all --to DIR")
+    config = _config(ctx)
+    when = restore.parse_time(at) if at else None
+    kept = restore.restore_tenant(config, tenant, when, database)
+    click.echo(f"Restored {tenant}; its previous data is in {kept}.")
+    try:
+        _call(config, "POST", f"/tenants/{tenant}/restart")
+    except GatewayError as exc:
+        click.echo(f"Not swapped in yet ({exc}): the gateway serves it when it starts.")
+    else:
+        click.echo(f"{tenant} now serves the restored data.")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -352,6 +489,11 @@ def _accounts_for(config: Config) -> Accounts:
 def _read_password(password_stdin: bool) -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        command = click.get_current_context().command_path
+        raise GatewayError("no terminal to ask for the password on: pipe it in with"
+                           f' --password-stdin, e.g. echo "$PASSWORD" | {command} EMAIL'
+                           " --password-stdin")
     password: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     return password
 
@@ -407,6 +549,33 @@ def user_remove(ctx: click.Context, email: str) -> None:
     accounts = _accounts(ctx)
     accounts.remove_user(email)
     click.echo(f"Removed {email}.")
+
+
+@user.command("admin", context_settings=CONTEXT)
+@click.argument("email")
+@click.option("--remove", is_flag=True, help="No longer an admin.")
+@click.pass_context
+def user_admin(ctx: click.Context, email: str, remove: bool) -> None:
+    """Let an account see the dashboard, /-/admin on the apex (or no longer, with --remove).
+
+    \b
+    Example:
+        gateway user admin ann@example.com
+    """
+    from .admin.admins import Admins
+    from .auth.passwords import normalise_email
+
+    accounts = _accounts(ctx)
+    admins = Admins(accounts.store.path)
+    email = normalise_email(email)
+    if remove:
+        if not admins.remove(email):
+            raise GatewayError(f"{email} is not an admin")
+        click.echo(f"{email} is no longer an admin.")
+        return
+    accounts.check_users_exist((email,))
+    admins.add(email)
+    click.echo(f"{email} is an admin: the dashboard is at /-/admin on the apex domain.")
 
 
 @user.command("list", context_settings=CONTEXT)
@@ -523,7 +692,10 @@ def cert_status(ctx: click.Context, as_json: bool) -> None:
     Example:
         gateway cert status
     """
-    _print(_call(_config(ctx), "GET", "/certificate"), as_json, _certificate_text)
+    status = _call(_config(ctx), "GET", "/certificate")
+    if status["mode"] == "off" and not as_json:
+        raise GatewayError(status["renewal_basis"])
+    _print(status, as_json, _certificate_text)
 
 
 @cert.command("renew", context_settings=CONTEXT)

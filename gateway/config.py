@@ -10,6 +10,7 @@ Unknown keys, wrong types and bad values raise ConfigError naming the file and t
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import re
@@ -39,7 +40,7 @@ _NAME_PATTERN = re.compile(r"[a-z0-9-]{1,63}")
 
 # A Unix socket path must fit sockaddr_un.sun_path (108 bytes including the terminating NUL).
 _MAX_SOCKET_PATH = 107
-_SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see supervisor.Spawner: run_dir/<generation>/
+_SOCKET_SUFFIX_ROOM = len("/4294967295/ds.sock")  # see spawner.Spawner: run_dir/<generation>/
 
 
 def setting(default: Any, help: str, *, check: Callable[[Any], str | None] | None = None) -> Any:
@@ -74,6 +75,11 @@ class ListenSettings:
         80, "Port for plain HTTP. With TLS on it only redirects to HTTPS.", check=_port
     )
     https_port: int = setting(443, "Port for HTTPS (used when tls.mode is not off).", check=_port)
+    public_port: int = setting(
+        0, "The port browsers reach the gateway on, when a port mapping (docker's -p 8080:80)"
+        " makes it another than the listening one; 0: the listening port (https_port with TLS,"
+        " else http_port). Sign-in redirects name it.", check=_port,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,61 @@ class ProxySettings:
         "When a tenant process is replaced, how long its in-flight requests may take to finish"
         " before it is stopped anyway.",
         check=_non_negative,
+    )
+    queue_timeout_s: float = setting(
+        10.0,
+        "How long a request waits for one of its tenant's max_connections_per_tenant slots"
+        " before it is answered 503 with Retry-After.",
+        check=_positive,
+    )
+    response_buffer_bytes: int = setting(
+        8 * 1024 * 1024,
+        "Responses up to this size are read whole from the tenant before they are sent, so the"
+        " tenant's slot and connection are free again however slowly the client reads. Larger"
+        " ones are streamed.",
+        check=_non_negative,
+    )
+    response_buffer_total_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Most response bytes held in such buffers at once, over all requests: the memory a"
+        " crowd of slow readers can cost the gateway. Past it, responses are streamed.",
+        check=_non_negative,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """What one client connection may cost: timeouts and the request head's size. Set when
+    the listeners start: a change applies at the next start or `gateway upgrade`."""
+
+    head_timeout_s: float = setting(
+        30.0,
+        "Seconds a connection has to send a whole request head (request line and headers),"
+        " counted from the connection or the first byte of the request; then it is closed.",
+        check=_positive,
+    )
+    keepalive_timeout_s: float = setting(
+        15.0,
+        "Seconds an idle keep-alive connection stays open waiting for its next request.",
+        check=_positive,
+    )
+    body_timeout_s: float = setting(
+        30.0,
+        "Longest pause while a request body arrives (between two reads, not for the whole"
+        " body); then the request is abandoned (408) and its tenant slot freed.",
+        check=_positive,
+    )
+    send_timeout_s: float = setting(
+        30.0,
+        "Longest a client may go without accepting any of the response waiting for it; then"
+        " the connection is closed and what was buffered for it is freed.",
+        check=_positive,
+    )
+    max_head_bytes: int = setting(
+        32 * 1024,
+        "Largest request head (request line and headers) accepted; a larger one is answered"
+        " 431 before it is read whole.",
+        check=_positive,
     )
 
 
@@ -193,11 +254,17 @@ class SupervisorSettings:
     crash_loop_restarts: int = setting(
         5,
         "A tenant that crashes this many times within crash_loop_window_s is marked failed and"
-        " answers 503 until it is restarted or changed.",
+        " answers 503 for failed_cooldown_s, or until it is restarted or changed.",
         check=_positive,
     )
     crash_loop_window_s: float = setting(
         60.0, "Window for counting crashes (see crash_loop_restarts).", check=_positive
+    )
+    failed_cooldown_s: float = setting(
+        300.0,
+        "How long a failed tenant rests before it is started again by itself, with a fresh count"
+        " of crashes. 0: it stays failed until it is restarted or changed.",
+        check=_non_negative,
     )
 
 
@@ -403,6 +470,99 @@ class UploadSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str = setting(
+        "", "SMTP server that sends invitations and password reset links. Empty: no email; the"
+        " Team page shows invitation links to copy, and the sign-in page says to ask the"
+        " operator for a new password."
+    )
+    port: int = setting(587, "Its port (587 for starttls, 465 for tls, 25 for none).",
+                        check=_port)
+    security: Literal["starttls", "tls", "none"] = setting(
+        "starttls", "starttls: upgrade the connection (STARTTLS, required); tls: TLS from the"
+        " first byte (SMTPS); none: plain text (a relay on the same machine only)."
+    )
+    user: str = setting("", "User name to log in with; empty: no login.")
+    password_file: Path | None = setting(
+        None, "File holding the password for `user` (read when an email is sent)."
+    )
+    from_address: str = setting(
+        "", "The From address of the gateway's emails, e.g. \"Data <noreply@example.com>\"."
+        " Default: noreply@<domain>."
+    )
+    ca_file: Path | None = setting(
+        None, "PEM file of CA certificates to trust for the server's TLS certificate (a private"
+        " CA). Default: the system's trust store."
+    )
+    timeout_s: float = setting(30.0, "How long talking to the SMTP server may take.",
+                               check=_positive)
+    reset_ttl_s: float = setting(
+        3600.0, "How long a password reset link stays valid (seconds).", check=_positive
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """'127.0.0.1:9464' / '[::1]:0' -> (host, port); None if not a host:port (port 0: any)."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)
+
+
+def _metrics_listen(value: str) -> str | None:
+    if value == "" or parse_listen(value) is not None:
+        return None
+    return 'expected host:port, e.g. "127.0.0.1:9464" (or "" for no metrics)'
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: str = setting(
+        "127.0.0.1:9464",
+        "Where Prometheus scrapes /metrics (host:port). Not public: keep it on loopback or a"
+        ' private network. "" turns metrics off. Sign-in, upload, certificate and reload'
+        " counts come from their log events: they need log.level info or debug.",
+        check=_metrics_listen,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSettings:
+    endpoint: str = setting(
+        "", "URL of the S3-compatible object storage that every database is replicated to"
+        " (https://s3.eu-west-1.amazonaws.com, https://<account>.r2.cloudflarestorage.com,"
+        " http://127.0.0.1:8333). Empty: no replication."
+    )
+    bucket: str = setting("", "The bucket replicas go to. Required with endpoint.")
+    region: str = setting("us-east-1", "The bucket's region.")
+    prefix: str = setting(
+        "", "Folder in the bucket for this site's replicas, e.g. \"gateway/prod\" (several"
+        " sites can share a bucket)."
+    )
+    access_key_id_file: Path | None = setting(
+        None, "File holding the storage's access key id. Required with endpoint."
+    )
+    secret_access_key_file: Path | None = setting(
+        None, "File holding the storage's secret access key (mode 0600). Required with"
+        " endpoint."
+    )
+    sync_interval_s: float = setting(
+        1.0, "How often new transactions are sent to the bucket: at most this much of the"
+        " latest writes is lost with the machine. Each sync is a write to the bucket (a"
+        " cost on most providers).", check=_positive,
+    )
+    retention_h: float = setting(
+        24.0, "How far back a point-in-time restore can go (hours); older replica files are"
+        " removed.", check=_positive,
+    )
+    uid_offset: int = setting(
+        10000, "When the gateway runs as root, the replication of a tenant runs as the"
+        " tenant's uid plus this: a user of its own, in the tenant's group.", check=_positive,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     """Everything in gateway.toml."""
 
@@ -410,6 +570,7 @@ class GatewaySettings:
     listen: ListenSettings = section(ListenSettings)
     paths: PathSettings = section(PathSettings)
     proxy: ProxySettings = section(ProxySettings)
+    limits: LimitsSettings = section(LimitsSettings)
     tenant_defaults: TenantSettings = section(TenantSettings)
     sandbox: SandboxSettings = section(SandboxSettings)
     supervisor: SupervisorSettings = section(SupervisorSettings)
@@ -417,6 +578,9 @@ class GatewaySettings:
     log: LogSettings = section(LogSettings)
     auth: AuthSettings = section(AuthSettings)
     upload: UploadSettings = section(UploadSettings)
+    smtp: SmtpSettings = section(SmtpSettings)
+    metrics: MetricsSettings = section(MetricsSettings)
+    backup: BackupSettings = section(BackupSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,8 +651,10 @@ def normalise_domain(domain: str) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
-    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem."""
+def load_config(path: Path, *, with_tenants: bool = True) -> Config:
+    """Read gateway.toml and every tenant folder. Raises ConfigError on any problem.
+
+    `with_tenants` False: gateway.toml alone (`gateway restore --all` on an empty machine)."""
     path = Path(path).absolute()
     table = _read_toml(path)
     settings = _build(GatewaySettings, table, file=path.name, prefix="")
@@ -502,8 +668,11 @@ def load_config(path: Path) -> Config:
     if settings.sandbox.uid_min > settings.sandbox.uid_max:
         raise ConfigError(f"{path.name}: sandbox.uid_max: must not be below sandbox.uid_min")
     tls = _check_tls(settings.tls, domain, base=path.parent, file=path.name)
-    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls)
-    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults)
+    smtp = _check_smtp(settings.smtp, base=path.parent, file=path.name)
+    backup = _check_backup(settings.backup, base=path.parent, file=path.name)
+    settings = dataclasses.replace(settings, domain=domain, paths=paths, tls=tls, smtp=smtp,
+                                   backup=backup)
+    tenants = load_tenants(paths.tenants_dir, settings.tenant_defaults) if with_tenants else {}
     return Config(path=path, gateway=settings, tenants=tenants)
 
 
@@ -511,14 +680,19 @@ def load_tenants(tenants_dir: Path, defaults: TenantSettings) -> dict[str, Tenan
     if not tenants_dir.is_dir():
         raise ConfigError(f"{tenants_dir}: the tenants folder does not exist")
     tenants: dict[str, TenantConfig] = {}
+    problems: list[str] = []
     for entry in sorted(tenants_dir.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         try:
             validate_tenant_name(entry.name)
+            tenants[entry.name] = load_tenant(entry, defaults)
         except TenantNameError as exc:
-            raise ConfigError(f"{entry}: {exc}") from None
-        tenants[entry.name] = load_tenant(entry, defaults)
+            problems.append(f"{entry}: {exc}")
+        except ConfigError as exc:
+            problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
     return tenants
 
 
@@ -538,6 +712,12 @@ def load_tenant(directory: Path, defaults: TenantSettings) -> TenantConfig:
         has_plugins=plugins.is_dir(),
         fingerprint=_fingerprint(directory, metadata_file, plugins),
     )
+
+
+def tenant_settings_from_table(table: Mapping[str, Any], *, file: str) -> TenantSettings:
+    """TenantSettings from a table of every key (as another worker sent them), with the checks
+    a tenant.toml gets: ConfigError naming `file` and the key."""
+    return typing.cast(TenantSettings, _build(TenantSettings, table, file=file, prefix=""))
 
 
 def list_databases(data_dir: Path) -> tuple[str, ...]:
@@ -646,6 +826,33 @@ def _check_tls(tls: TlsSettings, domain: str, *, base: Path, file: str) -> TlsSe
     return dataclasses.replace(tls, dns=dataclasses.replace(tls.dns, zone=zone))
 
 
+def _check_smtp(smtp: SmtpSettings, *, base: Path, file: str) -> SmtpSettings:
+    if smtp.user and smtp.password_file is None:
+        raise ConfigError(f"{file}: smtp.password_file: required when smtp.user is set")
+    return dataclasses.replace(smtp, **{
+        name: base / path for name in ("password_file", "ca_file")
+        if (path := getattr(smtp, name)) is not None
+    })
+
+
+def _check_backup(backup: BackupSettings, *, base: Path, file: str) -> BackupSettings:
+    """[backup]: with an endpoint, a bucket and both credential files (absolute paths)."""
+    backup = dataclasses.replace(backup, **{
+        name: base / getattr(backup, name) for name in ("access_key_id_file",
+                                                         "secret_access_key_file")
+        if getattr(backup, name) is not None
+    })
+    if not backup.endpoint:
+        return backup
+    if not backup.endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{file}: backup.endpoint: expected an http:// or https:// URL,"
+                          f" got {backup.endpoint!r}")
+    for name in ("bucket", "access_key_id_file", "secret_access_key_file"):
+        if not getattr(backup, name):
+            raise ConfigError(f"{file}: backup.{name}: required when backup.endpoint is set")
+    return dataclasses.replace(backup, prefix=backup.prefix.strip("/"))
+
+
 def parse_server(server: str, default_port: int = 53) -> tuple[str, int] | None:
     """'ns1.example.com' / '192.0.2.1:5353' / '[2001:db8::1]:53' -> (host, port); None if not."""
     host, port = server, str(default_port)
@@ -669,38 +876,50 @@ def _build(
     cls: type[Any], table: Mapping[str, Any], *, file: str, prefix: str, base: Any = None
 ) -> Any:
     """Build dataclass `cls` from a TOML table, starting from `base` (or the defaults)."""
-    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{file}: {prefix}{key}: unknown key (known keys: {known})")
+    problems = [_unknown_key(key, fields, file=file, prefix=prefix)
+                for key in table if key not in fields]
     values: dict[str, Any] = {}
     for name, f in fields.items():
-        where = f"{prefix}{name}"
         current = getattr(base, name) if base is not None else None
         if name not in table:
             if current is not None:
                 values[name] = current
             continue
-        raw = table[name]
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
-            values[name] = _build(
-                typing.cast(type[Any], kind), raw, file=file, prefix=f"{where}.", base=current
-            )
-            continue
-        value = _convert(kind, raw, file=file, where=where)
-        if isinstance(value, dict) and isinstance(current, dict):
-            value = {**current, **value}
-        check = f.metadata.get("check")
-        problem = check(value) if check else None
-        if problem:
-            raise ConfigError(f"{file}: {where}: {problem}")
-        values[name] = value
+        try:
+            values[name] = _build_value(cls, f, table[name], current, file=file, prefix=prefix)
+        except ConfigError as exc:  # every problem is reported, not only the first
+            problems += str(exc).splitlines()
+    if problems:
+        raise ConfigError("\n".join(problems))
     return cls(**values)
+
+
+def _build_value(cls: type[Any], f: dataclasses.Field[Any], raw: Any, current: Any, *, file: str,
+                 prefix: str) -> Any:
+    where = f"{prefix}{f.name}"
+    kind = typing.get_type_hints(cls)[f.name]
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: {where}: expected a table, got {_show(raw)}")
+        return _build(
+            typing.cast(type[Any], kind), raw, file=file, prefix=f"{where}.", base=current
+        )
+    value = _convert(kind, raw, file=file, where=where)
+    if isinstance(value, dict) and isinstance(current, dict):
+        value = {**current, **value}
+    check = f.metadata.get("check")
+    problem = check(value) if check else None
+    if problem:
+        raise ConfigError(f"{file}: {where}: {problem}")
+    return value
+
+
+def _unknown_key(key: str, fields: Mapping[str, Any], *, file: str, prefix: str) -> str:
+    known = ", ".join(sorted(fields))
+    message = f"{file}: {prefix}{key}: unknown key (known keys: {known})"
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    return f"{message}; did you mean {close[0]}?" if close else message
 
 
 def _convert(kind: Any, raw: Any, *, file: str, where: str) -> Any:

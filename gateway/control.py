@@ -7,6 +7,7 @@ like Caddy's admin endpoint. The server side is a small Starlette app; the clien
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from .errors import ConfigError, GatewayError
 if TYPE_CHECKING:
     from .certs import Certificates
     from .runtime import Gateway
+
+log = logging.getLogger(__name__)
 
 CONTROL_SOCKET = "control.sock"
 
@@ -71,8 +74,12 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         return JSONResponse(gateway.status())
 
     async def reload(request: Request) -> JSONResponse:
-        plan = await gateway.reload()
-        return JSONResponse(plan.summary())
+        try:
+            report = await gateway.reload()
+        except ConfigError as exc:
+            log.error("reload_rejected", extra={"error": str(exc)})
+            raise
+        return JSONResponse(report.summary())
 
     async def restart(request: Request) -> JSONResponse:
         name = request.path_params["name"]
@@ -80,7 +87,9 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         return JSONResponse({"restarted": name})
 
     async def certificate(request: Request) -> JSONResponse:
-        return JSONResponse(_certificates(gateway).status())
+        if gateway.certificates is None:
+            return JSONResponse(TLS_OFF_STATUS)
+        return JSONResponse(gateway.certificates.status())
 
     async def renew_certificate(request: Request) -> JSONResponse:
         force = request.query_params.get("force") == "1"
@@ -98,10 +107,14 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
     return Starlette(routes=routes)
 
 
+TLS_OFF = 'tls.mode is "off": the gateway serves plain HTTP and has no certificate'
+TLS_OFF_STATUS = {"mode": "off", "certificate": None, "next_renewal": None,
+                  "renewal_basis": TLS_OFF}
+
+
 def _certificates(gateway: Gateway) -> Certificates:
     if gateway.certificates is None:
-        raise GatewayError('tls.mode is "off": the gateway serves plain HTTP and has no'
-                           " certificate")
+        raise GatewayError(TLS_OFF)
     return gateway.certificates
 
 

@@ -4,7 +4,8 @@
                     from the vega_datasets package
     bob    private  US airports (FAA), from the same package
 
-and an account that is a member of bob, with a random password kept in demo/ACCOUNT.txt.
+and an account that owns bob (a member who also manages its team), with a random password kept
+in demo/ACCOUNT.txt.
 
 Idempotent: an existing demo keeps its databases and accounts; missing pieces are added.
 """
@@ -102,7 +103,7 @@ ACCOUNT_FILE = "ACCOUNT.txt"
 
 
 def add_demo_account(root: Path) -> None:
-    """A member of bob, whose email and password are in ACCOUNT.txt (0600) for `make demo`."""
+    """An owner of bob, whose email and password are in ACCOUNT.txt (0600) for `make demo`."""
     account_file = root / ACCOUNT_FILE
     if account_file.exists():
         return
@@ -112,14 +113,14 @@ def add_demo_account(root: Path) -> None:
         accounts.add_user(DEMO_EMAIL, password)
     else:  # ACCOUNT.txt was deleted: a new password
         accounts.set_password(DEMO_EMAIL, password)
-    accounts.add_member("bob", DEMO_EMAIL)
+    accounts.add_member("bob", DEMO_EMAIL, "owner")
     write_private_file(account_file, f"{DEMO_EMAIL} {password}\n".encode())
 
 
 def account_line(root: Path) -> str:
     email, password = (root / ACCOUNT_FILE).read_text().split()
     return (f"Sign in at http://localhost:8000/-/login as {email}, password {password}"
-            " (a member of bob)")
+            " (an owner of bob)")
 
 
 def _detected_types(rows: list[dict[str, str | None]]) -> dict[str, type]:

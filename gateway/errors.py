@@ -7,13 +7,15 @@
     ├── CertificateError         a certificate could not be obtained, renewed or loaded
     └── RequestError             one HTTP request failed; carries the status to answer with
         ├── SignInRequired       303: a browser must sign in first (to the sign-in page)
-        ├── HandOffFailed        400: a tenant host got a sign-in ticket it cannot use
         ├── Unauthorized         401: a script must sign in first, or its API token is invalid
         ├── NotAMember           403: signed in, but not a member of this private tenant
+        │   └── MembersOnly      403: what only members (or owners) may do, on any tenant
         ├── UnknownHost          404: no tenant at this host
         ├── BackendUnavailable   502: could not reach the tenant's process
         ├── BackendTimeout       504: the tenant's process did not answer in time
-        └── TenantUnavailable    503: the tenant is not running (failed, stopped, starting)
+        ├── TenantUnavailable    503: the tenant is not running (failed, stopped, starting)
+        ├── TenantBusy           503: every slot of the tenant stayed taken (Retry-After)
+        └── BadRequest           400: a request the gateway will not route (two Host headers)
 
 app.py turns a RequestError into an HTML or JSON page; cli.py turns any GatewayError into a
 click error. Nothing else prints or exits.
@@ -63,11 +65,6 @@ class SignInRequired(RequestError):
     title = "Sign in required"
 
 
-class HandOffFailed(RequestError):
-    status = 400
-    title = "Sign-in link not valid"
-
-
 class Unauthorized(RequestError):
     status = 401
     title = "Sign in required"
@@ -76,6 +73,10 @@ class Unauthorized(RequestError):
 class NotAMember(RequestError):
     status = 403
     title = "Private site"
+
+
+class MembersOnly(NotAMember):
+    title = "Members only"
 
 
 class UnknownHost(RequestError):
@@ -96,3 +97,13 @@ class BackendTimeout(RequestError):
 class TenantUnavailable(RequestError):
     status = 503
     title = "Service unavailable"
+
+
+class TenantBusy(RequestError):
+    status = 503
+    title = "Service unavailable"
+
+
+class BadRequest(RequestError):
+    status = 400
+    title = "Bad request"

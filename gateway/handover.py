@@ -9,14 +9,20 @@ worker let go. If the new worker dies first, the old one reads end-of-file and k
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
-from .config import TenantConfig, TenantSettings
+from .config import TenantConfig, tenant_settings_from_table, validate_tenant_name
+from .errors import ConfigError, TenantNameError
 from .process import ProcessHandle
+
+log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 1 << 20
 _FDS_PER_TENANT = 3
@@ -24,9 +30,10 @@ _FDS_PER_TENANT = 3
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HandedOver:
-    """One tenant process as it travels between workers."""
+    """One tenant process as it travels between workers. `config` is None when the receiving
+    code does not accept the settings the sender ran it with (see tenant_config_from_dict)."""
 
-    config: TenantConfig
+    config: TenantConfig | None
     handle: ProcessHandle
 
 
@@ -48,6 +55,8 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
 
 def send_tenants(sock: socket.socket, tenants: list[HandedOver], generation: int) -> None:
     for tenant in tenants:
+        if tenant.config is None:
+            continue
         handle = tenant.handle
         fds = [handle.lifeline_fd, handle.output_fd]
         if handle.status_fd >= 0:
@@ -69,22 +78,43 @@ def receive_tenants(sock: socket.socket) -> tuple[list[HandedOver], int]:
             return tenants, int(message["generation"])
         if message.get("op") != "tenant":
             raise ConnectionError(f"handover ended early ({message or 'end of file'})")
-        tenants.append(HandedOver(
-            config=tenant_config_from_dict(message["config"]),
-            handle=_handle_from_dict(message["handle"], fds),
-        ))
+        handle = _handle_from_dict(message["handle"], fds)
+        try:
+            config: TenantConfig | None = tenant_config_from_dict(message["config"])
+        except ConfigError as exc:
+            log.warning("handover_config_refused", extra={"tenant": handle.tenant,
+                                                          "error": str(exc)})
+            config = None
+        tenants.append(HandedOver(config=config, handle=handle))
 
 
 def tenant_config_from_dict(data: dict[str, Any]) -> TenantConfig:
-    return TenantConfig(
-        name=data["name"],
-        directory=Path(data["directory"]),
-        settings=TenantSettings(**data["settings"]),
-        databases=tuple(data["databases"]),
-        metadata_file=data["metadata_file"],
-        has_plugins=data["has_plugins"],
-        fingerprint=data["fingerprint"],
-    )
+    """The sender's TenantConfig, rebuilt through config.py's own checks: the sender may run
+    older or newer code, whose settings this code does not know or accepts no longer.
+    ConfigError says which."""
+    label = f"handover: tenant {data.get('name')!r}"
+    try:
+        return TenantConfig(
+            name=validate_tenant_name(str(data["name"])),
+            directory=Path(data["directory"]),
+            settings=tenant_settings_from_table(data["settings"], file=label),
+            databases=tuple(str(name) for name in data["databases"]),
+            metadata_file=None if data["metadata_file"] is None else str(data["metadata_file"]),
+            has_plugins=bool(data["has_plugins"]),
+            fingerprint=str(data["fingerprint"]),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"{label}: {exc} is missing") from None
+    except (TypeError, TenantNameError) as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def let_go(handle: ProcessHandle) -> None:
+    """Close this worker's hold on a process it will not adopt (it ends with the sender's)."""
+    for fd in (handle.lifeline_fd, handle.output_fd, handle.status_fd):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _handle_from_dict(data: dict[str, Any], fds: list[int]) -> ProcessHandle:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from .asgi import ASGIApp, Message, Receive, Scope, Send, header
 from .config import TlsSettings
-from .proxy import Message, Receive, Scope, Send
-from .routing import host_header, route_host
+from .routing import route_host
 
 if TYPE_CHECKING:
-    from .app import ASGIApp
     from .runtime import Gateway
 
 
@@ -36,7 +35,7 @@ class RedirectToHttps:
         if scope["type"] != "http":
             return
         start = time.perf_counter()
-        route = route_host(host_header(scope), self.gateway.domain)
+        route = route_host(header(scope["headers"], b"host"), self.gateway.domain)
         if route.kind == "unknown":
             status, headers, body = 404, [], b"No site here.\n"
         else:

@@ -2,6 +2,11 @@
 
 Events are `log.info("tenant_started", extra={"tenant": name, "pid": pid})`: an event name and
 named fields. Never log cookies, Authorization, passwords or the environment.
+
+Paths are logged with their secrets taken out (`redact_path`): under the gateway's own `/-/`
+pages, every path segment of 16 or more URL-safe characters is a code (invitations, reset
+links), and the values of query parameters that carry one (ticket, token, code, state, key,
+secret, password) are replaced too.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import sys
 import time
 from json.encoder import encode_basestring_ascii as _json
@@ -62,6 +68,21 @@ def _iso_second(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
+_SECRET_SEGMENT = re.compile(r"(?<=/)[A-Za-z0-9_-]{16,}(?=/|$|\?)")
+_SECRET_PARAMETER = re.compile(
+    r"(?<=[?&;])(ticket|token|code|state|key|secret|password)=[^&;#]*", re.IGNORECASE)
+REDACTED = "REDACTED"
+
+
+def redact_path(path: str) -> str:
+    """`path` (and query, if any) fit for a log: see the module docstring."""
+    if path.startswith("/-/"):
+        path = _SECRET_SEGMENT.sub(REDACTED, path)
+    if "?" in path:
+        path = _SECRET_PARAMETER.sub(lambda match: f"{match.group(1)}={REDACTED}", path)
+    return path
+
+
 class AccessLog:
     """One JSON line per request on stdout.
 
@@ -96,7 +117,8 @@ class AccessLog:
         duration_ms = round((time.perf_counter() - start) * 1000, 2)
         self.stream.write(
             f'{{"time": "{_iso_time(time.time())}", "host": {_json(host)},'
-            f' "tenant": {_json(tenant)}, "method": {_json(method)}, "path": {_json(path)},'
+            f' "tenant": {_json(tenant)}, "method": {_json(method)},'
+            f' "path": {_json(redact_path(path))},'
             f' "status": {status:d}, "bytes": {bytes_sent:d}, "duration_ms": {duration_ms!r},'
             f' "attempts": {attempts:d}, "request_id": {_json(request_id)}'
             + (f', "user": {_json(user)}}}\n' if user else "}\n")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+from .config import Config, load_config, parse_listen
 from .errors import ConfigError
 from .logs import setup_logging
 
@@ -59,6 +59,9 @@ def bind_listeners(config: Config) -> dict[str, socket.socket]:
     listeners = {"http": bind_tcp(listen.host, listen.http_port)}
     if config.tls_enabled:
         listeners["https"] = bind_tcp(listen.host, listen.https_port)
+    if config.gateway.metrics.listen:  # here too, so that it survives upgrades
+        host, port = parse_listen(config.gateway.metrics.listen) or ("", 0)
+        listeners["metrics"] = bind_tcp(host, port)
     return listeners
 
 

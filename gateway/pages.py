@@ -3,52 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Any
 
-import jinja2
-from starlette.responses import Response
-
+from .asgi import Send
 from .errors import RequestError
-from .proxy import Send
+from .html import SECURITY_HEADERS, page, render, templates
 
-templates = jinja2.Environment(
-    loader=jinja2.PackageLoader("gateway", "templates"),
-    autoescape=jinja2.select_autoescape(default=True),
-    enable_async=False,
-)
-
-# Sent with every page the gateway itself renders (never added to a tenant's responses).
-SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"same-origin"),
-    (b"content-security-policy",
-     b"default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
-     b" form-action 'self' https: http:; frame-ancestors 'none'"),
-]
-
-
-def wants_json(path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Datasette's convention (a .json path) or an Accept header that asks for JSON, not HTML."""
-    if path.endswith(".json"):
-        return True
-    for name, value in headers:
-        if name == b"accept":
-            return b"application/json" in value and b"text/html" not in value
-    return False
-
-
-def render(template: str, **context: Any) -> bytes:
-    return templates.get_template(template).render(**context).encode()
-
-
-def page(body: bytes, status: int = 200) -> Response:
-    """A page of the apex site (Starlette), with the same headers as send_page's."""
-    headers = {k.decode(): v.decode() for k, v in SECURITY_HEADERS}
-    return Response(body, status, headers={"cache-control": "no-store", **headers},
-                    media_type="text/html")
-
+__all__ = ["SECURITY_HEADERS", "page", "render", "send_error", "send_page", "templates"]
 
 async def send_page(
     send: Send,
@@ -73,9 +33,11 @@ async def send_page(
 
 
 async def send_error(
-    send: Send, error: RequestError, *, request_id: str, as_json: bool, site_name: str
+    send: Send, error: RequestError, *, request_id: str, as_json: bool, site_name: str,
+    apex_url: str = "",
 ) -> None:
-    """A clear page naming the status, the tenant and the request id; never a stack trace."""
+    """A clear page naming the status, the tenant and the request id, with a way on (the
+    apex's home, sign in: `apex_url`); never a stack trace."""
     if as_json:
         body = json.dumps({
             "ok": False,
@@ -96,5 +58,6 @@ async def send_error(
         tenant=error.tenant,
         request_id=request_id,
         site_name=site_name,
+        apex_url=apex_url,
     )
     await send_page(send, error.status, body, headers=error.headers)

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import Backend
+from .tenant_output import Event, OutputEvents
 
 log = logging.getLogger(__name__)
 
 _OUTPUT_LINES_KEPT = 20
+_TRACEBACK_PAUSE_S = 0.1
 
 
 @dataclass(slots=True)
@@ -58,6 +60,8 @@ class TenantProcess:
         self.started_at = time.time()
         self.retiring = False
         self.output: collections.deque[str] = collections.deque(maxlen=_OUTPUT_LINES_KEPT)
+        self._output_events = OutputEvents()
+        self._output_flush: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.child_pid: asyncio.Future[int | None] = loop.create_future()
@@ -88,10 +92,23 @@ class TenantProcess:
             self.exited.set_result(code if code is not None else self._exit_code)
 
     def _on_output(self, line: bytes) -> None:
-        """Log what the tenant prints, one event per line, and keep the last lines."""
+        """Log what the tenant prints (see tenant_output.py), and keep the last lines."""
         text = line.decode("utf-8", "replace").rstrip()
         self.output.append(text)
-        log.info("tenant_output", extra={"tenant": self.handle.tenant, "line": text})
+        self._log_output(self._output_events.feed(text))
+        if self._output_flush is not None:
+            self._output_flush.cancel()
+            self._output_flush = None
+        if self._output_events.holding:  # a traceback: log it once it stops growing
+            self._output_flush = asyncio.get_running_loop().call_later(
+                _TRACEBACK_PAUSE_S, lambda: self._log_output(self._output_events.flush())
+            )
+
+    def _log_output(self, events: list[Event]) -> None:
+        for level, text, traceback in events:
+            fields = {"tenant": self.handle.tenant, "line": text}
+            log.log(level, "tenant_output",
+                    extra={**fields, "traceback": traceback} if traceback else fields)
 
     def _on_status(self, line: bytes) -> None:
         """bwrap's status: {"child-pid": N} once the sandbox is up, {"exit-code": N} at the end."""
@@ -122,6 +139,10 @@ class TenantProcess:
     def stop_reading(self) -> None:
         for reader in self._readers:
             reader.cancel()
+        if self._output_flush is not None:
+            self._output_flush.cancel()
+            self._output_flush = None
+        self._log_output(self._output_events.flush())
         if not self.child_pid.done():
             self.child_pid.set_result(None)
 
@@ -150,7 +171,7 @@ class TenantProcess:
         with contextlib.suppress(TimeoutError):  # the last lines it printed
             await asyncio.wait(self._readers, timeout=1)
         self.stop_reading()
-        shutil.rmtree(self.handle.run_dir, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""

@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .auth.cookies import OWNED_COOKIES
+from .asgi import Receive, ResponseAborted, Scope, Send, parse_content_length
 from .backend_client import ConnectFailed, Connection, NoResponse
 from .backends import Backend, TenantRoute
 from .config import ProxySettings
-from .errors import BackendTimeout, BackendUnavailable, TenantUnavailable
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from .errors import BackendTimeout, BackendUnavailable, TenantBusy, TenantUnavailable
+from .identity import (
+    NO_IDENTITY,
+    Identity,
+    is_client_claim,
+    sets_owned_cookie,
+    tenant_cookie_header,
+)
 
 # RFC 9110 7.6.1: connection-specific headers, never forwarded. Expect is answered by our own
 # server (uvicorn sends the 100 Continue), so the backend must not see it again.
@@ -36,37 +37,14 @@ HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-connection te trailer transfer-encoding upgrade"
     b" proxy-authorization proxy-authenticate expect".split()
 )
-# Who the client is, and how it reached us, is said by the gateway alone (RFC 7239), and so is
-# who the user is: identity headers that auth proxies set, which a tenant plugin might trust.
-CLIENT_CLAIMS = frozenset(
-    b"x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port x-real-ip forwarded"
-    b" x-request-id remote-user x-remote-user x-forwarded-user x-forwarded-email"
-    b" x-forwarded-preferred-username x-auth-request-user x-auth-request-email"
-    b" x-auth-request-preferred-username x-gateway-actor x-actor".split()
-)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Responses bigger than this are watched for the client going away, so that an abandoned
 # export stops reading from the backend. Smaller ones are not worth a watcher task.
 _WATCH_DISCONNECT_AFTER = 1024 * 1024
-
-
-class ResponseAborted(Exception):
-    """The response had started and could not be finished; uvicorn closes the connection."""
-
-
-@dataclass(slots=True)
-class Identity:
-    """What the auth layer wants the backend to see: cookies to add, and to take away."""
-
-    strip_cookies: frozenset[bytes] = frozenset()
-    add_cookie: bytes = b""
-    strip_authorization: bool = False
-    # Replace the backend's headers of the same names (cache-control, vary).
-    extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    user: str = ""  # for the access log
-
-
-NO_IDENTITY = Identity()
+# A buffered response up to this size is sent in one piece, a larger one piece by piece.
+_ONE_PIECE = 256 * 1024
+# A tenant that kept every slot busy for queue_timeout_s is asked again this much later.
+_RETRY_AFTER_S = b"5"
 
 
 @dataclass(slots=True)
@@ -97,7 +75,7 @@ def upstream_headers(
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"content-length":
-            content_length = int(value) if value.isdigit() else None
+            content_length = parse_content_length(value)
         elif name == b"host":
             host = value
         elif name == b"cookie":
@@ -107,8 +85,8 @@ def upstream_headers(
         else:
             kept.append((name, value))
     result = [(b"host", host)] if host else []
-    result += [(n, v) for n, v in kept if n not in dropped and n not in CLIENT_CLAIMS]
-    cookie = _filter_cookies(cookies, identity)
+    result += [(n, v) for n, v in kept if n not in dropped and not is_client_claim(n)]
+    cookie = tenant_cookie_header(cookies, identity)
     if cookie:
         result.append((b"cookie", cookie))
     result += [
@@ -125,25 +103,6 @@ def upstream_headers(
     return result, content_length, chunked
 
 
-def _filter_cookies(values: list[bytes], identity: Identity) -> bytes:
-    """One Cookie header without the cookies the gateway owns, plus the one it adds.
-
-    Datasette reads the last of duplicate cookies, so a client-sent ds_actor must be removed,
-    not merely followed by ours.
-    """
-    if not identity.strip_cookies and not identity.add_cookie:
-        return b"; ".join(values)
-    pairs = [
-        pair.strip()
-        for value in values
-        for pair in value.split(b";")
-        if pair.strip() and pair.split(b"=", 1)[0].strip() not in identity.strip_cookies
-    ]
-    if identity.add_cookie:
-        pairs.append(identity.add_cookie)
-    return b"; ".join(pairs)
-
-
 # uvicorn writes its own Date on every response: the backend's would make two (RFC 9110 6.6.1).
 _NOT_RETURNED = HOP_BY_HOP | {b"date"}
 
@@ -156,14 +115,8 @@ def downstream_headers(
     for name, value in headers:
         if name == b"connection":
             dropped.update(token.strip().lower() for token in value.split(b","))
-    result = [(n, v) for n, v in headers if n not in dropped and not _sets_gateway_cookie(n, v)]
+    result = [(n, v) for n, v in headers if n not in dropped and not sets_owned_cookie(n, v)]
     return result + identity.extra_response_headers if identity.extra_response_headers else result
-
-
-def _sets_gateway_cookie(name: bytes, value: bytes) -> bool:
-    """A tenant must not set the gateway's cookies: a session planted for the whole domain
-    would sign every tenant's visitors in as someone else (cookie tossing)."""
-    return name == b"set-cookie" and value.partition(b"=")[0].strip() in OWNED_COOKIES
 
 
 def should_retry(error: BackendUnavailable, *, method: str, replayable: bool) -> bool:
@@ -180,9 +133,42 @@ def backoff_s(attempt: int) -> float:
     return min(0.01 * 2.0 ** (attempt - 1), 0.5)
 
 
+class Slot:
+    """One of a tenant's `max_connections_per_tenant` slots, for one request: held only while
+    the tenant works on it. Waiting for one ends after `queue_timeout_s` with a 503."""
+
+    __slots__ = ("_route", "_timeout", "held")
+
+    def __init__(self, route: TenantRoute, timeout: float) -> None:
+        self._route = route
+        self._timeout = timeout
+        self.held = False
+
+    async def take(self) -> None:
+        limiter = self._route.limiter
+        if limiter.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await limiter.acquire()
+            except TimeoutError:
+                raise TenantBusy(
+                    f"The site {self._route.name!r} is busy; try again in a moment.",
+                    tenant=self._route.name, headers=[(b"retry-after", _RETRY_AFTER_S)],
+                ) from None
+        else:
+            await limiter.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._route.limiter.release()
+
+
 class Proxy:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
+        self._buffered = 0  # response bytes held in buffers now, over all requests
 
     async def forward(
         self,
@@ -218,17 +204,17 @@ class Proxy:
                 body = await _read_whole_body(receive)
             else:
                 body = None
-        async with route.limiter:
+        slot = Slot(route, self.settings.queue_timeout_s)
+        await slot.take()
+        try:
             connection, backend, response_headers = await self._attempt_until_answered(
                 route, method, target, headers, body, chunked, receive, outcome
             )
-            try:
-                await _relay_response(
-                    connection, response_headers, send, identity, outcome, receive
-                )
-            finally:
-                backend.pool.release(connection)
-                backend.end()
+            await self._relay_response(
+                connection, backend, response_headers, send, identity, outcome, receive, slot
+            )
+        finally:
+            slot.release()
 
     async def _attempt_until_answered(
         self,
@@ -287,40 +273,74 @@ class Proxy:
                 backend.end()
                 raise
 
-
-async def _relay_response(
-    connection: Connection,
-    raw_headers: list[tuple[bytes, bytes]],
-    send: Send,
-    identity: Identity,
-    outcome: Outcome,
-    receive: Receive,
-) -> None:
-    headers = downstream_headers(raw_headers, identity)
-    chunk = await connection.read_body()
-    await send({"type": "http.response.start", "status": outcome.status, "headers": headers})
-    if connection.body_complete:  # the whole body has arrived: send it as one message
-        rest = [chunk]
-        while part := await connection.read_body():
-            rest.append(part)
-        body = b"".join(rest)
-        outcome.bytes_sent = len(body)
-        await send({"type": "http.response.body", "body": body})
-        return
-    watcher: asyncio.Task[None] | None = None
-    try:
-        while chunk:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            outcome.bytes_sent += len(chunk)
-            if watcher is None and outcome.bytes_sent > _WATCH_DISCONNECT_AFTER:
-                watcher = asyncio.ensure_future(_close_on_disconnect(receive, connection))
-            chunk = await connection.read_body()
-    except BackendUnavailable as exc:
-        raise ResponseAborted(str(exc)) from None
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-    await send({"type": "http.response.body", "body": b""})
+    async def _relay_response(
+        self,
+        connection: Connection,
+        backend: Backend,
+        raw_headers: list[tuple[bytes, bytes]],
+        send: Send,
+        identity: Identity,
+        outcome: Outcome,
+        receive: Receive,
+        slot: Slot,
+    ) -> None:
+        """Send the response. One that fits the buffers is read whole first, and the slot and
+        the backend connection are given back before the client gets a byte: a slow reader
+        then costs buffered memory, bounded, not a slot. A larger one is streamed, and gives
+        its slot back while each piece waits for the client."""
+        headers = downstream_headers(raw_headers, identity)
+        settings = self.settings
+        room = min(settings.response_buffer_bytes,
+                   settings.response_buffer_total_bytes - self._buffered)
+        parts: list[bytes] = []
+        size = 0
+        done_with_backend = False
+        try:
+            while True:
+                chunk = await connection.read_body()
+                if not chunk:
+                    complete = True
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+                self._buffered += len(chunk)
+                if size > room and not connection.body_complete:
+                    complete = False
+                    break
+            start = {"type": "http.response.start", "status": outcome.status, "headers": headers}
+            if complete:
+                done_with_backend = True
+                backend.pool.release(connection)
+                backend.end()
+                slot.release()
+                await send(start)
+                if size <= _ONE_PIECE:
+                    body = parts[0] if len(parts) == 1 else b"".join(parts)
+                    outcome.bytes_sent = size
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                # Piece by piece: uvicorn waits for the client between pieces, so what the
+                # client has not taken stays here, counted, not in the socket's buffer.
+                for part in parts:
+                    await send({"type": "http.response.body", "body": part, "more_body": True})
+                    outcome.bytes_sent += len(part)
+                    size -= len(part)
+                    self._buffered -= len(part)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            slot.release()  # while the client takes what is buffered
+            await send(start)
+            for part in parts:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                outcome.bytes_sent += len(part)
+            self._buffered -= size
+            parts, size = [], 0
+            await _stream_rest(connection, send, outcome, receive, slot)
+        finally:
+            self._buffered -= size
+            if not done_with_backend:
+                backend.pool.release(connection)  # closes it unless the response was complete
+                backend.end()
 
 
 async def _read_whole_body(receive: Receive) -> bytes:
@@ -345,6 +365,30 @@ async def _stream_body(receive: Receive, connection: Connection, chunked: bool) 
         if not message.get("more_body", False):
             connection.end_body(chunked=chunked)
             return
+
+
+async def _stream_rest(
+    connection: Connection, send: Send, outcome: Outcome, receive: Receive, slot: Slot
+) -> None:
+    """Stream what is left of a response too large to buffer. The slot is given back while
+    each piece waits for the client, and taken again (queueing like any request) to read the
+    next: a client that does not read holds no slot (limits.send_timeout_s then ends it)."""
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await slot.take()
+        while chunk := await connection.read_body():
+            slot.release()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            outcome.bytes_sent += len(chunk)
+            await slot.take()
+            if watcher is None and outcome.bytes_sent > _WATCH_DISCONNECT_AFTER:
+                watcher = asyncio.ensure_future(_close_on_disconnect(receive, connection))
+    except (BackendUnavailable, TenantBusy) as exc:
+        raise ResponseAborted(str(exc)) from None
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _close_on_disconnect(receive: Receive, connection: Connection) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from .config import Config, GatewaySettings
 
 # Sections that only take effect when the gateway starts (or is upgraded in place).
-NEEDS_RESTART = ("listen", "paths")
+NEEDS_RESTART = ("listen", "paths", "limits", "metrics")
 # Sections every tenant process is started from: a change restarts all of them.
 SHAPES_TENANTS = ("sandbox",)
 
@@ -29,6 +29,25 @@ class ReloadPlan:
             "unchanged": list(self.unchanged),
             "needs_restart": list(self.needs_restart),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What a reload did: its plan, and how each added or changed tenant came out of it."""
+
+    plan: ReloadPlan
+    failed: dict[str, str]  # tenant -> why its new process did not serve
+
+    @property
+    def serving(self) -> tuple[str, ...]:
+        return tuple(n for n in (*self.plan.added, *self.plan.changed) if n not in self.failed)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> dict[str, object]:
+        return {**self.plan.summary(), "serving": list(self.serving), "failed": self.failed}
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:

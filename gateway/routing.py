@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 # RFC 3986 reg-name characters we accept in a DNS host: letters, digits, '-', '.', and '_' (seen
 # in the wild). Anything else (spaces, '@', '/', '\\', controls) makes the Host malformed.
@@ -58,14 +57,6 @@ def parse_host(raw: bytes) -> str | None:
 
 def _valid_port(suffix: str) -> bool:
     return suffix.startswith(":") and _PORT.fullmatch(suffix[1:]) is not None
-
-
-def host_header(scope: MutableMapping[str, Any]) -> bytes | None:
-    """The raw Host header of an ASGI request, if it has one."""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            return bytes(value)
-    return None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,20 +10,27 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
-from . import sandbox
+from . import handover, sandbox
+from .admin.history import History
 from .auth.service import Auth
 from .backends import TenantRoute
+from .backup import Replication
 from .certs import certificates_for
-from .config import Config, TenantConfig, load_config, load_tenant
+from .config import Config, TenantConfig, load_config, load_tenant, load_tenants
 from .errors import ConfigError, GatewayError
 from .handover import HandedOver
 from .keys import load_master_key
 from .logs import AccessLog
+from .metrics.events import EventCounts
+from .metrics.requests import NoRequestMetrics, RequestMetrics
+from .process import ProcessHandle
 from .proxy import Proxy
-from .reload import ReloadPlan, plan_reload
-from .supervisor import Spawner, StartFailed, TenantSupervisor
+from .reload import ReloadReport, plan_reload
+from .spawner import Spawner, StartFailed
+from .supervisor import TenantSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ class Gateway:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o711)
         self.isolation = sandbox.probe_isolation(gateway.sandbox.isolation, gateway.sandbox.uid_min)
-        if gateway.sandbox.isolation == "required" and not self.isolation.uses_bwrap:
+        if gateway.sandbox.isolation == "required" and not self.isolation.is_complete:
             raise ConfigError(
                 f"{config.path.name}: sandbox.isolation: required, but {self.isolation.reason}"
             )
@@ -48,8 +55,13 @@ class Gateway:
         self.master_key = load_master_key(gateway.paths.state_dir)
         self.auth = Auth(config, self.master_key)
         self.spawner = Spawner(config, self.isolation, self.master_key)
+        self.backups = Replication(config, self.spawner)
         self.proxy = Proxy(gateway.proxy)
         self.access_log = AccessLog(enabled=gateway.log.access_log)
+        self.request_metrics = RequestMetrics() if gateway.metrics.listen else NoRequestMetrics()
+        self.events = EventCounts()  # for the metrics and the dashboard
+        logging.getLogger().addHandler(self.events)
+        self.history = History(self, self.request_metrics)
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
         self.certificates = certificates_for(config)
@@ -68,6 +80,7 @@ class Gateway:
             await self.certificates.start()
         for tenant in self.config.tenants.values():
             self._add(tenant)
+        await self._track_backups()
 
     def _add(self, tenant: TenantConfig) -> None:
         route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
@@ -87,18 +100,23 @@ class Gateway:
         """Wait until removed tenants have stopped and replaced processes have drained."""
         await asyncio.gather(*self._removing, *(s.retired() for s in self.supervisors.values()))
 
-    async def reload(self) -> ReloadPlan:
+    async def reload(self) -> ReloadReport:
         """Re-read gateway.toml and tenants/ and apply only the difference.
 
+        Returns once every added or changed tenant serves or has failed to, saying which.
         Raises ConfigError (and changes nothing) when the new config is invalid.
         """
         async with self._reload_lock:
-            new = await asyncio.to_thread(load_config, self.config.path)
+            since = time.time()
+            loaded = await asyncio.to_thread(load_config, self.config.path)
+            new = await asyncio.to_thread(self._keep_paths, loaded)
             # Compare with what really runs: a replacement that failed last time is tried again.
             running = dataclasses.replace(
                 self.config, tenants={n: s.config for n, s in self.supervisors.items()}
             )
             plan = plan_reload(running, new)
+            if new is not loaded:
+                plan = dataclasses.replace(plan, needs_restart=("paths", *plan.needs_restart))
             if self.certificates is not None and "tls.mode" not in plan.needs_restart:
                 await self.certificates.apply(new)  # first: unusable files reject the reload
             log.info("reload_planned", extra=plan.summary())
@@ -111,13 +129,61 @@ class Gateway:
                 *(self.supervisors[name].replace(new.tenants[name]) for name in plan.changed),
                 return_exceptions=True,
             )
-            for name, result in zip(plan.changed, results, strict=True):
-                if isinstance(result, BaseException):
-                    log.error("tenant_replace_failed",
-                              extra={"tenant": name, "error": str(result)})
+            failed = {name: str(result) for name, result in zip(plan.changed, results, strict=True)
+                      if isinstance(result, BaseException)}
+            waiting = [n for n in (*plan.added, *plan.changed) if n not in failed]
+            outcomes = await asyncio.gather(
+                *(self._outcome(n, since, new.tenants[n]) for n in waiting)
+            )
+            failed.update((n, why) for n, why in zip(waiting, outcomes, strict=True) if why)
+            report = ReloadReport(plan, dict(sorted(failed.items())))
             if plan.needs_restart:
                 log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
-            return plan
+            await self._track_backups()
+            if report.ok:
+                log.info("reload_done", extra={"serving": list(report.serving)})
+            else:
+                log.error("reload_failed", extra={"serving": list(report.serving),
+                                                  "failed": report.failed})
+            return report
+
+    async def _outcome(self, name: str, since: float, config: TenantConfig) -> str:
+        """Wait until tenant `name` serves ("") or a start of `config` has failed since `since`
+        (why). A failure of the config it replaced, still starting when the reload came, is
+        not this reload's."""
+        supervisor = self.supervisors[name]
+        route = supervisor.route
+        deadline = time.monotonic() + supervisor.config.settings.start_timeout_s + 5
+        while True:
+            failure = supervisor.last_failure
+            if (failure is not None and failure["time"] >= since
+                    and supervisor.failed_config == config):
+                return str(failure["reason"])
+            if route.state == "running" and route.backend is not None:
+                return ""
+            if route.state == "stopped":
+                return "stopped while starting"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"not serving {supervisor.config.settings.start_timeout_s:g} s after reload"
+            await route.wait_for_change(remaining)
+
+    def _keep_paths(self, new: Config) -> Config:
+        """[paths] apply at the next start only, all together: until then the running folders
+        stay, and tenants are read from the running tenants folder."""
+        paths = self.config.gateway.paths
+        if new.gateway.paths == paths:
+            return new
+        return dataclasses.replace(
+            new,
+            gateway=dataclasses.replace(new.gateway, paths=paths),
+            tenants=load_tenants(paths.tenants_dir, new.gateway.tenant_defaults),
+        )
+
+    async def _track_backups(self) -> None:
+        """Replicate what now runs: a new database (an upload, a reload) from now on."""
+        tenants = {name: s.config for name, s in self.supervisors.items()}
+        await self.backups.track(self.config, tenants)
 
     def _apply_settings(self, new: Config) -> None:
         self.config = new
@@ -146,10 +212,12 @@ class Gateway:
             load_tenant, tenant_dir, self.config.gateway.tenant_defaults
         )
         await supervisor.replace(fresh)
+        await self._track_backups()
 
     async def detach(self) -> list[HandedOver]:
         """Pause supervision and describe every running process, for a new worker."""
         await self._reload_lock.acquire()
+        await self.backups.pause()  # the new worker replicates; never two at once
         await asyncio.gather(*(s.pause() for s in self.supervisors.values()))
         return [
             HandedOver(config=s.config, handle=s.current.handle)
@@ -162,6 +230,9 @@ class Gateway:
         for supervisor in self.supervisors.values():
             supervisor.resume()
         self._reload_lock.release()
+        task = asyncio.ensure_future(self.backups.resume())
+        self._removing.add(task)
+        task.add_done_callback(self._removing.discard)
 
     def release(self) -> None:
         """The new worker owns the tenants now: let go of them without stopping any."""
@@ -176,15 +247,21 @@ class Gateway:
         if self.certificates is not None:
             await self.certificates.start()
         self.spawner.continue_generations(generation)
+        stale: list[str] = []
         for tenant in tenants:
-            route = TenantRoute(tenant.config, self.config.gateway.proxy.max_connections_per_tenant)
+            config = tenant.config or await self._read_stale(tenant.handle)
+            if config is None:
+                continue
+            if tenant.config is None:
+                stale.append(config.name)
+            route = TenantRoute(config, self.config.gateway.proxy.max_connections_per_tenant)
             supervisor = TenantSupervisor(self.spawner, route)
-            self.routes[tenant.config.name] = route
-            self.supervisors[tenant.config.name] = supervisor
+            self.routes[config.name] = route
+            self.supervisors[config.name] = supervisor
             try:
-                process = await self.spawner.adopt(tenant.config, tenant.handle)
+                process = await self.spawner.adopt(config, tenant.handle)
             except StartFailed as exc:
-                log.warning("tenant_not_adopted", extra={"tenant": tenant.config.name,
+                log.warning("tenant_not_adopted", extra={"tenant": config.name,
                                                          "error": str(exc)})
                 supervisor.start()
                 continue
@@ -195,11 +272,29 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload_rejected", extra={"error": str(exc)})
             self.config = adopted
+        for name in stale:  # run with settings this code cannot read: replace, blue/green
+            try:
+                await self.supervisors[name].replace()
+            except GatewayError as exc:  # the adopted process serves on
+                log.error("tenant_replace_failed", extra={"tenant": name, "error": str(exc)})
+
+    async def _read_stale(self, handle: ProcessHandle) -> TenantConfig | None:
+        """The tenant's config from disk, for a process whose sent settings were refused."""
+        gateway = self.config.gateway
+        try:
+            return await asyncio.to_thread(
+                load_tenant, gateway.paths.tenants_dir / handle.tenant, gateway.tenant_defaults
+            )
+        except ConfigError as exc:
+            log.error("tenant_not_adopted", extra={"tenant": handle.tenant, "error": str(exc)})
+            handover.let_go(handle)
+            return None
 
     async def stop(self) -> None:
         if self.certificates is not None:
             await self.certificates.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()), *self._removing)
+        await self.backups.stop()  # after the tenants: their last writes are sent
         self.auth.close()
 
     def status(self) -> dict[str, Any]:
@@ -212,5 +307,6 @@ class Gateway:
             "tls": self.config.gateway.tls.mode,
             "draining": self.draining,
             "tenants": [s.status() for s in self.supervisors.values()],
+            "backup": self.backups.status(),
         }
 

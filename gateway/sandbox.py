@@ -9,7 +9,9 @@ Levels, strongest first (`probe_isolation` picks the strongest that works, and s
               and setpriv drops to the tenant's uid inside it.
     uid       root, but no namespaces (Docker's default seccomp profile and capabilities): own
               uid/gid, no groups, no capabilities, no-new-privs, 0700 folders; no filesystem view.
-    none      not root (the demo): tenants run as the gateway's user.
+    unprivileged  not root (the demo), bubblewrap with user namespaces: the sandbox of full,
+              but tenants run as the gateway's user (only root can give them users of their own).
+    none      not root, no bubblewrap: tenants run as the gateway's user and see what it sees.
 
 Every level applies rlimits (address space, open files, processes). The argv builders are pure.
 """
@@ -26,7 +28,7 @@ from typing import Literal
 
 from .config import TenantSettings
 
-Level = Literal["full", "root-bwrap", "uid", "none"]
+Level = Literal["full", "root-bwrap", "uid", "unprivileged", "none"]
 
 # Where things appear inside a bubblewrap sandbox.
 SANDBOX_VENV = "/venv"
@@ -42,12 +44,15 @@ _PROTECTIONS: dict[Level, list[str]] = {
     "root-bwrap": ["own uid/gid", "no groups or capabilities", "rlimits",
                    "private filesystem view", "no network", "own PID namespace"],
     "uid": ["own uid/gid", "no groups or capabilities", "rlimits", "0700 tenant folders"],
+    "unprivileged": ["no capabilities", "rlimits", "private filesystem view", "no network",
+                     "own PID namespace"],
     "none": ["rlimits"],
 }
 _MISSING: dict[Level, list[str]] = {
     "full": [],
     "root-bwrap": [],
     "uid": ["private filesystem view", "no network", "own PID namespace"],
+    "unprivileged": ["own uid/gid"],
     "none": ["own uid/gid", "private filesystem view", "no network", "own PID namespace"],
 }
 
@@ -59,10 +64,15 @@ class Isolation:
 
     @property
     def switches_user(self) -> bool:
-        return self.level != "none"
+        return self.level in ("full", "root-bwrap", "uid")
 
     @property
     def uses_bwrap(self) -> bool:
+        return self.level in ("full", "root-bwrap", "unprivileged")
+
+    @property
+    def is_complete(self) -> bool:
+        """Everything a tenant can be given: its own user and a sandbox."""
         return self.level in ("full", "root-bwrap")
 
     def describe(self) -> dict[str, object]:
@@ -97,9 +107,9 @@ def probe_isolation(mode: str, probe_uid: int) -> Isolation:
     """Find the strongest isolation that works here (runs bwrap once or twice, ~10 ms)."""
     if mode == "off":
         return Isolation("none", "sandbox.isolation is off")
-    if os.geteuid() != 0:
-        return Isolation("none", "the gateway is not running as root")
     bwrap = shutil.which("bwrap")
+    if os.geteuid() != 0:
+        return _probe_unprivileged(bwrap)
     if bwrap is None:
         return Isolation("uid", "bubblewrap (bwrap) is not installed")
     unprivileged = [
@@ -115,6 +125,16 @@ def probe_isolation(mode: str, probe_uid: int) -> Isolation:
     return Isolation(
         "uid", f"bubblewrap cannot sandbox here ({failure}; in Docker: see README, Deploy)"
     )
+
+
+def _probe_unprivileged(bwrap: str | None) -> Isolation:
+    not_root = "the gateway is not running as root, so tenants share its user"
+    if bwrap is None:
+        return Isolation("none", f"{not_root}; bubblewrap (bwrap) is not installed")
+    failure = _failure([bwrap, "--unshare-all", *_PROBE_MOUNTS, "/usr/bin/true"])
+    if failure is not None:
+        return Isolation("none", f"{not_root}; bubblewrap cannot sandbox here ({failure})")
+    return Isolation("unprivileged", f"{not_root}; bubblewrap with user namespaces")
 
 
 def _failure(argv: list[str]) -> str | None:
@@ -180,8 +200,9 @@ def launch(
     databases: list[str],
     datasette_args: list[str],
 ) -> Launch:
-    """`databases` and `datasette_args` use the paths the process sees (see sandbox_view)."""
-    """The command line and environment that start one tenant process."""
+    """The command line and environment that start one tenant process.
+
+    `databases` and `datasette_args` use the paths the process sees (see sandbox_view)."""
     env = {
         **_python_env(isolation, paths.package_parent),
         "DATASETTE_SECRET": secret,  # never in argv: /proc/PID/cmdline is world-readable
@@ -251,6 +272,8 @@ def _without_bwrap(isolation: Isolation, uid: int, settings: TenantSettings,
 def _bwrap(isolation: Isolation, uid: int, settings: TenantSettings, options: list[str],
            mounts: list[str], inner: list[str]) -> list[str]:
     """rlimits, the tenant's uid and a bubblewrap sandbox in which `mounts` are all there is."""
+    if isolation.level == "unprivileged":  # bwrap makes a user namespace; no uid to switch to
+        return [*rlimit_argv(settings), "bwrap", "--unshare-all", *options, *mounts, *inner]
     if isolation.level == "full":
         return [
             *rlimit_argv(settings),

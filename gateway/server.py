@@ -26,9 +26,11 @@ from starlette.responses import JSONResponse
 
 from . import handover
 from .app import GatewayApp
-from .config import Config, load_config
+from .asgi import ASGIApp
+from .config import Config, LimitsSettings, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
+from .http_protocol import protocol_class
 from .https import RedirectToHttps, StrictTransportSecurity
 from .logs import setup_logging
 from .master import PR_SET_PDEATHSIG, prctl
@@ -48,16 +50,21 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_server(app: Any, *, drain_s: float, ssl: Any = None) -> _Server:
+def uvicorn_server(
+    app: ASGIApp, *, drain_s: float, ssl: Any = None, limits: LimitsSettings | None = None
+) -> _Server:
+    """A uvicorn server for `app`; the public ones get the edge's connection `limits`."""
     config = uvicorn.Config(
         app,
         lifespan="off",
-        http="httptools",
+        http=protocol_class(limits) if limits is not None else "httptools",
+        ws="none",  # the gateway proxies HTTP only (http_protocol.py refuses upgrades)
         loop="none",
         access_log=False,
         proxy_headers=False,  # the gateway is the edge: no client gets to claim an address
         server_header=False,
         timeout_graceful_shutdown=max(int(drain_s), 1),
+        timeout_keep_alive=limits.keepalive_timeout_s if limits is not None else 5,  # type: ignore[arg-type]
         log_config=None,
     )
     config.load()
@@ -74,10 +81,14 @@ class Worker:
         handover_socket: socket.socket | None,
     ) -> None:
         self.config = config
+        self.metrics_listener = listeners.pop("metrics", None)  # not public: see metrics/
         self.listeners = listeners
         self.master = master
         self.handover_socket = handover_socket
         self.gateway = Gateway(config)
+        # A configured port 0 is known only now; sign-in links name the port browsers use.
+        self.gateway.auth.listening({name: sock.getsockname()[1]
+                                     for name, sock in listeners.items()})
         self.app = GatewayApp(self.gateway)
         self.stopping = asyncio.Event()
         self.handed_over = False
@@ -87,7 +98,8 @@ class Worker:
     async def run(self) -> None:
         gateway = self.gateway
         drain_s = self.config.gateway.proxy.drain_timeout_s
-        public = [(uvicorn_server(app, drain_s=drain_s, ssl=context), sockets)
+        limits = self.config.gateway.limits
+        public = [(uvicorn_server(app, drain_s=drain_s, ssl=context, limits=limits), sockets)
                   for app, context, sockets in self._public_apps()]
         self._install_signal_handlers()
         if self.handover_socket is not None:
@@ -99,8 +111,15 @@ class Worker:
             await gateway.start()
         serving = [asyncio.ensure_future(server.serve(sockets=sockets))
                    for server, sockets in public]
-        for server, _ in public:
-            await _started(server)
+        for (server, _), task in zip(public, serving, strict=True):
+            await _started(server, task)
+        gateway.history.start()
+        metrics = None
+        if self.metrics_listener is not None:
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(gateway, self.metrics_listener, lambda: sum(
+                len(server.server_state.connections) for server, _ in public))
         if self.handover_socket is not None:
             handover.send(self.handover_socket, {"op": "ready", "pid": os.getpid()})
             self.handover_socket.close()
@@ -113,6 +132,7 @@ class Worker:
         asyncio.get_running_loop().add_reader(self.master.fileno(), self._on_master_message)
         log.info("gateway_listening", extra={
             **{name: _address(sock) for name, sock in self.listeners.items()},
+            **({"metrics": _address(self.metrics_listener)} if self.metrics_listener else {}),
             "control": str(control_path), "domain": gateway.domain, "worker": os.getpid(),
             "tenants": sorted(gateway.routes),
         })
@@ -128,6 +148,9 @@ class Worker:
             await gateway.stop()
         control.should_exit = True
         await controlling
+        if metrics is not None:
+            await metrics.stop()
+        await gateway.history.stop()
         if not self.handed_over:
             with contextlib.suppress(FileNotFoundError):
                 control_path.unlink()
@@ -151,7 +174,7 @@ class Worker:
         for server in public:
             server.should_exit = True
 
-    def _public_apps(self) -> list[tuple[Any, ssl.SSLContext | None, list[socket.socket]]]:
+    def _public_apps(self) -> list[tuple[ASGIApp, ssl.SSLContext | None, list[socket.socket]]]:
         """What each listener serves: the gateway on HTTP; or, with TLS, redirects on HTTP and
         the gateway on HTTPS."""
         certificates = self.gateway.certificates
@@ -164,7 +187,7 @@ class Worker:
             (StrictTransportSecurity(self.app, self.gateway), certificates.live.listener, [https]),
         ]
 
-    def _control_app(self) -> Any:
+    def _control_app(self) -> ASGIApp:
         async def upgrade(request: Request) -> JSONResponse:
             return JSONResponse({"result": await self.request_upgrade()})
 
@@ -204,17 +227,19 @@ class Worker:
             reply, _ = await asyncio.to_thread(handover.receive, peer)
             if reply.get("op") != "ready":
                 raise ConnectionError("the new worker exited before it was ready")
-        except OSError as exc:
+            new_worker = int(reply["pid"])
+        except Exception as exc:  # whatever failed, the new worker did not take over: carry on
             gateway.resume()
-            log.error("handover_failed", extra={"error": str(exc)})
-            self._settle_upgrade(GatewayError(f"upgrade failed: {exc}; nothing changed"))
+            error = str(exc) or type(exc).__name__
+            log.error("handover_failed", extra={"error": error})
+            self._settle_upgrade(GatewayError(f"upgrade failed: {error}; nothing changed"))
             return
         finally:
             peer.close()
         gateway.release()
         self.handed_over = True
-        log.info("handover_done", extra={"tenants": [t.config.name for t in tenants]})
-        self._settle_upgrade({"old_worker": os.getpid(), "new_worker": int(reply["pid"])})
+        log.info("handover_done", extra={"tenants": [t.handle.tenant for t in tenants]})
+        self._settle_upgrade({"old_worker": os.getpid(), "new_worker": new_worker})
         self.stopping.set()
 
     def _settle_upgrade(self, outcome: dict[str, int] | Exception) -> None:
@@ -247,8 +272,12 @@ class Worker:
             log.error("reload_rejected", extra={"error": str(exc)})
 
 
-async def _started(server: _Server) -> None:
+async def _started(server: _Server, serving: asyncio.Future[None]) -> None:
+    """Wait until `server` listens; raise what stopped it if serve() ended first."""
     while not server.started:
+        if serving.done():
+            serving.result()  # raises what made serve() fail
+            raise GatewayError("the listener stopped before it started")
         await asyncio.sleep(0.005)
 
 

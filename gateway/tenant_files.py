@@ -3,7 +3,8 @@
     tenants/            0711 root      (traverse, no listing)
       alice/            0750 root:alice (the operator's settings; the tenant may read them)
         tenant.toml, metadata.json, plugins/
-        data/           0700 alice:alice (the tenant's SQLite files; only alice creates files here)
+        data/           2770 alice:alice (the tenant's SQLite files; the group is for alice's
+                        replication user alone, see gateway/backup)
 
 A tenant's uid is the owner of its data folder: allocated once from [uid_min, uid_max] and then
 carried by the folder itself, so a tenant moved to another machine keeps it.
@@ -92,9 +93,12 @@ def prepare_tenant_dir(tenant_dir: Path, uid: int | None) -> None:
     """
     data_dir = tenant_dir / DATA_DIR
     data_dir.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(data_dir, 0o700)
     if uid is None:
+        os.chmod(data_dir, 0o700)
         return
+    # The group is the tenant's own: only its replication user (gateway/backup) is in it.
+    # setgid: files anyone creates here stay in that group.
+    os.chmod(data_dir, 0o2770)
     os.chmod(tenant_dir.parent, 0o711)
     os.chown(tenant_dir, 0, uid)
     os.chmod(tenant_dir, 0o750)

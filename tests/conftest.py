@@ -89,6 +89,7 @@ class Site:
             "paths": {"run_dir": str(root / "run")},
             "proxy": {"retry_budget_s": 10.0},
             "sandbox": {"uid_min": UID_BASE, "uid_max": UID_BASE + 999},
+            "metrics": {"listen": "127.0.0.1:0"},  # not 9464: test gateways run side by side
         }
         self.write_config()
 

@@ -7,13 +7,14 @@ HTTP client's cookie jar could not apply the Domain rules a browser applies.
 from __future__ import annotations
 
 import html
+import json
 import re
 import sqlite3
 import statistics
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -48,6 +49,7 @@ class Browser:
         self.client.close()
 
     def cookie_header(self, host: str) -> str:
+        host = host.partition(":")[0]  # cookies do not care about ports
         pairs = [f"{name}={value}" for (where, name), value in self.cookies.items()
                  if where == host or ((where, name) in self.domain_cookies
                                       and host.endswith("." + where))]
@@ -67,7 +69,27 @@ class Browser:
     def get(self, host: str, path: str = "/", **kwargs: Any) -> httpx.Response:
         return self.request("GET", host, path, **kwargs)
 
+    def follow(self, url: str, limit: int = 10, until: str = "\0"
+               ) -> list[tuple[str, httpx.Response]]:
+        """GET `url` and the redirects after it, as far as they lead to this gateway (and do
+        not contain `until`); return each (url, response). A URL on another port than the
+        gateway's is not followed: that is where someone else would receive it."""
+        visited: list[tuple[str, httpx.Response]] = []
+        for _ in range(limit):
+            parts = urlsplit(url)
+            if parts.port not in (None, self.gateway.port) or (visited and until in url):
+                break
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            response = self.get(parts.netloc or DOMAIN, target)
+            visited.append((url, response))
+            if response.status_code not in (302, 303, 307):
+                break
+            location = response.headers["location"]
+            url = location if "//" in location[:8] else f"http://{parts.netloc}{location}"
+        return visited
+
     def _keep(self, host: str, raw: str) -> None:
+        host = host.partition(":")[0]
         name, _, rest = raw.partition("=")
         value, *attributes = [part.strip() for part in rest.split(";")]
         attrs = dict(a.partition("=")[::2] for a in attributes)
@@ -158,15 +180,14 @@ def mint(secret: str, actor_id: str) -> str:
 
 
 def test_anonymous_browser_is_sent_to_sign_in(browser: Browser) -> None:
-    """1. GET a private tenant's page: 303 to the apex sign-in, with the page and a state.
+    """1. GET a private tenant's page: 303 to the apex sign-in (on the gateway's own origin),
+    with the page to come back to.
     2. A script (JSON) gets 401 with WWW-Authenticate. 3. Public alice answers anonymously."""
     response = browser.get(f"bob.{DOMAIN}", "/data/secrets?_size=1")
     assert response.status_code == 303
-    location = urlsplit(response.headers["location"])
-    assert (location.scheme, location.netloc, location.path) == ("http", DOMAIN, "/-/login")
-    query = parse_qs(location.query)
-    assert query["next"] == [f"http://bob.{DOMAIN}/data/secrets?_size=1"]
-    assert query["state"] == [browser.cookie("gateway_state", f"bob.{DOMAIN}")]
+    assert response.headers["location"] == tenant_url(browser, None, "/-/login?") + urlencode(
+        {"next": tenant_url(browser, "bob", "/data/secrets?_size=1")})
+    assert "set-cookie" not in response.headers
     script = browser.get(f"bob.{DOMAIN}", "/data/secrets.json")
     assert script.status_code == 401
     assert script.headers["www-authenticate"] == f'Bearer realm="{DOMAIN}"'
@@ -175,22 +196,26 @@ def test_anonymous_browser_is_sent_to_sign_in(browser: Browser) -> None:
 
 
 def test_sign_in_then_tenant_sees_the_user(browser: Browser) -> None:
-    """1. Sign in with next = a bob page: 303 there, and a session cookie for the whole domain
+    """1. Sign in with next = a bob page: 303 there (through bob's /-/gateway-signin, which
+    sees the session at once), and a session cookie for the whole domain
     (HttpOnly, SameSite=Lax, not Secure without TLS). 2. bob's Datasette sees ann as its actor,
     in a response no shared cache may keep. 3. The apex home lists ann's sites."""
     response = browser.sign_in(ANN, next_url=f"http://bob.{DOMAIN}/data")
     assert response.status_code == 303
-    assert response.headers["location"] == f"http://bob.{DOMAIN}/data"
+    location = urlsplit(response.headers["location"])
+    assert location._replace(query="").geturl() == tenant_url(browser, "bob", "/-/gateway-signin")
+    assert parse_qs(location.query)["next"] == ["/data"]
+    assert browser.follow(location.geturl())[-1][0] == tenant_url(browser, "bob", "/data")
     cookie = next(c for c in response.headers.get_list("set-cookie")
                   if c.startswith("gateway_session="))
     attributes = cookie.split("; ")[1:]
     assert sorted(attributes) == sorted(["Path=/", "Max-Age=2592000", "HttpOnly",
                                          "SameSite=Lax", f"Domain={DOMAIN}"])
     page = browser.get(f"bob.{DOMAIN}", "/-/actor.json")
-    assert page.json() == {"actor": {"id": ANN}}
+    assert page.json() == {"actor": {"id": ANN, "role": "member"}}
     assert page.headers["cache-control"] == "private, no-store"
     assert page.headers["vary"] == "Cookie, Authorization"
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     assert browser.actor("alice") == {"id": ANN}  # public tenants know signed-in users too
     home = browser.get(DOMAIN, "/")
     assert "Your sites" in home.text
@@ -201,7 +226,7 @@ def test_sign_in_then_tenant_sees_the_user(browser: Browser) -> None:
 def test_non_member_gets_403(browser: Browser) -> None:
     """joe (a member of carol only) signs in: carol lets him in, bob answers 403."""
     browser.sign_in(JOE)
-    assert browser.actor("carol") == {"id": JOE}
+    assert browser.actor("carol") == {"id": JOE, "role": "member"}
     page = browser.get(f"bob.{DOMAIN}", "/data/secrets")
     assert page.status_code == 403
     assert (f"You are signed in as {JOE}, who is not a member of the private site 'bob'."
@@ -347,7 +372,7 @@ def test_csrf_is_required_on_every_form(browser: Browser) -> None:
     forged = browser.request("POST", DOMAIN, "/-/logout",
                              data={**logout, "csrf_token": "0" * 64})
     assert forged.status_code == 403
-    assert browser.actor("bob") == {"id": ANN}
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
 
 
 def test_session_is_rotated_at_sign_in(gateway: RunningGateway) -> None:
@@ -358,12 +383,12 @@ def test_session_is_rotated_at_sign_in(gateway: RunningGateway) -> None:
     try:
         attacker.sign_in(ANN)
         planted = attacker.cookie("gateway_session")
-        assert planted and attacker.actor("bob") == {"id": ANN}
+        assert planted and attacker.actor("bob") == {"id": ANN, "role": "member"}
         victim.cookies[(DOMAIN, "gateway_session")] = planted
         victim.domain_cookies.add((DOMAIN, "gateway_session"))
         assert victim.sign_in(JOE).status_code == 303
         assert victim.cookie("gateway_session") not in (None, planted)
-        assert victim.actor("carol") == {"id": JOE}
+        assert victim.actor("carol") == {"id": JOE, "role": "member"}
         assert attacker.actor("carol") == 401  # the planted session is gone
         made_up = "x" * 43
         victim.cookies[(DOMAIN, "gateway_session")] = made_up
@@ -400,6 +425,37 @@ def test_sign_in_is_throttled_per_account_and_per_address(site: Site,
         elsewhere.close()
 
 
+def test_sign_in_and_sign_out_are_logged_without_secrets(site: Site, start_gateway: Any) -> None:
+    """One event each: a wrong password (sign_in_failed), an attempt while throttled
+    (sign_in_throttled, with the wait), a sign-in (signed_in) and a sign-out (signed_out); with
+    the email and client address, never the password or a session id."""
+    gateway = start(site, start_gateway, throttle_account_attempts=1,
+                    throttle_backoff_initial_s=60.0)
+    browser = Browser(gateway)
+    try:
+        assert browser.sign_in(JOE).status_code == 303
+        session = browser.cookie("gateway_session")
+        assert browser.sign_out().status_code == 303
+        assert browser.sign_in(ANN, password="wrong password").status_code == 400
+        assert browser.sign_in(ANN).status_code == 429
+    finally:
+        browser.close()
+    throttled = gateway.wait_for_event("sign_in_throttled")
+    assert 55 <= throttled["retry_after_s"] <= 60
+    events = [{k: v for k, v in e.items() if k not in ("time", "logger", "level")}
+              for e in gateway.events if e["event"].startswith(("sign", "signed"))]
+    assert events == [
+        {"event": "signed_in", "email": JOE, "address": "127.0.0.1"},
+        {"event": "signed_out", "email": JOE},
+        {"event": "sign_in_failed", "email": ANN, "address": "127.0.0.1"},
+        {"event": "sign_in_throttled", "email": ANN, "address": "127.0.0.1",
+         "retry_after_s": throttled["retry_after_s"]},
+    ]
+    logged = "\n".join(map(str, gateway.events + gateway.access))
+    assert session and session not in logged
+    assert PASSWORD not in logged and "wrong password" not in logged
+
+
 HOSTILE_NEXT = [
     "http://evil.example/", "//evil.example/", "/\\evil.example/", "https:evil.example",
     f"http://{DOMAIN}.evil.example/", f"http://evil.example/?{DOMAIN}", "javascript:alert(1)",
@@ -414,9 +470,12 @@ def test_no_open_redirect(browser: Browser) -> None:
         response = browser.sign_in(ANN, next_url=next_url)
         assert response.status_code == 303
         assert response.headers["location"] == "/", next_url
-    for next_url in (f"http://bob.{DOMAIN}/data?x=1", "/-/logout", f"https://{DOMAIN}/"):
+    for next_url in ("/-/logout", f"https://{DOMAIN}/"):
         response = browser.sign_in(ANN, next_url=next_url)
         assert response.headers["location"] == next_url
+    to_bob = browser.sign_in(ANN, next_url=f"http://bob.{DOMAIN}/data?x=1").headers["location"]
+    assert to_bob.startswith(tenant_url(browser, "bob", "/-/gateway-signin?"))
+    assert parse_qs(urlsplit(to_bob).query)["next"] == ["/data?x=1"]
     # Signed in already, the sign-in page redirects at once, with the same rule.
     assert browser.get(DOMAIN, "/-/login?next=%2F%2Fevil.example%2F").status_code == 200
     assert browser.get(DOMAIN, "/-/login?next=%2Fdata").headers["location"] == "/data"
@@ -434,79 +493,85 @@ def test_gateway_pages_have_security_headers(browser: Browser) -> None:
 # --- sign-out, hand-off ------------------------------------------------------------------------
 
 
-def hand_off(browser: Browser, tenant: str) -> httpx.Response:
+def tenant_url(browser: Browser, tenant: str | None, path: str = "/") -> str:
+    """A URL on the gateway's own public origin (its listening port: http_port is 0 here)."""
+    host = f"{tenant}.{DOMAIN}" if tenant else DOMAIN
+    return f"http://{host}:{browser.gateway.port}{path}"
+
+
+def hand_off(browser: Browser, tenant: str, until: str = "\0"
+             ) -> list[tuple[str, httpx.Response]]:
     """What a browser that keeps the session on the apex only (Chromium with `localhost`) does
-    to open a private tenant: tenant -> apex sign-in -> ticket -> tenant."""
-    host = f"{tenant}.{DOMAIN}"
+    to open a private tenant: tenant -> apex sign-in -> tenant (state) -> apex (ticket) ->
+    tenant (see auth/service.py). Returns every (url, response) on the way."""
     shared = set(browser.domain_cookies)
     browser.domain_cookies.clear()  # the tenant host does not get the apex's cookie
-    first = browser.get(host, "/data")
-    assert first.status_code == 303
-    ticket_url = new_ticket(browser, urlsplit(first.headers["location"]))
-    assert (ticket_url.netloc, ticket_url.path) == (host, "/-/gateway-signin")
-    landed = browser.get(host, f"{ticket_url.path}?{ticket_url.query}")
-    browser.domain_cookies |= shared
-    return landed
+    try:
+        return browser.follow(tenant_url(browser, tenant, "/data"), until=until)
+    finally:
+        browser.domain_cookies |= shared
 
 
-def new_ticket(browser: Browser, login: SplitResult) -> SplitResult:
-    """Ask the apex's sign-in page (where the tenant sent the browser) for a fresh ticket."""
-    to_ticket = browser.get(DOMAIN, f"{login.path}?{login.query}")
-    assert to_ticket.status_code == 303, to_ticket.text
-    return urlsplit(to_ticket.headers["location"])
-
-
-def start_hand_off(browser: Browser, host: str) -> tuple[str | None, SplitResult]:
-    """Open `host` without its session: the state cookie it set, and where it sent us."""
-    first = browser.get(host, "/", headers={"cookie": ""})
-    return browser.cookie("gateway_state", host), urlsplit(first.headers["location"])
+def new_ticket(browser: Browser, tenant: str) -> tuple[str | None, SplitResult]:
+    """Run a hand-off up to the ticket, unused: the state cookie it set, and the ticket URL."""
+    browser.cookies.pop((f"{tenant}.{DOMAIN}", "gateway_session"), None)
+    visits = hand_off(browser, tenant, until="ticket=")
+    ticket_url = visits[-1][1].headers["location"]
+    assert "ticket=" in ticket_url, [url for url, _ in visits]
+    return browser.cookie("gateway_state", f"{tenant}.{DOMAIN}"), urlsplit(ticket_url)
 
 
 def test_hand_off_gives_the_tenant_host_its_own_session(browser: Browser) -> None:
     browser.sign_in(ANN)
-    landed = hand_off(browser, "bob")
-    assert landed.status_code == 303
-    assert landed.headers["location"] == "/data"
+    url, landed = hand_off(browser, "bob")[-1]
+    assert landed.status_code == 200
+    assert url == tenant_url(browser, "bob", "/data")
     child = browser.cookie("gateway_session", f"bob.{DOMAIN}")
     assert child and child != browser.cookie("gateway_session")
     only_child = {"cookie": f"gateway_session={child}"}
     assert browser.get(f"bob.{DOMAIN}", "/-/actor.json", headers=only_child).json() == {
-        "actor": {"id": ANN}}
+        "actor": {"id": ANN, "role": "member"}}
     # A tenant host's session is valid on that tenant only.
     assert browser.get(f"carol.{DOMAIN}", "/-/actor.json", headers=only_child).status_code == 401
 
 
 def test_hand_off_tickets_are_single_use_and_bound(browser: Browser) -> None:
     """A ticket works once, only on its tenant, only with the state cookie of the browser that
-    asked for it (else someone else's ticket could sign a victim in: login CSRF)."""
+    asked for it (else someone else's ticket could sign a victim in: login CSRF). A ticket
+    that does not work leads back to the sign-in page, saying so."""
     browser.sign_in(ANN)
     host = f"bob.{DOMAIN}"
-    state, login = start_hand_off(browser, host)
-    ticket_url = new_ticket(browser, login)
+    state, ticket_url = new_ticket(browser, "bob")
     target = f"{ticket_url.path}?{ticket_url.query}"
-    assert browser.get(f"carol.{DOMAIN}", target,
-                       headers={"cookie": f"gateway_state={state}"}).status_code == 400
+    failed = tenant_url(browser, None, "/-/login?") + urlencode(
+        {"next": tenant_url(browser, "carol", "/data"), "reason": "handoff"})
+    on_carol = browser.get(f"carol.{DOMAIN}", target,
+                           headers={"cookie": f"gateway_state={state}"})
+    assert (on_carol.status_code, on_carol.headers["location"]) == (303, failed)
     # the ticket was spent by that attempt; ask for another
-    ticket_url = new_ticket(browser, login)
+    state, ticket_url = new_ticket(browser, "bob")
     target = f"{ticket_url.path}?{ticket_url.query}"
-    assert browser.get(host, target,
-                       headers={"cookie": "gateway_state=" + "y" * 32}).status_code == 400
-    ticket_url = new_ticket(browser, login)
+    wrong_state = browser.get(host, target, headers={"cookie": "gateway_state=" + "y" * 32})
+    assert wrong_state.headers["location"] == failed.replace("carol", "bob")
+    state, ticket_url = new_ticket(browser, "bob")
     target = f"{ticket_url.path}?{ticket_url.query}"
     state_only = {"cookie": f"gateway_state={state}"}
-    assert browser.get(host, target, headers=state_only).status_code == 303
+    used = browser.get(host, target, headers=state_only)
+    assert (used.status_code, used.headers["location"]) == (303, "/data")
+    assert "gateway_session=" in used.headers["set-cookie"]
     again = browser.get(host, target, headers=state_only)
-    assert again.status_code == 400
-    assert "This sign-in link has expired or was used already" in again.text
+    assert again.headers["location"] == failed.replace("carol", "bob")
+    assert "set-cookie" not in again.headers
+    page = browser.get(DOMAIN, again.headers["location"].partition(str(browser.gateway.port))[2])
+    assert ("Signing in to bob did not finish: the sign-in link had expired or was used"
+            " already, or your browser did not keep bob's cookies." in html.unescape(page.text))
 
 
 def test_hand_off_next_stays_on_the_tenant(browser: Browser) -> None:
     browser.sign_in(ANN)
-    host = f"bob.{DOMAIN}"
-    state, login = start_hand_off(browser, host)
-    ticket_url = new_ticket(browser, login)
+    state, ticket_url = new_ticket(browser, "bob")
     ticket = parse_qs(ticket_url.query)["ticket"][0]
-    landed = browser.get(host, f"/-/gateway-signin?ticket={ticket}&next=//evil.example/",
+    landed = browser.get(f"bob.{DOMAIN}", f"/-/gateway-signin?ticket={ticket}&next=//evil.example/",
                          headers={"cookie": f"gateway_state={state}"})
     assert landed.headers["location"] == "/"
 
@@ -515,9 +580,9 @@ def test_sign_out_ends_the_session_everywhere(browser: Browser) -> None:
     """1. Sign in; hand the session to bob's host. 2. Sign out on the apex. 3. At once, the
     domain-wide session and bob's host session are both refused."""
     browser.sign_in(ANN)
-    hand_off(browser, "bob")
+    assert hand_off(browser, "bob")[-1][1].status_code == 200
     child = {"cookie": f"gateway_session={browser.cookie('gateway_session', f'bob.{DOMAIN}')}"}
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     signed_out = browser.sign_out()
     assert signed_out.status_code == 303
     assert signed_out.headers["location"] == "/-/login?signed_out=1"
@@ -538,12 +603,12 @@ def test_datasette_log_out_signs_out_of_the_gateway(browser: Browser) -> None:
     cross_site = browser.request("POST", f"bob.{DOMAIN}", "/-/logout",
                                  headers={**cookie, "origin": "http://evil.example"})
     assert cross_site.status_code == 303
-    assert cross_site.headers["location"] == f"http://{DOMAIN}/-/logout"
-    assert browser.actor("bob") == {"id": ANN}
+    assert cross_site.headers["location"] == tenant_url(browser, None, "/-/logout")
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
     own = browser.request("POST", f"bob.{DOMAIN}", "/-/logout", data={"csrftoken": "x"},
                           headers={**cookie, "origin": f"http://bob.{DOMAIN}"})
     assert own.status_code == 303
-    assert own.headers["location"] == f"http://{DOMAIN}/-/login?signed_out=1"
+    assert own.headers["location"] == tenant_url(browser, None, "/-/login?signed_out=1")
     assert browser.get(f"carol.{DOMAIN}", "/", headers=cookie).status_code == 303
 
 
@@ -578,10 +643,10 @@ def test_api_token_works_until_revoked(browser: Browser, gateway: RunningGateway
 def test_membership_and_account_changes_apply_within_seconds(browser: Browser,
                                                              gateway: RunningGateway) -> None:
     browser.sign_in(ANN)
-    assert browser.actor("bob") == {"id": ANN}
+    assert browser.actor("bob") == {"id": ANN, "role": "member"}
     gateway.cli("tenant", "members", "bob", "--remove", ANN)
     wait_until(lambda: browser.actor("bob") == 403, timeout=10, message="ann out of bob")
-    assert browser.actor("carol") == {"id": ANN}
+    assert browser.actor("carol") == {"id": ANN, "role": "member"}
     gateway.cli("user", "remove", ANN)
     wait_until(lambda: browser.actor("carol") == 401, timeout=10, message="ann's session gone")
 
@@ -605,8 +670,8 @@ def test_invitation(browser: Browser, gateway: RunningGateway) -> None:
     accepted = browser.request("POST", DOMAIN, path,
                                data={**fields, "password": PASSWORD, "confirm": PASSWORD})
     assert accepted.status_code == 303
-    assert accepted.headers["location"] == f"http://bob.{DOMAIN}/"
-    assert browser.actor("bob") == {"id": "new@example.com"}
+    assert browser.follow(accepted.headers["location"])[-1][0] == tenant_url(browser, "bob")
+    assert browser.actor("bob") == {"id": "new@example.com", "role": "member"}
     used = browser.get(DOMAIN, path)
     assert used.status_code == 404
     assert "This invitation link is not valid" in used.text
@@ -644,8 +709,8 @@ def test_tenant_add_with_members(gateway: RunningGateway) -> None:
     gateway.cli("tenant", "add", "dave", "--member", ANN, "--member", JOE)
     assert gateway.cli("tenant", "members", "dave").stdout.split() == [ANN, JOE]
     gateway.cli("tenant", "members", "dave", "--remove", JOE)
-    assert gateway.cli("tenant", "members", "dave", "--json").stdout.split() == [
-        "[", f'"{ANN}"', "]"]
+    assert json.loads(gateway.cli("tenant", "members", "dave", "--json").stdout) == [
+        {"email": ANN, "role": "member"}]
 
 
 def test_password_hash_is_upgraded_when_parameters_change(site: Site,
@@ -675,7 +740,7 @@ def test_idle_sessions_end(site: Site, start_gateway: Any) -> None:
     browser = Browser(gateway)
     try:
         browser.sign_in(ANN)
-        assert browser.actor("bob") == {"id": ANN}
+        assert browser.actor("bob") == {"id": ANN, "role": "member"}
         time.sleep(2.5)
         assert browser.actor("bob") == 401
     finally:

@@ -50,7 +50,8 @@ def test_sign_in_open_private_tenant_sign_out(chromium: Any, gateway: RunningGat
         assert page.locator(".actor").inner_text() == EMAIL
         assert "secrets" in page.content()
         page.goto(f"{bob}/-/actor.json")
-        assert json.loads(page.locator("body").inner_text()) == {"actor": {"id": EMAIL}}
+        assert json.loads(page.locator("body").inner_text()) == {
+            "actor": {"id": EMAIL, "role": "member"}}
 
         page.goto(f"{bob}/")
         page.locator("details.nav-menu summary").click()

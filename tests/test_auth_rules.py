@@ -3,6 +3,7 @@ the accounts database's own rules (against a real SQLite file)."""
 
 from __future__ import annotations
 
+import ast
 import time
 from pathlib import Path
 
@@ -15,13 +16,15 @@ from itsdangerous import BadSignature
 from gateway.auth.actor import ActorMinter
 from gateway.auth.cookies import cookie_values, set_cookie
 from gateway.auth.csrf import Csrf
+from gateway.auth.handoff import PASS_TTL_S, Passes
 from gateway.auth.store import AccountStore, digest
 from gateway.auth.throttle import Throttle, address_key
-from gateway.auth.urls import path_of, safe_next
-from gateway.config import AuthSettings
+from gateway.auth.urls import path_of, public_origin, safe_next
+from gateway.config import AuthSettings, Config, load_config
 from gateway.errors import AccountError
 
 DOMAIN = "gw.test"
+_TLS = '[tls]\nmode = "files"\ncert_file = "/nonexistent.pem"\nkey_file = "/nonexistent.key"'
 
 
 @pytest.mark.parametrize("url", [
@@ -202,3 +205,60 @@ def test_store_invitation_is_used_once(store: AccountStore) -> None:
     assert store.members("bob") == ["new@example.com"]
     with pytest.raises(AccountError, match="used already or it has expired"):
         store.accept_invite("code", "hash", "session2", 51.0)
+
+
+# --- where sign-in redirects go, and hand-off passes -------------------------------------------
+
+
+def _config(tmp_path: Path, listen: str, tls: str = "") -> Config:
+    (tmp_path / "tenants").mkdir(exist_ok=True)
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'domain = "{DOMAIN}"\n[listen]\n{listen}\n{tls}\n')
+    return load_config(path)
+
+
+@pytest.mark.parametrize(("listen", "tls", "bound", "expected"), [
+    ("http_port = 80", "", {}, "http://bob.gw.test"),
+    ("http_port = 8000", "", {"http": 8000}, "http://bob.gw.test:8000"),
+    ("http_port = 0", "", {"http": 41234}, "http://bob.gw.test:41234"),
+    ("http_port = 80\npublic_port = 8080", "", {"http": 80}, "http://bob.gw.test:8080"),
+    # With TLS on, never plain HTTP, whatever the HTTP port.
+    ("http_port = 80\nhttps_port = 443", _TLS, {"http": 80, "https": 443}, "https://bob.gw.test"),
+    ("http_port = 8000\nhttps_port = 0", _TLS, {"http": 8000, "https": 8443},
+     "https://bob.gw.test:8443"),
+])
+def test_public_origin_comes_from_the_configuration(tmp_path: Path, listen: str, tls: str,
+                                                   bound: dict[str, int], expected: str) -> None:
+    config = _config(tmp_path, listen, tls)
+    assert public_origin(config, f"bob.{DOMAIN}", bound) == expected
+    assert public_origin(config, None, bound) == expected.replace("bob.", "")
+
+
+def test_a_pass_is_good_for_its_session_and_tenant_only_and_not_for_long() -> None:
+    passes, now = Passes(b"k" * 32), 1_700_000_000.0
+    value = passes.make("root", "bob", now)
+    assert passes.accepts(value, "root", "bob", now + PASS_TTL_S)
+    assert not passes.accepts(value, "root", "bob", now + PASS_TTL_S + 1)
+    assert not passes.accepts(value, "other", "bob", now)
+    assert not passes.accepts(value, "root", "carol", now)
+    assert not Passes(b"j" * 32).accepts(value, "root", "bob", now)
+    issued, _, mac = value.partition(".")
+    for forged in ("", ".", issued, f"{issued}.", f"{int(issued, 16) + 1:x}.{mac}",
+                   f"0x{issued}.{mac}", f" {issued}.{mac}", "x" * 200, f"{issued}.{mac}0"):
+        assert not passes.accepts(forged, "root", "bob", now), forged
+
+
+def test_auth_imports_neither_the_proxy_nor_the_app() -> None:
+    """Issue 18: auth/ and the proxy meet in identity.py; auth/ is handed the Auth service, not
+    the Gateway, and renders its pages with html.py, not the app's error pages."""
+    package = Path(__file__).resolve().parent.parent / "gateway" / "auth"
+    imported: dict[str, set[str]] = {}
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                names = {node.module} if node.module else {a.name for a in node.names}
+                imported.setdefault(module.name, set()).update(n.split(".")[0] for n in names
+                                                               if n)
+    assert imported  # the walk found auth's imports of the rest of the gateway
+    for module, names in imported.items():
+        assert not names & {"proxy", "pages", "runtime", "app", "site", "server"}, module

@@ -109,3 +109,30 @@ def test_commands_needing_a_gateway_say_none_is_running(tmp_path: Path, command:
     code, output = run("--config", config(tmp_path), *command)
     assert code == 1
     assert output.startswith(f"Error: no gateway is running with {tmp_path}/gateway.toml")
+
+
+def test_check_config_reports_every_problem_with_a_suggestion(tmp_path: Path) -> None:
+    path = config(tmp_path, 'domain = "x"\nport = 1\n[proxy]\nretry_budget = 1\n'
+                            'connect_timeout_s = "soon"\n')
+    code, output = run("--config", path, "check-config")
+    assert code == 1
+    first, second, third = output.splitlines()
+    assert first.startswith("Error: gateway.toml: port: unknown key (known keys: auth, domain,")
+    assert first.endswith(")")  # nothing close to "port": no suggestion
+    assert second == (
+        "Error: gateway.toml: proxy.retry_budget: unknown key (known keys: connect_timeout_s,"
+        " drain_timeout_s, max_connections_per_tenant, replay_body_max_bytes,"
+        " response_timeout_s, retry_budget_s); did you mean retry_budget_s?"
+    )
+    assert third == 'Error: gateway.toml: proxy.connect_timeout_s: expected a number, got "soon"'
+
+
+
+@pytest.mark.parametrize("command", ["add", "password"])
+def test_password_without_a_terminal_says_to_use_stdin(tmp_path: Path, command: str) -> None:
+    code, output = run("--config", config(tmp_path), "user", command, "ann@example.com")
+    assert code == 1
+    assert output == (
+        "Error: no terminal to ask for the password on: pipe it in with --password-stdin, e.g."
+        f' echo "$PASSWORD" | gateway user {command} EMAIL --password-stdin\n'
+    )

@@ -39,6 +39,7 @@ def test_responses_have_one_date_and_tenants_log_no_requests(
     """1. A proxied response carries one Date (uvicorn's; the backend's is dropped).
     2. Datasette's own access log is off in tenants: requests add no tenant_output events."""
     site.add_tenant("alice")
+    site.write_config(log={"level": "debug"})  # tenant output is logged at debug level
     gateway: RunningGateway = start_gateway()
     gateway.wait_running("alice")
     response = gateway.get("alice", "/-/versions.json")

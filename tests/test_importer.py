@@ -11,9 +11,11 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,19 @@ from gateway.importer.dialect import DELIMITERS, sniff_dialect
 from gateway.importer.errors import ImportFailed, at_line
 from gateway.importer.job import Import
 from gateway.importer.names import clean_headers, quote, table_name_for
+from gateway.importer.numbers import (
+    DECIMAL_COMMA,
+    THOUSANDS_COMMA,
+    NumberColumn,
+    NumberFormat,
+    Reading,
+    plain_sql,
+    plain_value,
+    read_columns,
+)
 from gateway.importer.text import Decoder, detect_encoding
+
+from .conftest import UID_BASE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
 
@@ -130,6 +144,7 @@ def test_utf8_with_types_and_non_ascii(tmp_path: Path) -> None:
         "event": "done", "database": "data", "table": "utf8", "rows": 3,
         "columns": [{"name": "city", "type": "TEXT"}, {"name": "population", "type": "INTEGER"},
                     {"name": "area_km2", "type": "REAL"}, {"name": "note", "type": "TEXT"}],
+        "notes": [],
     }
     assert rows(tmp_path / "data.db", "utf8") == [
         ("Zürich", 421878, 87.88, "Ünïcödé"),
@@ -162,14 +177,49 @@ def test_utf16_big_endian(tmp_path: Path) -> None:
 
 def test_windows_1252_semicolons_and_decimal_commas(tmp_path: Path) -> None:
     """European Excel: ';' between fields, ',' in numbers. sqlite-utils types "1,50" as text
-    (float() refuses it), and so does the importer: same types as sqlite-utils, always."""
+    (float() refuses it); the importer stores numbers, and says so."""
     done = import_fixture(tmp_path, "windows-1252-semicolon.csv")
     assert done["columns"] == [{"name": "Produit", "type": "TEXT"},
-                               {"name": "Prix", "type": "TEXT"},
+                               {"name": "Prix", "type": "REAL"},
                                {"name": "Quantité", "type": "INTEGER"}]
     assert rows(tmp_path / "data.db", "windows_1252_semicolon") == [
-        ("Café", "1,50", 3), ("Thé", "2,00", 12), ("Euro €", "3,25", None),
+        ("Café", 1.5, 3), ("Thé", 2.0, 12), ("Euro €", 3.25, None),
     ]
+    assert done["notes"] == [
+        "The text is not UTF-8, so it was read as Windows-1252.",
+        "The fields are separated by a semicolon (detected).",
+        'Column "Prix" is read as numbers with a decimal comma (1,50 is 1.50).',
+    ]
+
+
+def test_eurostat_export_numbers_are_numbers_and_every_guess_is_said(tmp_path: Path) -> None:
+    """1. Import a Eurostat table as German Excel saves it (eurostat.csv). 2. Columns of
+    decimal commas and "."-grouped thousands are numbers: avg("1960") is the mean, 5.51 (as
+    text it was 5.0). 3. Columns with ":" for missing values stay text. 4. The staged and done
+    events say all of it, in the same words."""
+    events = run_importer(tmp_path, (FIXTURES / "eurostat.csv").read_bytes(),
+                          filename="eurostat.csv",
+                          target={"database": "data.db", "table": "eurostat", "mode": "create",
+                                  "create_database": True})
+    staged, done = events[-2], events[-1]
+    assert [(c["name"], c["type"]) for c in done["columns"]] == [
+        ("GEO (Labels)", "TEXT"), ("1960", "REAL"), ("1961", "TEXT"), ("1962", "TEXT"),
+        ("Population", "INTEGER"), ("Unit", "TEXT")]
+    assert staged["notes"] == done["notes"] == [
+        "The text is not UTF-8, so it was read as Windows-1252.",
+        "The fields are separated by a semicolon (detected).",
+        'Column "1960" is read as numbers with a decimal comma (5,1 is 5.1).',
+        'Columns "1961" and "1962" are kept as text, as 3 values are not numbers: ":".',
+        'Column "Population" is read as numbers with "." between thousands (8.901.064 is'
+        " 8901064).",
+    ]
+    with sqlite3.connect(tmp_path / "data.db") as connection:
+        assert connection.execute(
+            'SELECT round(avg("1960"), 2), sum(Population) FROM eurostat').fetchone() == (
+            5.51, 170910431)
+    connection.close()
+    assert rows(tmp_path / "data.db", "eurostat")[0] == (
+        "Österreich", 5.1, "4,9", ":", 8901064, "Prozent")
 
 
 def test_latin1_tsv(tmp_path: Path) -> None:
@@ -186,6 +236,27 @@ def test_empty_and_duplicate_headers_get_unique_names(tmp_path: Path) -> None:
     done = import_fixture(tmp_path, "headers.csv")
     assert [c["name"] for c in done["columns"]] == [
         "id", "column_2", "name", "Name_2", "name_3", "column_6", "id_2"]
+    assert done["notes"] == [
+        'Column 2 has no name in the header, so it is named "column_2".',
+        'Column 4 repeats the name "Name", so it is named "Name_2".',
+        'Column 5 repeats the name "name", so it is named "name_3".',
+        'Column 6 has no name in the header, so it is named "column_6".',
+        'Column 7 repeats the name "id", so it is named "id_2".',
+    ]
+
+
+def test_excel_sep_line_is_said(tmp_path: Path) -> None:
+    assert import_fixture(tmp_path, "sep-line.csv")["notes"] == [
+        "The fields are separated by a semicolon, as the file's first line (sep=;) says."]
+
+
+def test_chosen_encoding_and_delimiter_are_not_noted(tmp_path: Path) -> None:
+    events = run_importer(tmp_path, "a;b\né;1,5\n".encode("cp1252"),
+                          args=("--encoding", "windows-1252", "--delimiter", ";"),
+                          target={"database": "data.db", "table": "t", "mode": "create",
+                                  "create_database": True})
+    assert events[-1]["notes"] == ['Column "b" is read as numbers with a decimal comma (1,5 is'
+                                   ' 1.5).']
 
 
 def test_excel_sep_line_names_the_delimiter(tmp_path: Path) -> None:
@@ -535,6 +606,7 @@ def test_any_table_round_trips_like_sqlite_utils(
     holding a delimiter), else it is given. 3. Same columns, types and values as sqlite-utils
     inserting the same rows."""
     header, records = table
+    assume(not any(looks_like_numbers(list(column)) for column in zip(*records, strict=True)))
     if terminator == "\n":  # Python's csv writer does not quote a lone \r then (a CPython quirk)
         records = [[cell.replace("\r", "") for cell in record] for record in records]
     text = io.StringIO()
@@ -577,6 +649,7 @@ def test_types_that_change_after_the_first_batch(
     fill the first batch, any rows follow. 2. Import them (into a new table, or appended to
     a table of text columns). 3. Same as sqlite-utils (for append: the text kept as it was)."""
     records = first * (5000 // len(first) + 1) + later
+    assume(not any(looks_like_numbers(list(column)) for column in zip(*records, strict=True)))
     data = ("a,b\n" + "".join(f"{_csv(a)},{_csv(b)}\n" for a, b in records)).encode()
     folder = tmp_path_factory.mktemp("later")
     if mode == "append":
@@ -596,23 +669,232 @@ def _csv(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-@pytest.mark.parametrize(("declared", "numeric", "values"), [
-    (["INTEGER", "REAL", "TEXT", ""], [True, True, False, True],
+@pytest.mark.parametrize(("declared", "numeric", "formats", "values"), [
+    (["INTEGER", "REAL", "TEXT", ""], [True, True, False, True], [None] * 4,
      ["c0", "c1", "c2", "NULLIF(c3, '')"]),  # staged converted, as they are; raw to a number
-    (["INTEGER"], [True], ["c0"]),  # INTEGER staged, REAL target: the target converts
-    (["TEXT", ""], [True, False], ["NULLIF(c0, '')", "c1"]),  # appending text to a number
+    (["INTEGER"], [True], [None], ["c0"]),  # INTEGER staged, REAL target: the target converts
+    (["TEXT", ""], [True, False], [None, None], ["NULLIF(c0, '')", "c1"]),  # text to a number
+    (["TEXT", "TEXT"], [True, False], [THOUSANDS_COMMA, DECIMAL_COMMA],
+     ["NULLIF(REPLACE(c0, ',', ''), '')", "c1"]),  # into a text column: as written
 ])
-def test_copy_values(declared: list[str], numeric: list[bool], values: list[str]) -> None:
-    assert copy_values(declared, numeric) == values
+def test_copy_values(declared: list[str], numeric: list[bool],
+                     formats: list[NumberFormat | None], values: list[str]) -> None:
+    assert copy_values(declared, numeric, formats) == values
 
 
-@pytest.mark.parametrize("declared", [["INTEGER"], ["REAL"]])
-def test_numbers_cannot_be_copied_into_text(declared: list[str]) -> None:
+@pytest.mark.parametrize(("declared", "numeric", "formats"), [
+    (["INTEGER"], [False], [None]), (["REAL"], [False], [None]),
+    (["REAL"], [True], [DECIMAL_COMMA]),  # "1.230" was staged as 1.23: stage again as text
+])
+def test_numbers_cannot_be_copied_into_text(declared: list[str], numeric: list[bool],
+                                            formats: list[NumberFormat | None]) -> None:
     with pytest.raises(_StagedAsNumbers):
-        copy_values(declared, [False])
+        copy_values(declared, numeric, formats)
+
+
+@pytest.mark.root
+def test_without_a_thread_to_spare_batches_are_inserted_as_they_come(tmp_path: Path) -> None:
+    """1. Run the importer as a tenant user whose RLIMIT_NPROC (1) leaves no room for its
+    inserting thread. 2. Import 12,000 rows. 3. All are there, typed."""
+    uid = UID_BASE + 998  # no test site uses it: its process count is this importer alone
+    folder = Path(tempfile.mkdtemp(prefix="importer-nproc-", dir="/tmp"))
+    try:
+        os.chown(folder, uid, uid)
+        commit_read, commit_write = os.pipe()
+        os.write(commit_write, json.dumps({"database": "data.db", "table": "t", "mode": "create",
+                                           "create_database": True}).encode())
+        os.close(commit_write)
+        data = b"n,x\n" + b"".join(b"%d,%d.5\n" % (i, i) for i in range(12_000))
+        result = subprocess.run(
+            ["prlimit", "--nproc=1:1", "setpriv", f"--reuid={uid}", f"--regid={uid}",
+             "--clear-groups", "--", sys.executable, "-m", "gateway.importer", "--data-dir",
+             str(folder), "--commit-fd", str(commit_read)],
+            input=data, capture_output=True, pass_fds=(commit_read,), timeout=60, check=False)
+        os.close(commit_read)
+        assert result.returncode == 0, result.stderr.decode()
+        done = json.loads(result.stdout.splitlines()[-1])
+        assert (done["event"], done["rows"]) == ("done", 12_000)
+        with sqlite3.connect(folder / "data.db") as connection:
+            assert connection.execute("SELECT count(*), sum(n), typeof(x) FROM t").fetchone() == (
+                12_000, 71_994_000, "real")
+        connection.close()
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_import_failed_carries_the_line() -> None:
     error = at_line(7, "broken.")
     assert (str(error), error.line) == ("Line 7: broken.", 7)
     assert isinstance(error, ImportFailed)
+
+
+# --- numbers written for people: decimal commas, thousands separators --------------------------
+
+
+def reading_of(*values: str) -> Reading | None:
+    column = NumberColumn()
+    column.observe(values)
+    return read_columns([column])[0]
+
+
+@pytest.mark.parametrize(("values", "reading"), [
+    (("1,5", "-2", "", "1.234,5", "+0,25"), Reading(format=DECIMAL_COMMA, example="1,5")),
+    (("1 234,5", "12 345 678", "7"), Reading(format=DECIMAL_COMMA, example="1 234,5")),
+    (("1\u00a0234", "5"), Reading(format=DECIMAL_COMMA, example="1\u00a0234")),
+    (("1.234.567", "12"), Reading(format=DECIMAL_COMMA, example="1.234.567")),
+    (("1,234.5", "-0.5", "999"), Reading(format=THOUSANDS_COMMA, example="1,234.5")),
+    (("1,234,567", "1,000"), Reading(format=THOUSANDS_COMMA, example="1,234,567")),
+    (("1,234", "12"), Reading(ambiguous=True, example="1,234")),
+    (("1,5", "1.5"), Reading(mixed=True, example="1,5")),
+    (("1,5", "1e5"), Reading(mixed=True, example="1,5")),  # float() reads 1e5: a number
+    (("1,5", ":", "2,5", ":", "n/a", "3"), Reading(odd=((":", 2), ("n/a", 1)))),
+    (("1,5", "x", "y"), None),  # more words than numbers: a text column
+    (("1.234,5", "1.23,4"), Reading(odd=(("1.23,4", 1),))),  # groups of three digits only
+    (("12,", ",5"), None),
+    (("Zürich", "Basel"), None),
+])
+def test_number_column_readings(values: tuple[str, ...], reading: Reading | None) -> None:
+    assert reading_of(*values) == reading
+
+
+def test_batches_and_values_agree() -> None:
+    """The batch regex and the value by value pass decide alike (a failed batch falls back)."""
+    batched, one_by_one = NumberColumn(), NumberColumn()
+    values = ["1", "1,234", "", "2.5", "1,234.5"]
+    batched.observe(values)
+    for value in values:
+        one_by_one.observe([value])
+    assert batched.formats == one_by_one.formats == {THOUSANDS_COMMA}
+    assert (batched.numbers, batched.fractions) == (one_by_one.numbers, one_by_one.fractions)
+
+
+def test_the_file_settles_columns_either_format_reads() -> None:
+    settled, either = NumberColumn(), NumberColumn()
+    settled.observe(["0,5"])
+    either.observe(["1,234", "5,678"])
+    assert read_columns([settled, either, None])[1] == Reading(
+        format=DECIMAL_COMMA, by_file=True, example="1,234")
+
+
+@pytest.mark.parametrize(("value", "fmt", "plain"), [
+    ("1.234.567,25", DECIMAL_COMMA, "1234567.25"), ("-1 234,5", DECIMAL_COMMA, "-1234.5"),
+    ("1\u202f234", DECIMAL_COMMA, "1234"), ("+1,234,567.5", THOUSANDS_COMMA, "+1234567.5"),
+])
+def test_plain_value_and_plain_sql_agree(value: str, fmt: NumberFormat, plain: str) -> None:
+    assert plain_value(value, fmt) == plain
+    connection = sqlite3.connect(":memory:")
+    assert connection.execute(f"SELECT {plain_sql('?', fmt)}", (value,)).fetchone() == (plain,)
+    connection.close()
+
+
+@pytest.mark.parametrize(("first", "later", "kind", "values", "notes"), [
+    ("1.5", "1,234.5", "REAL", [1.5, 1234.5],
+     ['Column "n" is read as numbers with "," between thousands (1,234.5 is 1234.5).']),
+    ("1.234", "1.234,5", "REAL", [1234.0, 1234.5],
+     ['Column "n" is read as numbers with a decimal comma (1.234,5 is 1234.5).']),
+    ("1_000", "1,5", "TEXT", ["1_000", "1,5"],
+     ['Column "n" is kept as text: its numbers are not all written the same way.']),
+    ("7", "1,5", "REAL", [7.0, 1.5],
+     ['Column "n" is read as numbers with a decimal comma (1,5 is 1.5).']),
+])
+def test_a_column_that_turns_out_written_for_people_late(
+    tmp_path: Path, first: str, later: str, kind: str, values: list[Any], notes: list[str],
+) -> None:
+    """1. 6,000 rows that sqlite-utils reads as numbers (staged as numbers), then one it does
+    not. 2. Import. 3. The whole column is read one way (a second pass when the first rows were
+    not plain integers), or kept as text."""
+    data = ("n\n" + f'"{first}"\n' * 6000 + f'"{later}"\n').encode()
+    events = run_importer(tmp_path, data, target={"database": "data.db", "table": "t",
+                                                  "mode": "create", "create_database": True})
+    assert events[-1]["columns"] == [{"name": "n", "type": kind}]
+    assert events[-1]["notes"] == events[-2]["notes"] == notes
+    assert [row[0] for row in rows(tmp_path / "data.db", "t")][-2:] == values
+
+
+@st.composite
+def written_numbers(draw: st.DrawFn, fmt: NumberFormat, grouping: str
+                    ) -> tuple[list[str], list[str]]:
+    """A column of numbers as people write them in `fmt` (grouping thousands by `grouping`),
+    and the same numbers written plainly. One of them settles the format (a short fraction, or
+    a grouped number of millions): others, like 1,234, could be read either way."""
+    def number(settles: bool) -> tuple[str, str]:
+        sign = draw(st.sampled_from(["", "-"]))
+        if settles and grouping and draw(st.booleans()):
+            whole, fraction = draw(st.integers(10**6, 10**12)), ""
+        else:
+            whole = draw(st.integers(0, 10**12))
+            fraction = draw(st.text("0123456789", min_size=1 if settles else 0,
+                                    max_size=2 if settles else 4))
+        digits = f"{whole:,}".replace(",", grouping) if grouping else str(whole)
+        point = "," if fmt == DECIMAL_COMMA else "."
+        written = sign + digits + (point + fraction if fraction else "")
+        return written, sign + str(whole) + ("." + fraction if fraction else "")
+
+    cells = [number(False) if draw(st.booleans()) else ("", "")
+             for _ in range(draw(st.integers(0, 8)))]
+    cells.insert(draw(st.integers(0, len(cells))), number(True))
+    return [w for w, _ in cells], [p for _, p in cells]
+
+
+def looks_like_numbers(values: list[str]) -> bool:
+    """Cells only of digits, signs and separators, one with a comma: a column the importer may
+    read as numbers written for people, where sqlite-utils keeps text."""
+    return any("," in v for v in values) and all(
+        not v.strip("0123456789+-., \u00a0\u202f") for v in values)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data(), width=st.integers(1, 4),
+       fmt=st.sampled_from([DECIMAL_COMMA, THOUSANDS_COMMA]),
+       delimiter=st.sampled_from(DELIMITERS))
+def test_numbers_written_for_people_round_trip_like_sqlite_utils_plain_numbers(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject, width: int,
+    fmt: NumberFormat, delimiter: str,
+) -> None:
+    """1. A table of numbers written with decimal commas (1.234,5, 1 234,5) or with thousands
+    commas (1,234.5), and columns of anything. 2. Write it as CSV in any delimiter; import it.
+    3. Same types and values as sqlite-utils importing the numbers written plainly."""
+    grouping = data.draw(st.sampled_from(["", ".", " ", "\u00a0"] if fmt == DECIMAL_COMMA
+                                         else ["", ","]))
+    written_columns, plain_columns = [], []
+    for _ in range(width):
+        if data.draw(st.booleans()):
+            written, plain = data.draw(written_numbers(fmt, grouping))
+        else:
+            written = plain = data.draw(st.lists(CELL, min_size=1, max_size=8))
+            assume(not looks_like_numbers(written))
+        written_columns.append(written)
+        plain_columns.append(plain)
+    height = max(map(len, written_columns))
+    pad = [column + [""] * (height - len(column)) for column in written_columns]
+    records = [list(row) for row in zip(*pad, strict=True)]
+    plain_records = [list(row) for row in zip(
+        *(column + [""] * (height - len(column)) for column in plain_columns), strict=True)]
+    header = [f"c{i}" for i in range(width)]
+    text = io.StringIO()
+    writer = csv.writer(text, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(records)
+    folder = tmp_path_factory.mktemp("numbers")
+    with Import(folder, delimiter=delimiter) as job:
+        job.stage(io.BytesIO(text.getvalue().replace("\r", "").encode()))
+        job.commit(Target("ours.db", "t", "create", True))
+    plain_records = [[cell.replace("\r", "") for cell in record] for record in plain_records]
+    assert_same_as_sqlite_utils(folder, header, plain_records)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'id,text\r\n1,"two\r\nlines"\r\n\r\n2,"three\nmore\rlines"\n3,x,y\n',
+     "Line 8: this row has 3 fields, but the header has 2. A field that contains the delimiter"
+     " must be quoted."),
+    (b'id,text\n1,"a\nb"\n\n2,"open\n3,x\n',
+     'Line 5: a quoted field starts here, but its closing quote (") is missing.'),
+])
+def test_error_lines_count_line_breaks_inside_fields(tmp_path: Path, data: bytes,
+                                                     message: str) -> None:
+    """Rows are read a batch at a time; the line of a bad row counts the blank lines and the
+    line breaks (CRLF, LF, CR) inside the quoted fields before it."""
+    events = run_importer(tmp_path, data, target={"database": "data.db", "table": "t",
+                                                  "mode": "create", "create_database": True})
+    assert events[-1]["message"] == message

@@ -100,6 +100,27 @@ def test_forwarded_headers_are_set_by_the_gateway(gateway: RunningGateway) -> No
     assert "x-real-ip" not in names
 
 
+def test_identity_headers_are_stripped_by_family(gateway: RunningGateway) -> None:
+    """Every header an auth proxy or CDN uses to say who the user or client is (issue 12's
+    list, and names nobody listed) is dropped; ordinary ones pass."""
+    claims = ["x-auth-request-groups", "x-auth-request-access-token", "x-forwarded-groups",
+              "x-forwarded-access-token", "x-original-user", "x-remote-email", "x-webauth-user",
+              "true-client-ip", "cf-connecting-ip", "x-client-ip", "remote-user",
+              "x-gateway-actor", "x-actor", "x-forwarded-anything-new", "x-amzn-oidc-identity",
+              "x-ms-client-principal-name", "x-goog-authenticated-user-email", "x-user-id"]
+    seen = dict(echoed_headers(gateway, {name: "admin" for name in claims} | {"x-kept": "yes"}))
+    assert [name for name in claims if name in seen] == []
+    assert seen["x-kept"] == "yes"
+
+
+def test_gateway_cookies_are_stripped_as_datasette_parses_them(gateway: RunningGateway) -> None:
+    """Datasette (http.cookies) splits cookies on whitespace too: `x=1 ds_actor=...` is two
+    cookies, so ds_actor must not reach it that way either."""
+    seen = dict(echoed_headers(gateway, {
+        "cookie": 'x=1 ds_actor=forged y=2; gateway_session=abc; z="q; ds_actor=inside"'}))
+    assert seen["cookie"] == 'x=1; y=2; z="q; ds_actor=inside"'
+
+
 def test_hop_by_hop_headers_are_dropped(gateway: RunningGateway) -> None:
     """Connection, the headers it names, TE, Upgrade and Proxy-Authorization never pass."""
     seen = dict(echoed_headers(gateway, {
@@ -117,8 +138,9 @@ def test_links_use_the_public_host(gateway: RunningGateway) -> None:
     assert page.json()["next_url"].startswith("http://alice.gw.test/data/items.json")
 
 
-def test_dead_backend_gets_502_page_naming_the_tenant(site: Site, start_gateway) -> None:  # type: ignore[no-untyped-def]
-    """1. Start alice. 2. Replace its socket with one nobody accepts on. 3. A request gets 502."""
+def test_dead_backend_gets_a_plain_502_page_and_an_event(site: Site, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """1. Start alice. 2. Move its socket away. 3. A request gets a 502 page in plain words
+    (no socket path, no errno). 4. The reason is in a backend_unavailable event."""
     site.add_tenant("alice")
     site.write_config(proxy={"retry_budget_s": 0.3})
     gateway = start_gateway()
@@ -128,8 +150,19 @@ def test_dead_backend_gets_502_page_naming_the_tenant(site: Site, start_gateway)
     os.rename(socket_path, str(socket_path) + ".moved")  # requests now find no socket
     response = gateway.get("alice", "/", headers={"accept": "text/html"})
     assert response.status_code == 502
-    assert "alice" in response.text
-    assert "Traceback" not in response.text
+    assert "<p>The site &#39;alice&#39; could not be reached. Try again in a moment.</p>" in (
+        response.text)
+    assert str(socket_path) not in response.text and "No such file" not in response.text
+    scripted = gateway.get("alice", "/", headers={"accept": "application/json"})
+    request_id = scripted.json()["request_id"]
+    assert scripted.json() == {
+        "ok": False, "status": 502, "error": "Bad gateway", "tenant": "alice",
+        "message": "The site 'alice' could not be reached. Try again in a moment.",
+        "request_id": request_id,
+    }
+    event = gateway.wait_for_event("backend_unavailable", request_id=request_id)
+    assert (event["tenant"], event["status"]) == ("alice", 502)
+    assert event["cause"] == f"cannot connect to unix:{socket_path}: No such file or directory"
     os.rename(str(socket_path) + ".moved", socket_path)
 
 

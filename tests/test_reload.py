@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -98,6 +100,26 @@ def test_invalid_tenant_folder_is_reported_and_nothing_changes(
     assert gateway.get("dave", "/").status_code == 404
 
 
+def test_changed_paths_wait_for_a_restart_all_together(
+    site: Site, gateway: RunningGateway
+) -> None:
+    """1. gateway.toml points tenants_dir at another folder, holding carol. 2. reload says
+    [paths] needs a restart, and applies none of it: alice and bob keep serving from the
+    running folder, carol does not appear; `tenant restart` still reads the running folder."""
+    before = pids(gateway)
+    (site.root / "elsewhere").mkdir()
+    elsewhere = Site(site.root / "elsewhere")
+    elsewhere.add_tenant("carol")
+    site.write_config(paths={"tenants_dir": str(elsewhere.tenants_dir)})
+    plan = json.loads(gateway.cli("reload", "--json").stdout)
+    assert (plan["needs_restart"], plan["added"], plan["removed"]) == (["paths"], [], [])
+    assert pids(gateway) == before
+    assert gateway.get("carol", "/").status_code == 404
+    gateway.cli("tenant", "restart", "alice")
+    assert gateway.get("alice", "/data/items.json").status_code == 200
+    assert gateway.status()["config"] == str(site.config_path)
+
+
 def test_plan_reload_is_pure(site: Site) -> None:
     site.add_tenant("alice")
     site.add_tenant("bob")
@@ -117,3 +139,38 @@ def _alive(pid: int) -> bool:
     from .conftest import pid_alive
 
     return pid_alive(pid)
+
+
+def test_reload_reports_a_tenant_that_fails_to_start(site: Site, gateway: RunningGateway) -> None:
+    """Steps: break alice's metadata.json (changed) and add carol with the same problem (added);
+    `gateway reload` waits for both, names each with its reason and exits 1; alice's old
+    process keeps serving and `status` shows her last failure; fixing it reloads cleanly."""
+    before = pids(gateway)
+    (site.tenants_dir / "alice" / "metadata.json").write_text("{not json")
+    site.add_tenant("carol")
+    (site.tenants_dir / "carol" / "metadata.json").write_text("{not json")
+    result = gateway.cli("reload", check=False)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[:4] == ["added: carol", "removed: -", "changed: alice", "needs_restart: -"]
+    assert lines[4].startswith("alice: failed: tenant 'alice' exited with status 1: ")
+    assert lines[5].startswith("carol: failed: tenant 'carol' exited with status 1: ")
+    assert result.stderr == "Error: 2 tenants failed to start: alice, carol\n"
+    assert pids(gateway)["alice"] == before["alice"]
+    assert gateway.get("alice", "/data/items.json").status_code == 200
+    alice = next(t for t in gateway.status()["tenants"] if t["name"] == "alice")
+    assert alice["state"] == "running"
+    assert alice["last_failure"]["reason"] == lines[4].removeprefix("alice: failed: ")
+    text = gateway.cli("status").stdout
+    assert f"last failure {time.strftime('%Y-%m-%d', time.gmtime())}" in text
+    event = gateway.wait_for_event("reload_failed")
+    assert sorted(event["failed"]) == ["alice", "carol"]
+
+    (site.tenants_dir / "alice" / "metadata.json").write_text('{"title": "Alice"}')
+    (site.tenants_dir / "carol" / "metadata.json").unlink()
+    result = gateway.cli("reload")
+    assert result.stdout.splitlines()[3:] == [
+        "needs_restart: -", "alice: serving", "carol: serving"
+    ]
+    assert gateway.get("carol", "/data/items.json").status_code == 200
+    assert gateway.get("alice", "/-/metadata.json").json()["title"] == "Alice"

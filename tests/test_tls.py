@@ -381,8 +381,9 @@ def test_http_redirects_to_https_keeping_path_and_query(site: Site, start_gatewa
         assert answer.status_code == 308, host
         assert answer.headers["location"] == f"https://{host.partition(':')[0]}:{port}{path}"
     assert gateway.client.get("/", headers={"host": "example.org"}).status_code == 404
-    logged = wait_until(lambda: [e for e in gateway.access if e.get("status") in (308, 404)])
-    assert {(e["host"], e["status"]) for e in logged} >= {(ZONE, 308), ("example.org", 404)}
+    # The access log reaches the test line by line: wait for both entries, not the first one.
+    wait_until(lambda: {(e.get("host"), e.get("status")) for e in gateway.access}
+               >= {(ZONE, 308), ("example.org", 404)}, message="both redirects logged")
     connection = connect(port, ZONE, client_context(
         ca[0].public_bytes(serialization.Encoding.PEM)))
     connection.request("GET", "/")
@@ -498,6 +499,10 @@ def test_certificate_commands_say_when_tls_is_off(site: Site, start_gateway: Any
     assert result.returncode == 1
     assert result.stderr == ('Error: tls.mode is "off": the gateway serves plain HTTP and has'
                              " no certificate\n")
+    assert json.loads(gateway.cli("cert", "status", "--json").stdout) == {
+        "mode": "off", "certificate": None, "next_renewal": None,
+        "renewal_basis": 'tls.mode is "off": the gateway serves plain HTTP and has no certificate',
+    }
 
 
 

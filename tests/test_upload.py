@@ -111,6 +111,8 @@ def test_broken_file_is_refused_with_its_line_and_changes_nothing(member: Upload
     assert answer["message"] == ('Line 3: a quoted field starts here, but its closing quote (")'
                                  " is missing.")
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
+    event = member.gateway.wait_for_event("upload_failed", tenant="alice")
+    assert (event["status"], event["reason"]) == (422, answer["message"])
 
 
 def test_create_replace_append(member: Uploader) -> None:
@@ -203,11 +205,12 @@ def test_only_members_may_upload(gateway: RunningGateway, member: Uploader) -> N
                                     headers={"host": gateway.host("alice")})
     assert anonymous.status_code == 401
     assert anonymous.json()["message"] == (
-        "Only members of 'alice' may change its data. Sign in at http://gw.test/-/login, or send"
-        " an API token (`gateway user token EMAIL`) as 'Authorization: Bearer <token>'.")
+        "Only members of 'alice' may change its data. Sign in at"
+        f" http://gw.test:{gateway.port}/-/login, or send an API token (`gateway user token"
+        " EMAIL`) as 'Authorization: Bearer <token>'.")
     page = gateway.client.get("/-/upload", headers={"host": gateway.host("alice")})
     assert page.status_code == 303
-    assert page.headers["location"].startswith("http://gw.test/-/login?next=")
+    assert page.headers["location"].startswith(f"http://gw.test:{gateway.port}/-/login?next=")
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     refused = outsider.post(b"a\n1\n")
     assert refused.status_code == 403

@@ -18,6 +18,11 @@ from .store import ACCOUNTS_FILE, AccountStore, TokenInfo, UserInfo, digest
 from .urls import public_origin
 
 
+def new_token() -> tuple[str, str]:
+    """(token id, API token): the id names it in lists, the token is the secret."""
+    return secrets.token_hex(4), f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+
+
 class Accounts:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -52,8 +57,7 @@ class Accounts:
 
     def issue_token(self, email: str, name: str) -> tuple[str, str]:
         """(token id, token). Only the token's hash is stored: it is shown once."""
-        token_id = secrets.token_hex(4)
-        token = f"{TOKEN_PREFIX}{secrets.token_urlsafe(32)}"
+        token_id, token = new_token()
         self.store.add_token(normalise_email(email), token_id, digest(token), name, time.time())
         return token_id, token
 
@@ -71,9 +75,14 @@ class Accounts:
         with none of them."""
         return self.store.forget_tenant(tenant)
 
-    def add_member(self, tenant: str, email: str) -> None:
+    def team(self, tenant: str) -> list[tuple[str, str]]:
+        """(email, role) of each member: owners first."""
+        return self.store.team(tenant)
+
+    def add_member(self, tenant: str, email: str, role: str | None = None) -> None:
+        """`role` None: a new member is a member, an existing one keeps their role."""
         self._check_tenant(tenant)
-        self.store.add_member(tenant, normalise_email(email))
+        self.store.add_member(tenant, normalise_email(email), role)
 
     def remove_member(self, tenant: str, email: str) -> None:
         self.store.remove_member(tenant, normalise_email(email))

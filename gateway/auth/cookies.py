@@ -4,6 +4,8 @@
                       tenant host whose browser did not send it, a host-only session for that
                       tenant (see service.py, "tickets")
     gateway_state     on a tenant host, while a sign-in hand-off is under way
+    gateway_checked   on a public tenant's host of a single-label domain: looked lately for a
+                      sign-in on the apex, found none (see service.py)
     gateway_csrf      on the apex, the CSRF cookie (`__Host-gateway_csrf` with TLS: a subdomain
                       cannot overwrite a __Host- cookie, RFC 6265bis 4.1.3.2)
     ds_actor          Datasette's actor cookie: only the gateway mints it, per request
@@ -13,21 +15,18 @@ None of them reaches a tenant as the client sent it, and a tenant cannot set the
 
 from __future__ import annotations
 
-SESSION_COOKIE = "gateway_session"
-STATE_COOKIE = "gateway_state"
-ACTOR_COOKIE = "ds_actor"
-
-
-def csrf_cookie_name(tls: bool) -> str:
-    return "__Host-gateway_csrf" if tls else "gateway_csrf"
-
-
-# Stripped from every request to a tenant; a tenant's Set-Cookie for one of these is dropped.
-GATEWAY_COOKIES = frozenset(
-    name.encode()
-    for name in (SESSION_COOKIE, STATE_COOKIE, csrf_cookie_name(True), csrf_cookie_name(False))
+from ..identity import (  # the contract with the proxy; names re-exported for auth's use
+    ACTOR_COOKIE,
+    CHECKED_COOKIE,
+    GATEWAY_COOKIES,
+    OWNED_COOKIES,
+    SESSION_COOKIE,
+    STATE_COOKIE,
+    csrf_cookie_name,
 )
-OWNED_COOKIES = GATEWAY_COOKIES | {ACTOR_COOKIE.encode()}
+
+__all__ = ["ACTOR_COOKIE", "CHECKED_COOKIE", "GATEWAY_COOKIES", "OWNED_COOKIES", "SESSION_COOKIE",
+           "STATE_COOKIE", "cookie_values", "csrf_cookie_name", "set_cookie"]
 
 
 def cookie_values(header: bytes, name: bytes) -> list[str]:

@@ -6,6 +6,7 @@ browser to a path, or to an http(s) URL on its own domain or one of its tenants'
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from ..config import Config
@@ -24,14 +25,19 @@ def host_port(host_header: bytes | None) -> str:
     return port.decode("ascii", "replace") if colon and port.isdigit() else ""
 
 
-def public_origin(config: Config) -> str:
-    """The apex's origin for links made outside a request (invitation links)."""
+def public_origin(config: Config, host: str | None = None,
+                  bound: Mapping[str, int] | None = None) -> str:
+    """The gateway's own origin for `host` (default: the apex), from the configuration alone:
+    https when TLS is on, else http; on listen.public_port, else the HTTPS (with TLS) or HTTP
+    port. A port left to the system (0) is the one its listener got (`bound`, by listener
+    name), if known."""
     listen = config.gateway.listen
     if config.tls_enabled:
-        return origin("https", config.domain, "" if listen.https_port == 443 else
-                      str(listen.https_port))
-    return origin("http", config.domain, "" if listen.http_port in (80, 0) else
-                  str(listen.http_port))
+        scheme, name, port, default = "https", "https", listen.https_port, 443
+    else:
+        scheme, name, port, default = "http", "http", listen.http_port, 80
+    port = listen.public_port or port or (bound or {}).get(name, 0)
+    return origin(scheme, host or config.domain, "" if port in (default, 0) else str(port))
 
 
 def safe_next(url: str, domain: str) -> str | None:

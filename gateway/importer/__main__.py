@@ -50,13 +50,14 @@ def run(args: argparse.Namespace, emit: Callable[[dict[str, Any]], None]) -> Non
         emit({"event": "staged", "rows": staged.rows, "bytes": job.copy.tell(),
               "encoding": staged.encoding, "delimiter": DELIMITER_NAMES[staged.delimiter],
               "columns": [{"name": n, "type": t}
-                          for n, t in zip(staged.columns, staged.types, strict=True)]})
+                          for n, t in zip(staged.columns, staged.types, strict=True)],
+              "notes": staged.notes})
         target = read_instruction(args.commit_fd)
         if target is None:
             return
         imported = job.commit(target)
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        emit({"event": "done", **imported.as_json(),
+        emit({"event": "done", **imported.as_json(), "notes": staged.notes,
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
               "max_rss_mb": round(usage.ru_maxrss / 1024, 1)})
     checkpoint(args.data_dir / target.database)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from .column_types import NUMERIC_TYPES
 from .errors import ImportFailed
 from .names import check_database_file, check_table_name, quote
+from .numbers import NumberFormat, plain_sql
 from .staging import Staged
 
 Mode = Literal["create", "replace", "append"]
@@ -140,7 +141,8 @@ def _write_table(connection: sqlite3.Connection, staged: Staged, table: str, mod
             f"A table named {existing[1]!r} already exists in {database!r}. Choose replace"
             " to overwrite it, or append to add these rows to it."
         )
-    values = copy_values(staged.declared, [kind in NUMERIC_TYPES for kind in staged.types])
+    values = copy_values(staged.declared, [kind in NUMERIC_TYPES for kind in staged.types],
+                         staged.formats)
     if existing is not None:
         connection.execute(f"DROP TABLE target.{quote(existing[1])}")
     definition = ", ".join(f"{quote(name)} {kind}"
@@ -164,7 +166,8 @@ def _append(connection: sqlite3.Connection, staged: Staged, table: str,
         raise ImportFailed(f"Table {table!r} in {database!r} has no {noun} {shown}. Append needs"
                            " the same column names; choose replace or create instead.")
     targets = [existing[name.casefold()] for name in staged.columns]
-    values = copy_values(staged.declared, [_is_numeric(kind) for _, kind in targets])
+    values = copy_values(staged.declared, [_is_numeric(kind) for _, kind in targets],
+                         staged.formats)
     connection.execute(
         f"INSERT INTO target.{quote(table)} ({', '.join(quote(n) for n, _ in targets)})"
         f" SELECT {', '.join(values)} FROM main.staging"
@@ -172,20 +175,26 @@ def _append(connection: sqlite3.Connection, staged: Staged, table: str,
     return targets
 
 
-def copy_values(declared: list[str], numeric: list[bool]) -> list[str]:
+def copy_values(declared: list[str], numeric: list[bool],
+                formats: list[NumberFormat | None]) -> list[str]:
     """What to select from each staged column for a target column that is `numeric` or not.
 
     Text staged raw: empty cells become NULL in numeric columns (sqlite-utils' transform:
-    NULLIF(col, '')), the rest is converted by the target's type as it goes in. Staged as a
+    NULLIF(col, '')), the rest is converted by the target's type as it goes in; numbers written
+    for people (`formats`) are written plainly first ("1.234,5" -> "1234.5"). Staged as a
     number (already converted, empty already NULL): as it is, into any numeric column (REAL
     and INTEGER affinity agree on every value either gives); into a text column it cannot go,
-    because "007" or "1.50" were not kept: raises _StagedAsNumbers.
+    because "007" or "1.50" were not kept, nor can numbers written for people ("1.230" staged
+    as 1.23): raises _StagedAsNumbers.
     """
     values = []
-    for index, (kind, to_number) in enumerate(zip(declared, numeric, strict=True)):
+    for index, (kind, to_number, number_format) in enumerate(
+            zip(declared, numeric, formats, strict=True)):
         column = f"c{index}"
-        if kind in NUMERIC_TYPES and not to_number:
+        if kind in NUMERIC_TYPES and (not to_number or number_format is not None):
             raise _StagedAsNumbers
+        if to_number and number_format is not None:
+            column = plain_sql(column, number_format)
         values.append(f"NULLIF({column}, '')" if to_number and kind not in NUMERIC_TYPES
                       else column)
     return values

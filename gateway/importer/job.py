@@ -23,6 +23,9 @@ class Import:
     cost of converting every value). When the file later proves a guess wrong for the target
     (a column staged as numbers ends as text, or an append into a text column), the bytes are
     staged again as text and converted on the way in: the result is the same either way.
+    So are they when a column of numbers written for people ("1,5") turns out to start with
+    numbers that are not plain integers (numbers.py): they are staged again, that column
+    watched from its first row.
     """
 
     def __init__(self, data_dir: Path, *, filename: str = "", encoding: str | None = None,
@@ -48,6 +51,9 @@ class Import:
         """Read the whole upload into table `staging`, tracking the column types."""
         self.staged = stage(ByteCounter(stream, copy=self.copy), self.connection,
                             progress=progress, **self.options)
+        if self.staged.unresolved:
+            self.options["from_start"] = self.staged.unresolved
+            return self._restage(guess_types=True)
         return self.staged
 
     def commit(self, target: Target) -> Imported:
@@ -55,18 +61,20 @@ class Import:
         assert self.staged is not None, "stage() first"
         return commit(self.connection, self.staged, self.data_dir, target, self._restage)
 
-    def _restage(self) -> Staged:
+    def _restage(self, guess_types: bool = False) -> Staged:
         self.connection.execute("DROP TABLE staging")
         self.copy.flush()
         self.copy.seek(0)
-        self.staged = stage(ByteCounter(self.copy), self.connection, guess_types=False,
+        self.staged = stage(ByteCounter(self.copy), self.connection, guess_types=guess_types,
                             **self.options)
+        self.copy.seek(0, os.SEEK_END)
         return self.staged
 
 
 def _open_staging(data_dir: Path) -> sqlite3.Connection:
     path = data_dir / f".upload-{os.getpid()}-{time.monotonic_ns():x}.staging"
-    connection = sqlite3.connect(path, isolation_level=None, timeout=60)
+    connection = sqlite3.connect(path, isolation_level=None, timeout=60,
+                                 check_same_thread=False)  # see inserter.py
     try:
         connection.execute("PRAGMA page_size=65536")  # a sixteenth of the system calls
         connection.execute("PRAGMA journal_mode=OFF")

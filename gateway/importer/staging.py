@@ -10,10 +10,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from .column_types import NUMERIC_TYPES, ColumnType, TypeTracker
+from .column_types import ColumnType, TypeTracker
 from .dialect import DELIMITERS, Dialect, sniff_dialect
 from .errors import ImportFailed, at_line
+from .inserter import Inserter
 from .names import clean_headers
+from .notes import delimiter_note, encoding_note, header_notes, number_notes
+from .numbers import NumberFormat, Reading, read_columns
 from .text import Decoder, Lines, decoded_chunks, detect_encoding, refuse_non_csv, resolve_encoding
 
 MAX_COLUMNS = 2000  # SQLite's default SQLITE_MAX_COLUMN
@@ -33,6 +36,9 @@ class Staged:
     rows: int
     encoding: str
     delimiter: str
+    formats: list[NumberFormat | None]  # text columns of numbers written for people
+    notes: list[str]  # what was changed or guessed, for the person who uploaded (notes.py)
+    unresolved: frozenset[int]  # columns to watch from the first row (a second pass)
 
 
 Progress = Callable[[int, int], None]  # (rows so far, bytes read so far)
@@ -66,9 +72,11 @@ def stage(
     delimiter: str | None = None,
     progress: Progress | None = None,
     guess_types: bool = True,
+    from_start: frozenset[int] = frozenset(),
 ) -> Staged:
     """Read the whole upload into table `staging` and track its column types. With
-    `guess_types`, columns are declared with the types of the first batch (see job.Import)."""
+    `guess_types`, columns are declared with the types of the first batch (see job.Import);
+    `from_start` columns are watched as numbers written for people from the first row."""
     chunks = iter(source)
     head = _read_head(chunks)
     refuse_non_csv(head)
@@ -97,12 +105,13 @@ def stage(
     reader = csv.reader(lines, delimiter=dialect.delimiter, quotechar='"',
                         doublequote=True, strict=True)
     records = _Records(reader, 1 if dialect.skip_first_line else 0)
-    columns = clean_headers(records.header())
+    cells = records.header()
+    columns = clean_headers(cells)
     width = len(columns)
     if width > MAX_COLUMNS:
         raise at_line(records.start_line, f"the header has {width:,} columns; SQLite allows"
                                           f" at most {MAX_COLUMNS:,}.")
-    tracker = TypeTracker(width)
+    tracker = TypeTracker(width, from_start)
     batches = records.batches(width)
     first = next(batches, [])
     tracker.observe(first)
@@ -110,22 +119,45 @@ def stage(
     connection.execute("CREATE TABLE staging ("
                        + ", ".join(f"c{i} {kind}".rstrip() for i, kind in enumerate(declared))
                        + ")")
-    values = ", ".join("NULLIF(?, '')" if kind in NUMERIC_TYPES else "?" for kind in declared)
-    insert = f"INSERT INTO staging VALUES ({values})"
     last_report = time.monotonic()
     connection.execute("BEGIN")
-    connection.executemany(insert, first)
-    for batch in batches:
-        tracker.observe(batch)
-        connection.executemany(insert, batch)
-        if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
-            last_report = time.monotonic()
-            progress(tracker.rows, source.total)
+    with Inserter(connection, declared) as insert:
+        insert(first)
+        for batch in batches:
+            tracker.observe(batch)
+            insert(batch)
+            if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                progress(tracker.rows, source.total)
     connection.execute("COMMIT")
     if progress is not None:
         progress(tracker.rows, source.total)
-    return Staged(columns, tracker.result(), declared, tracker.rows,
-                  _ENCODING_NAMES[decoder.encoding], dialect.delimiter)
+    types, formats, readings = _numbers_for_people(tracker)
+    unresolved = frozenset(index for index in tracker.unsure
+                           if (reading := readings[index]) is not None
+                           and (reading.format is not None or reading.ambiguous))
+    encoding_name = _ENCODING_NAMES[decoder.encoding]
+    notes = [*(encoding_note(encoding_name) if encoding is None else []),
+             *(delimiter_note(dialect.delimiter, from_sep_line=dialect.skip_first_line)
+               if delimiter is None else []),
+             *header_notes(cells, columns), *number_notes(columns, readings)]
+    return Staged(columns, types, declared, tracker.rows, encoding_name, dialect.delimiter,
+                  formats, notes, unresolved)
+
+
+def _numbers_for_people(tracker: TypeTracker) -> tuple[
+        list[ColumnType], list[NumberFormat | None], list[Reading | None]]:
+    """sqlite-utils' types, but numbers for the text columns of numbers written for people."""
+    types = tracker.result()
+    readings = read_columns([watcher if kind == "TEXT" else None
+                             for watcher, kind in zip(tracker.numbers, types, strict=True)])
+    formats: list[NumberFormat | None] = []
+    for index, (reading, watcher) in enumerate(zip(readings, tracker.numbers, strict=True)):
+        number_format = None if reading is None else reading.format
+        formats.append(number_format)
+        if number_format is not None and watcher is not None:
+            types[index] = "INTEGER" if watcher.is_integer(number_format) else "REAL"
+    return types, formats, readings
 
 
 _ENCODING_NAMES = {"utf-8": "utf-8", "utf-16-le": "utf-16", "utf-16-be": "utf-16",
@@ -159,6 +191,13 @@ def _chain(first: list[tuple[str, ImportFailed | None]],
         yield from rest
 
 
+def _lines_of(rows: list[list[str]]) -> int:
+    """How many lines these records took: one each, plus the line breaks in their fields (kept
+    as they were in the file; Lines counts "\r\n", "\n" and "\r" as one break each)."""
+    text = "\x00".join(itertools.chain.from_iterable(rows))
+    return len(rows) + text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
 class _Records:
     """csv.reader's rows with the line each starts on, fitted to the header's width."""
 
@@ -184,40 +223,44 @@ class _Records:
         raise ImportFailed("The file has no header row (it holds only blank lines).", line=1)
 
     def batches(self, width: int) -> Iterator[list[list[str]]]:
+        """Batches of rows, read by csv.reader in C: no Python runs per row. A row's line is
+        only worked out when it is needed (an error): the lines before it, plus the line
+        breaks inside its batch's earlier fields."""
         reader, offset = self.reader, self.offset
-        last_end = reader.line_num  # the line the previous record ended on
         while True:
-            batch: list[list[str]] = []
-            append = batch.append
             before = reader.line_num
+            batch: list[list[str]] = []
             try:
-                for row in itertools.islice(reader, _BATCH_ROWS):
-                    if len(row) == width:
-                        append(row)
-                    elif row:  # blank lines ([]) are skipped
-                        self.start_line = offset + last_end + 1
-                        append(self._fit(row, width))
-                    last_end = reader.line_num
+                batch.extend(itertools.islice(reader, _BATCH_ROWS))  # keeps rows read on error
             except csv.Error as exc:
-                self.start_line = offset + last_end + 1
+                self.start_line = offset + before + _lines_of(batch) + 1
                 raise self._csv_error(exc) from None
-            if reader.line_num == before:
+            if not batch:
                 return
+            if list(map(len, batch)).count(width) != len(batch):
+                batch = self._fit(batch, width, offset + before)
             if batch:
                 yield batch
 
-    def _fit(self, row: list[str], width: int) -> list[str]:
-        """Short rows are padded with empty cells; extra cells are allowed only when empty
-        (spreadsheets add trailing delimiters)."""
-        if len(row) < width:
-            return row + [""] * (width - len(row))
-        if any(row[width:]):
-            raise at_line(
-                self.start_line,
-                f"this row has {len(row)} fields, but the header has {width}. A field that"
-                " contains the delimiter must be quoted.",
-            )
-        return row[:width]
+    def _fit(self, batch: list[list[str]], width: int, before: int) -> list[list[str]]:
+        """Blank lines ([]) are skipped; short rows are padded with empty cells; extra cells
+        are allowed only when empty (spreadsheets add trailing delimiters)."""
+        fitted = []
+        for index, row in enumerate(batch):
+            if len(row) == width:
+                fitted.append(row)
+            elif len(row) < width:
+                if row:
+                    fitted.append(row + [""] * (width - len(row)))
+            elif any(row[width:]):
+                raise at_line(
+                    before + _lines_of(batch[:index]) + 1,
+                    f"this row has {len(row)} fields, but the header has {width}. A field that"
+                    " contains the delimiter must be quoted.",
+                )
+            else:
+                fitted.append(row[:width])
+        return fitted
 
     def _csv_error(self, exc: csv.Error) -> ImportFailed:
         text = str(exc)

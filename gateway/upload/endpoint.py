@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..asgi import Message, Receive, ResponseAborted, Scope, Send, content_length, header
 from ..config import UploadSettings
 from ..errors import GatewayError, RequestError
 from ..pages import render, send_error, send_page
-from ..proxy import Message, Receive, ResponseAborted, Scope, Send
 from .errors import BadUpload, CannotImport, UploadFailed, UploadStalled, too_large, too_long
 from .form import Target, choose_target, importer_options, table_path
 from .importer_process import MAX_EVENT_BYTES, Importer
 from .port import Authorize, ServeDatabase, TenantCommand
-from .request import FormParser, Part, check_same_origin, content_length, header, multipart_boundary
+from .request import FormParser, Part, check_same_origin, multipart_boundary
 from .tables import delete_table
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Uploads:
                     await self._upload(scope, receive, send, route, who)
             except RequestError as error:
                 error.tenant = route.name
+                _log_failure(route, error, request_id)
                 await send_error(send, error, request_id=request_id, as_json=True,
                                  site_name=route.name)
         else:
@@ -101,7 +102,7 @@ class Uploads:
             raise too_large(settings)
         started = time.monotonic()
         upload = _Upload(self, route, {}, limit, settings)
-        stream = _Answer(send, streaming=NDJSON in header(headers, b"accept"))
+        stream = _Answer(send, streaming=NDJSON in (header(headers, b"accept") or b""))
         imported = False
         try:
             try:
@@ -131,6 +132,7 @@ class Uploads:
         except RequestError as error:
             if not stream.started:
                 raise
+            _log_failure(route, error, "")
             await stream.line({"event": "error", "status": error.status,
                                "message": str(error)}, more=False)
         finally:  # after a commit, once the answer is out: the importer may be checkpointing
@@ -230,6 +232,11 @@ def _notes(*events: dict[str, Any]) -> list[str]:
             if isinstance(note, str) and note not in notes:
                 notes.append(note)
     return notes
+
+
+def _log_failure(route: TenantRoute, error: RequestError, request_id: str) -> None:
+    log.warning("upload_failed", extra={"tenant": route.name, "status": error.status,
+                                        "reason": str(error), "request_id": request_id})
 
 
 class _Upload:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
+from ..asgi import Scope
 from ..config import TenantConfig
-from ..proxy import Scope
 
 if TYPE_CHECKING:
     from ..backends import TenantRoute

@@ -9,7 +9,7 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..proxy import Scope
+from ..asgi import Scope, header
 from .errors import BadUpload, Forbidden
 
 
@@ -79,22 +79,13 @@ class FormParser:
 
 
 def multipart_boundary(headers: list[tuple[bytes, bytes]]) -> bytes:
-    content_type = next((v for k, v in headers if k == b"content-type"), b"")
+    content_type = header(headers, b"content-type") or b""
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
         raise BadUpload("Send the file as multipart/form-data, in a field named 'file' (curl:"
                         " -F file=@data.csv).")
     return boundary
-
-
-def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    value = next((v for k, v in headers if k == b"content-length"), None)
-    return int(value) if value is not None and value.isdigit() else None
-
-
-def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
-    return next((v for k, v in headers if k == name), b"")
 
 
 def check_same_origin(scope: Scope) -> None:
@@ -105,5 +96,5 @@ def check_same_origin(scope: Scope) -> None:
     if site and site not in (b"same-origin", b"none"):
         raise Forbidden("Uploads are accepted only from this site's own upload page.")
     origin = header(headers, b"origin")
-    if origin and origin != f"{scope['scheme']}://".encode() + header(headers, b"host"):
+    if origin and origin != f"{scope['scheme']}://".encode() + (header(headers, b"host") or b""):
         raise Forbidden("Uploads are accepted only from this site's own upload page.")

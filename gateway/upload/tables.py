@@ -10,12 +10,12 @@ import logging
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+from ..asgi import Receive, ResponseAborted, Scope, Send, header
 from ..pages import send_page
-from ..proxy import Receive, ResponseAborted, Scope, Send
 from .errors import BadUpload, NoSuchTable, UploadFailed
 from .importer_process import Importer
 from .port import TenantCommand
-from .request import check_same_origin, header
+from .request import check_same_origin
 
 if TYPE_CHECKING:
     from ..backends import TenantRoute
@@ -65,7 +65,7 @@ async def delete_table(tenant_command: TenantCommand, scope: Scope, receive: Rec
 
 
 async def _form(scope: Scope, receive: Receive) -> dict[str, str]:
-    kind = header(scope["headers"], b"content-type").split(b";")[0].strip()
+    kind = (header(scope["headers"], b"content-type") or b"").split(b";")[0].strip()
     if kind != b"application/x-www-form-urlencoded":
         raise BadUpload("Send the database and the table as a form (curl: -d database=data"
                         " -d table=t).")
