@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.upload.errors import duration
+from gateway.words import duration
 
 from .conftest import UID_BASE, RunningGateway, Site
 from .test_auth import FAST_HASHING, PASSWORD
