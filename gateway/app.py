@@ -114,10 +114,9 @@ class GatewayApp:
     async def _may_upload(self, scope: Scope, tenant: TenantRoute, *, owner: bool = False
                           ) -> str:
         """Uploads are for the tenant's members (the page sends others to sign in first).
-        Deleting a table is for its owners (`owner`): until accounts have roles, every member
-        is an owner."""
+        Deleting a table is for its owners (`owner`)."""
         member = await self.gateway.auth.member(scope, tenant.config,
-                                                api=scope["method"] == "POST")
+                                                api=scope["method"] == "POST", owner=owner)
         return member.email
 
 

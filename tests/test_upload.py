@@ -316,7 +316,8 @@ def test_upload_without_the_sandbox(site: Site, start_gateway: Any) -> None:
 def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> None:
     """1. Upload a table. 2. POST /-/upload/delete names it: deleted, as the tenant, and
     Datasette no longer lists it. 3. Again: 404. An unknown database: 404. No form: 400.
-    Someone who is not a member: 403. (Every member is an owner until accounts have roles.)"""
+    A member who is not an owner, someone who is not a member: 403."""
+    gateway.cli("tenant", "members", "alice", "--owner", MEMBER)
     assert member.post(b"a\n1\n", table="Old Numbers").status_code == 200
 
     def delete(uploader: Uploader = member, **fields: str) -> httpx.Response:
@@ -339,6 +340,11 @@ def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> Non
         "Send the database and the table as a form (curl: -d database=data -d table=t)."))
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     assert delete(outsider, database="data", table="keep").status_code == 403
+    plain = Uploader(gateway, add_user(gateway, "sam@example.com", "alice"))
+    refused = delete(plain, database="data", table="keep")
+    assert (refused.status_code, refused.json()["message"]) == (403, (
+        "You are signed in as sam@example.com, who is not an owner of 'alice': only its owners"
+        " may do this."))
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
 
 
