@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway import tenant_menu
 from gateway.auth.schema import _STEPS
 from gateway.auth.store import AccountStore
+from gateway.auth.web import TENANT_SIGNIN_PATH
 from gateway.errors import AccountError
 
 from .conftest import RunningGateway, Site, wait_until
@@ -423,8 +425,12 @@ def test_datasette_menu_follows_the_role(browser: Browser, gateway: RunningGatew
     apex = f"http://{DOMAIN}"
     anonymous = browser.get(f"alice.{DOMAIN}", "/data/items")
     assert f'<li><a href="{apex}/">All sites</a></li>' in anonymous.text
-    assert (f'<li><a href="{apex}/-/login?next=http%3A%2F%2Falice.{DOMAIN}%2Fdata%2Fitems">'
-            "Sign in</a></li>") in anonymous.text
+    assert ('<li><a href="/-/gateway-signin?next=%2Fdata%2Fitems">Sign in</a></li>'
+            in anonymous.text)
+    assert tenant_menu.SIGN_IN_PATH == TENANT_SIGNIN_PATH
+    signin = browser.get(f"alice.{DOMAIN}", "/-/gateway-signin?next=%2Fdata%2Fitems")
+    to_login = urlsplit(signin.headers["location"])
+    assert (to_login.hostname, to_login.path) == (DOMAIN, "/-/login")
     browser.sign_in(ANN)
     alice = browser.get(f"alice.{DOMAIN}", "/")
     assert f'<li><a href="{apex}/-/account">Your account</a></li>' in alice.text
