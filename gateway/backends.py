@@ -64,6 +64,10 @@ class TenantRoute:
         self.state: TenantState = "starting"
         self.failure = ""
         self.limiter = asyncio.Semaphore(max_connections)
+        # Requests whose body is streamed to the tenant hold a slot while the body arrives, as
+        # fast as the client likes to send it: at most half the slots, so that such clients
+        # (slow or hostile) always leave room for everyone else.
+        self.body_limiter = asyncio.Semaphore(max(1, max_connections // 2))
         self._changed = asyncio.Event()
 
     @property

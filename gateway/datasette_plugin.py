@@ -55,6 +55,18 @@ def prepare_connection(conn: sqlite3.Connection) -> None:
         conn.setlimit(limit, value)
 
 
+# Tables Litestream (gateway/backup/) keeps in every database it replicates: its bookkeeping,
+# not the newsroom's data, so Datasette lists them with the hidden tables.
+REPLICATION_TABLES = ("_litestream_seq", "_litestream_lock")
+
+
+@hookimpl  # type: ignore[untyped-decorator]
+def get_metadata(datasette: Any, key: str, database: str | None, table: str | None
+                 ) -> dict[str, Any]:
+    hidden = {name: {"hidden": True} for name in REPLICATION_TABLES}
+    return {"databases": {name: {"tables": hidden} for name in datasette.databases}}
+
+
 @hookimpl  # type: ignore[untyped-decorator]
 def menu_links(datasette: Any, actor: dict[str, Any] | None, request: Any
                ) -> list[dict[str, str]]:
@@ -79,6 +91,6 @@ async def _welcome(datasette: Any, request: Any) -> Any:
     html = await datasette.render_template(template, {
         "title": datasette.metadata("title") or tenant,
         "can_upload": tenant_menu.role_of(request.actor) is not None,
-        "sign_in_url": tenant_menu.sign_in_url(_scheme(datasette, request), request.host, "/"),
+        "sign_in_url": tenant_menu.sign_in_url("/"),
     }, request=request)
     return Response.html(html)
