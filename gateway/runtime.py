@@ -164,6 +164,8 @@ class Gateway:
             if plan.needs_restart:
                 log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
             await self._track_backups()
+            if self.cluster is not None:  # tenants added or removed: placed, routed
+                await self.cluster.reconfigured()
             if report.ok:
                 log.info("reload_done", extra={"serving": list(report.serving)})
             else:

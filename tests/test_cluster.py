@@ -221,3 +221,26 @@ def test_a_dead_hosts_tenant_is_restored_from_its_replica_on_the_next(
     dead.process.wait(10)
     dead.client.close()
     del cluster.nodes[first]
+
+
+def test_a_tenant_added_on_every_node_and_reloaded_is_placed_and_routed(cluster: Cluster
+                                                                        ) -> None:
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    assert edge.get("bob").status_code == 404
+    for node in ("h1", "e1"):  # the operator ships tenants/ to every node, then reloads
+        cluster.sites[node].add_tenant("bob", tables={"notes": [{"id": 1, "name": "bob's"}]})
+        cluster.nodes[node].cli("reload")
+    wait_until(lambda: cluster.placement("bob") == "h1", message="bob placed on h1")
+    response = edge.get("bob", "/data/notes.json?_shape=array")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 1, "name": "bob's"}]
+    assert host.status()["cluster"]["hosting"] == ["alice", "bob"]
+    for node in ("h1", "e1"):  # and removed again
+        shutil.rmtree(cluster.sites[node].tenants_dir / "bob")
+        cluster.nodes[node].cli("reload")
+    wait_until(lambda: cluster.placement("bob") is None, message="bob's placement removed")
+    wait_until(lambda: host.status()["cluster"]["hosting"] == ["alice"], message="bob stopped")
+    assert edge.get("bob").status_code == 404
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200

@@ -147,6 +147,16 @@ class ClusterNode:
         await self.lease.stop()  # revoked: our keys go now, not after the TTL
         await self.etcd.close()
 
+    async def reconfigured(self) -> None:
+        """The tenants on disk changed (gateway reload): the leader places the new set, an
+        edge routes it. Without etcd this waits for the next change it hears of."""
+        with contextlib.suppress(EtcdUnavailable):
+            if self.leading:
+                found, _ = await self.etcd.get_prefix(NODES)
+                await self._place({kv.key.removeprefix(NODES): kv.value for kv in found})
+            if self.is_edge:
+                await self._route(self.endpoints)
+
     # The leader ---------------------------------------------------------------------------
 
     async def _lead(self) -> None:
@@ -269,6 +279,11 @@ class ClusterNode:
     async def _route(self, endpoints: dict[str, str]) -> None:
         self.endpoints = endpoints
         proxy = self.gateway.config.gateway.proxy
+        for name in set(self.gateway.routes) - set(self.gateway.config.tenants):
+            if name not in self.gateway.supervisors:  # removed from tenants/: no such site
+                gone = self.gateway.routes.pop(name)
+                if gone.backend is not None:
+                    self._spawn(gone.backend.drain(proxy.drain_timeout_s))
         for name in self.gateway.config.tenants:
             route = self._remote_route(name)
             if route is None:
