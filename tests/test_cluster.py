@@ -244,3 +244,47 @@ def test_a_tenant_added_on_every_node_and_reloaded_is_placed_and_routed(cluster:
     wait_until(lambda: host.status()["cluster"]["hosting"] == ["alice"], message="bob stopped")
     assert edge.get("bob").status_code == 404
     assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+
+
+@pytest.mark.slow
+def test_an_edge_killed_the_other_serves_and_another_node_leads(cluster: Cluster) -> None:
+    first = cluster.start("e1", "edge")  # alone, so it leads
+    wait_until(lambda: first.status()["cluster"]["leader"], message="e1 leads")
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    second = cluster.start("e2", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    for edge in (first, second):
+        assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    worker = first.worker_pid
+    os.kill(first.pid, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
+    first.process.wait(10)
+    first.client.close()
+    del cluster.nodes["e1"]
+    assert second.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    wait_until(lambda: host.status()["cluster"]["leader"] or second.status()["cluster"]["leader"],
+               message="a new leader")
+    assert cluster.placement("alice") == "h1"  # a new leader moves nothing that works
+
+
+@pytest.mark.slow
+def test_one_etcd_member_stopped_changes_nothing(cluster: Cluster) -> None:
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    etcd = cluster.etcd
+    member = etcd.members[0]  # the one every client asks first
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in etcd.members)
+    try:
+        member.stop(signal.SIGKILL)
+        assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+        for node in ("h1", "e1"):  # placement still works: a new tenant gets a host
+            cluster.sites[node].add_tenant("bob")
+            cluster.nodes[node].cli("reload")
+        wait_until(lambda: _etcd_get(etcd.endpoints[1], "/gateway/placement/bob") == "h1",
+                   message="bob placed on h1")
+        assert edge.get("bob", "/data/items.json?_shape=array&id=3").status_code == 200
+        assert host.status()["cluster"]["hosting"] == ["alice", "bob"]
+    finally:
+        member.start(initial, token=etcd.folder.name)
+        etcd.wait_healthy()
