@@ -64,6 +64,9 @@ async def follow(etcd: Etcd, prefix: str,
         except EtcdUnavailable as exc:
             log.warning("cluster_etcd_unavailable", extra={"prefix": prefix, "error": str(exc)})
             await asyncio.sleep(1)
+        except Exception:  # a bug or an OS error must not end the node's part: try again
+            log.exception("cluster_apply_failed", extra={"prefix": prefix})
+            await asyncio.sleep(1)
 
 
 class ClusterNode:
