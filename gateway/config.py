@@ -142,7 +142,7 @@ class ProxySettings:
         check=_positive,
     )
     response_buffer_bytes: int = setting(
-        8 * 1024 * 1024,
+        1024 * 1024,
         "Responses up to this size are read whole from the tenant before they are sent, so the"
         " tenant's slot and connection are free again however slowly the client reads. Larger"
         " ones are streamed.",
