@@ -179,7 +179,7 @@ class Bench:
         config = site / "gateway.toml"
         config.write_text(f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = 0\n'
                           f'[paths]\nrun_dir = "{self.root / "run"}"\n[log]\naccess_log = false\n'
-                          '[metrics]\nlisten = ""\n')
+                          '[metrics]\nlisten = ""\n' + self.args.gateway_toml.replace(";", "\n"))
         events = site / "events.log"
         master = self.processes.start([str(BIN / "gateway"), "--config", str(config), "serve"],
                                       log=events)
@@ -513,6 +513,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(PATTERNS), help="patterns, comma-separated")
     parser.add_argument("--fronts", default="gateway,caddy", help="fronts, comma-separated")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply connection counts")
+    parser.add_argument("--gateway-toml", default="", metavar="TOML",
+                        help='more gateway.toml lines, ";" between lines, e.g.'
+                             ' "[proxy];response_buffer_total_bytes = 0"')
     args = parser.parse_args()
     patterns = [p for p in args.only.split(",") if p]
     unknown = set(patterns) - set(PATTERNS)

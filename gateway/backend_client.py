@@ -30,9 +30,10 @@ import httptools
 
 from .errors import BackendTimeout, BackendUnavailable
 
-# Reading from a backend pauses when this much response body waits for a slow client.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+# Reading from a backend pauses when this much response body waits for a slow client: per
+# streaming connection, what a client that never reads costs the gateway (bench/abuse.py).
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = 16 * 1024
 # Idle connections older than this are closed rather than reused: uvicorn (Datasette's server)
 # closes keep-alive connections after 5 s, and reusing one just as it closes loses the request.
 _IDLE_REUSE_S = 2.0

@@ -73,7 +73,7 @@ def cli(ctx: click.Context, config_path: Path) -> None:
     ctx.obj = {"config_path": config_path}
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Serve every tenant until SIGTERM or Ctrl-C (SIGHUP reloads, SIGUSR2 upgrades).
@@ -105,7 +105,7 @@ def _restore_new_machine(config_path: Path) -> None:
         click.echo(json.dumps({"event": "backup_site_restored", **done}), err=True)
 
 
-@cli.command(hidden=True, context_settings=CONTEXT)
+@cli.command(hidden=True)
 @click.option("--master-fd", type=int, required=True)
 @click.option("--master-pid", type=int, required=True)
 @click.option("--listen-fd", "listen_fds", multiple=True, required=True, help="NAME=FD")
@@ -125,7 +125,7 @@ def worker(ctx: click.Context, master_fd: int, master_pid: int, listen_fds: tupl
     )
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command()
 @click.pass_context
 def upgrade(ctx: click.Context) -> None:
     """Replace the running gateway with the code now installed, losing no request.
@@ -142,7 +142,7 @@ def upgrade(ctx: click.Context) -> None:
     click.echo(f"Upgraded: worker {result['old_worker']} replaced by {result['new_worker']}.")
 
 
-@cli.command("check-config", context_settings=CONTEXT)
+@cli.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
     """Check gateway.toml and tenants/ and report every problem (exit 1), or OK.
@@ -164,7 +164,7 @@ def check_config(ctx: click.Context) -> None:
     click.echo(f"OK: {config.path} (domain {config.domain}, {len(config.tenants)} tenants)")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command()
 @json_option
 @click.pass_context
 def reload(ctx: click.Context, as_json: bool) -> None:
@@ -195,7 +195,7 @@ def reload(ctx: click.Context, as_json: bool) -> None:
                                    f" {', '.join(report['failed'])}")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command()
 @json_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
@@ -239,7 +239,7 @@ def _status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@cli.command("health", context_settings=CONTEXT)
+@cli.command("health")
 @json_option
 @click.pass_context
 def health_command(ctx: click.Context, as_json: bool) -> None:
@@ -260,12 +260,12 @@ def health_command(ctx: click.Context, as_json: bool) -> None:
            lambda _: f"healthy: {running} of {sum(states.values())} tenants running")
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group()
 def tenant() -> None:
     """Add, list, remove and restart tenants."""
 
 
-@tenant.command("add", context_settings=CONTEXT)
+@tenant.command("add")
 @click.argument("name")
 @click.option("--public", is_flag=True, help="Anyone may browse it (default: members only).")
 @click.option("--member", "members", multiple=True, metavar="EMAIL",
@@ -296,7 +296,7 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
                " `gateway reload` (or send SIGHUP) to start it.")
 
 
-@tenant.command("list", context_settings=CONTEXT)
+@tenant.command("list")
 @json_option
 @click.pass_context
 def tenant_list(ctx: click.Context, as_json: bool) -> None:
@@ -321,7 +321,7 @@ def tenant_list(ctx: click.Context, as_json: bool) -> None:
         f" {', '.join(r['databases']) or '-'}" for r in rows) or "no tenants")
 
 
-@tenant.command("remove", context_settings=CONTEXT)
+@tenant.command("remove")
 @click.argument("name")
 @click.pass_context
 def tenant_remove(ctx: click.Context, name: str) -> None:
@@ -342,7 +342,7 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
         click.echo(f"Memberships ended: {', '.join(former)}")
 
 
-@tenant.command("restart", context_settings=CONTEXT)
+@tenant.command("restart")
 @click.argument("name")
 @click.pass_context
 def tenant_restart(ctx: click.Context, name: str) -> None:
@@ -356,7 +356,7 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
     click.echo(f"Restarted {name}.")
 
 
-@tenant.command("members", context_settings=CONTEXT)
+@tenant.command("members")
 @click.argument("name")
 @click.option("--add", "added", multiple=True, metavar="EMAIL", help="Add a member (repeatable).")
 @click.option("--remove", "removed", multiple=True, metavar="EMAIL",
@@ -395,12 +395,12 @@ def tenant_members(ctx: click.Context, name: str, added: tuple[str, ...],
         or f"{name} has no members")
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group()
 def backup() -> None:
     """Replication of every database to object storage ([backup] in gateway.toml)."""
 
 
-@backup.command("status", context_settings=CONTEXT)
+@backup.command("status")
 @json_option
 @click.pass_context
 def backup_status(ctx: click.Context, as_json: bool) -> None:
@@ -426,7 +426,7 @@ def _backup_status_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@cli.command("restore", context_settings=CONTEXT)
+@cli.command("restore")
 @click.argument("tenant", required=False)
 @click.option("--at", help="A point in time (ISO 8601, UTC unless it says): the data as it was"
               " then. Default: the newest.")
@@ -476,7 +476,7 @@ def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
         click.echo(f"{tenant} now serves the restored data.")
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group()
 def user() -> None:
     """Accounts: add, invite, list, remove; API tokens."""
 
@@ -508,7 +508,7 @@ password_stdin_option = click.option(
 )
 
 
-@user.command("add", context_settings=CONTEXT)
+@user.command("add")
 @click.argument("email")
 @password_stdin_option
 @click.pass_context
@@ -525,7 +525,7 @@ def user_add(ctx: click.Context, email: str, password_stdin: bool) -> None:
     click.echo(f"Added {email}. Give it tenants with `gateway tenant members NAME --add {email}`.")
 
 
-@user.command("password", context_settings=CONTEXT)
+@user.command("password")
 @click.argument("email")
 @password_stdin_option
 @click.pass_context
@@ -541,7 +541,7 @@ def user_password(ctx: click.Context, email: str, password_stdin: bool) -> None:
     click.echo(f"Changed the password of {email}; its sessions have ended.")
 
 
-@user.command("remove", context_settings=CONTEXT)
+@user.command("remove")
 @click.argument("email")
 @click.pass_context
 def user_remove(ctx: click.Context, email: str) -> None:
@@ -556,7 +556,7 @@ def user_remove(ctx: click.Context, email: str) -> None:
     click.echo(f"Removed {email}.")
 
 
-@user.command("admin", context_settings=CONTEXT)
+@user.command("admin")
 @click.argument("email")
 @click.option("--remove", is_flag=True, help="No longer an admin.")
 @click.pass_context
@@ -583,7 +583,7 @@ def user_admin(ctx: click.Context, email: str, remove: bool) -> None:
     click.echo(f"{email} is an admin: the dashboard is at /-/admin on the apex domain.")
 
 
-@user.command("list", context_settings=CONTEXT)
+@user.command("list")
 @json_option
 @click.pass_context
 def user_list(ctx: click.Context, as_json: bool) -> None:
@@ -603,7 +603,7 @@ def user_list(ctx: click.Context, as_json: bool) -> None:
         f" {r['last_sign_in'] or 'never'}" for r in rows) or "no accounts")
 
 
-@user.command("invite", context_settings=CONTEXT)
+@user.command("invite")
 @click.argument("email")
 @click.option("--tenant", "tenants", multiple=True, metavar="NAME",
               help="A tenant the new account will be a member of (repeatable).")
@@ -620,7 +620,7 @@ def user_invite(ctx: click.Context, email: str, tenants: tuple[str, ...]) -> Non
     click.echo(link)
 
 
-@user.command("token", context_settings=CONTEXT)
+@user.command("token")
 @click.argument("email")
 @click.option("--name", default="", help="What the token is for (shown by `user tokens`).")
 @click.pass_context
@@ -642,7 +642,7 @@ def user_token(ctx: click.Context, email: str, name: str) -> None:
                err=True)
 
 
-@user.command("tokens", context_settings=CONTEXT)
+@user.command("tokens")
 @click.argument("email", required=False)
 @json_option
 @click.pass_context
@@ -661,7 +661,7 @@ def user_tokens(ctx: click.Context, email: str | None, as_json: bool) -> None:
         for r in rows) or "no API tokens")
 
 
-@user.command("revoke-token", context_settings=CONTEXT)
+@user.command("revoke-token")
 @click.argument("token_id")
 @click.pass_context
 def user_revoke_token(ctx: click.Context, token_id: str) -> None:
@@ -682,12 +682,12 @@ def _iso(seconds: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-@cli.group(context_settings=CONTEXT)
+@cli.group()
 def cert() -> None:
     """Show and renew the HTTPS certificate of the running gateway."""
 
 
-@cert.command("status", context_settings=CONTEXT)
+@cert.command("status")
 @json_option
 @click.pass_context
 def cert_status(ctx: click.Context, as_json: bool) -> None:
@@ -703,7 +703,7 @@ def cert_status(ctx: click.Context, as_json: bool) -> None:
     _print(status, as_json, _certificate_text)
 
 
-@cert.command("renew", context_settings=CONTEXT)
+@cert.command("renew")
 @click.option("--force", is_flag=True, help="Renew now, even if the certificate is not due.")
 @json_option
 @click.pass_context

@@ -89,7 +89,7 @@ def receive_tenants(sock: socket.socket) -> tuple[list[HandedOver], int]:
 
 
 def tenant_config_from_dict(data: dict[str, Any]) -> TenantConfig:
-    """The sender's TenantConfig, rebuilt through config.py's own checks: the sender may run
+    """The sender's TenantConfig, rebuilt through the config's own checks: the sender may run
     older or newer code, whose settings this code does not know or accepts no longer.
     ConfigError says which."""
     label = f"handover: tenant {data.get('name')!r}"

@@ -116,7 +116,7 @@ class Master:
         loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self.worker = self._spawn_worker(handover=None)
         log.info("master_started", extra={
-            "listening": {name: _address(sock) for name, sock in self.listeners.items()},
+            "listening": {name: address_of(sock) for name, sock in self.listeners.items()},
             "worker": self.worker.pid,
         })
         await self._done
@@ -282,7 +282,7 @@ def _send(channel: socket.socket, message: dict[str, object]) -> None:
         channel.send(json.dumps(message).encode())
 
 
-def _address(sock: socket.socket) -> str:
+def address_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"{host}:{port}"
 

@@ -107,11 +107,15 @@ class Gateway:
             self._remove(name)
 
     def _add(self, tenant: TenantConfig) -> None:
+        self._register(tenant).start()
+
+    def _register(self, tenant: TenantConfig) -> TenantSupervisor:
+        """A route and a supervisor for `tenant`, not yet started."""
         route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
         supervisor = TenantSupervisor(self.spawner, route)
         self.routes[tenant.name] = route
         self.supervisors[tenant.name] = supervisor
-        supervisor.start()
+        return supervisor
 
     def _remove(self, name: str) -> None:
         """New requests get "no such site" at once; in-flight ones finish in the background."""
@@ -288,10 +292,7 @@ class Gateway:
                 continue
             if tenant.config is None:
                 stale.append(config.name)
-            route = TenantRoute(config, self.config.gateway.proxy.max_connections_per_tenant)
-            supervisor = TenantSupervisor(self.spawner, route)
-            self.routes[config.name] = route
-            self.supervisors[config.name] = supervisor
+            supervisor = self._register(config)
             try:
                 process = await self.spawner.adopt(config, tenant.handle)
             except StartFailed as exc:

@@ -33,7 +33,7 @@ from .errors import ConfigError, GatewayError
 from .http_protocol import protocol_class
 from .https import RedirectToHttps, StrictTransportSecurity
 from .logs import setup_logging
-from .master import PR_SET_PDEATHSIG, prctl
+from .master import PR_SET_PDEATHSIG, address_of, prctl
 from .runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ class Worker:
         handover.send(self.master, {"op": "ready"})
         asyncio.get_running_loop().add_reader(self.master.fileno(), self._on_master_message)
         log.info("gateway_listening", extra={
-            **{name: _address(sock) for name, sock in self.listeners.items()},
-            **({"metrics": _address(self.metrics_listener)} if self.metrics_listener else {}),
+            **{name: address_of(sock) for name, sock in self.listeners.items()},
+            **({"metrics": address_of(self.metrics_listener)} if self.metrics_listener else {}),
             "control": str(control_path), "domain": gateway.domain, "worker": os.getpid(),
             "tenants": sorted(gateway.routes),
         })
@@ -280,10 +280,6 @@ async def _started(server: _Server, serving: asyncio.Future[None]) -> None:
             raise GatewayError("the listener stopped before it started")
         await asyncio.sleep(0.005)
 
-
-def _address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}"
 
 
 def run_worker(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ..database_files import DATABASE_SUFFIXES
 from .errors import ImportFailed
 
-DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 MAX_TABLE_NAME = 64
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
