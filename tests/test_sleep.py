@@ -5,6 +5,7 @@ Real gateway, real sandboxed Datasette: a sleeping tenant has no process at all.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -144,3 +145,22 @@ def test_a_tenant_that_cannot_wake_answers_the_crash_page(gateway: RunningGatewa
     gateway.cli("tenant", "restart", "alice")
     wait_until(lambda: gateway.get("alice", "/data/items.json").status_code == 200, 30,
                message="alice serves again")
+
+
+def test_units_still_work_with_the_registry_built_on_first_use(
+        site: Site, start_gateway: Any) -> None:
+    """tenant_process defers Datasette's pint registry (a faster wake): metadata units,
+    custom units included, still convert filter values."""
+    directory = site.add_tenant("alice", tables={"places": [
+        {"id": 1, "distance": 500}, {"id": 2, "distance": 2000}, {"id": 3, "distance": 6000}]})
+    (directory / "metadata.json").write_text(json.dumps({
+        "custom_units": ["league = 4828 m"],
+        "databases": {"data": {"tables": {"places": {"units": {"distance": "m"}}}}},
+    }))
+    gateway = start_gateway()
+    ids = {}
+    for value in ("1km", "1league"):
+        response = gateway.get("alice", f"/data/places.json?_shape=array&distance__gt={value}")
+        assert response.status_code == 200, response.text
+        ids[value] = [row["id"] for row in response.json()]
+    assert ids == {"1km": [2, 3], "1league": [3]}
