@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import sqlite3
 import sys
@@ -93,13 +94,12 @@ def defer_unit_registry() -> None:
     `ureg = pint.UnitRegistry()`): parsing pint's unit definitions is ~0.15 s of CPU, over a
     third of a tenant's start, for the rare table whose metadata declares units. Datasette
     gets a registry that is built the first time it is used instead."""
-    from datasette.vendored import pint
-
+    pint: Any = importlib.import_module("datasette.vendored.pint")
     registry_class = pint.UnitRegistry
 
     class LazyUnitRegistry:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            self._made: object = None
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._made: Any = None
             self._arguments = (args, kwargs)
 
         def _registry(self) -> Any:
@@ -108,7 +108,7 @@ def defer_unit_registry() -> None:
                 self._made = registry_class(*args, **kwargs)
             return self._made
 
-        def __call__(self, *args: object, **kwargs: object) -> Any:
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return self._registry()(*args, **kwargs)
 
         def __getattr__(self, name: str) -> Any:
@@ -116,7 +116,7 @@ def defer_unit_registry() -> None:
 
     pint.UnitRegistry = LazyUnitRegistry
     try:
-        import datasette.views.base  # noqa: F401  (makes its `ureg` now)
+        importlib.import_module("datasette.views.base")  # makes its `ureg` now
     finally:
         pint.UnitRegistry = registry_class
 
