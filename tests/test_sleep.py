@@ -164,3 +164,21 @@ def test_units_still_work_with_the_registry_built_on_first_use(
         assert response.status_code == 200, response.text
         ids[value] = [row["id"] for row in response.json()]
     assert ids == {"1km": [2, 3], "1league": [3]}
+
+
+def test_a_sleeper_sleeps_on_through_a_reload_and_an_upgrade(gateway: RunningGateway) -> None:
+    """A reload that changes sleeping alice, then `gateway upgrade`: no process is started for
+    her (bob, awake, is handed over); her next request wakes her with the new settings."""
+    bob = gateway.tenant("bob")["pid"]
+    toml = gateway.site.tenants_dir / "alice" / "tenant.toml"
+    toml.write_text(toml.read_text() + 'title = "Alice renamed"\n')
+    gateway.cli("reload")
+    assert gateway.tenant("alice")["state"] == "sleeping"
+    old_worker = gateway.worker_pid
+    gateway.cli("upgrade")
+    wait_until(lambda: gateway.worker_pid != old_worker, message="the new worker")
+    assert gateway.tenant("alice")["state"] == "sleeping"
+    assert gateway.tenant("bob")["pid"] == bob
+    assert _started(gateway, "alice") == []
+    assert gateway.get("alice", "/data/items.json").status_code == 200
+    assert "Alice renamed" in gateway.get(None, "/").text
