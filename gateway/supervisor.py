@@ -228,7 +228,8 @@ class TenantSupervisor:
         """Blue/green: start a new process, switch to it once healthy, drain and stop the old.
 
         If the new process never gets healthy, the old one keeps serving and StartFailed is
-        raised. A failed or not yet started tenant is simply (re)started.
+        raised. A failed or not yet started tenant is simply (re)started; a sleeping one sleeps
+        on, and its next wake starts `config`.
         """
         config = config or self.config
         async with self._lock:
