@@ -114,10 +114,9 @@ class GatewayApp:
     async def _may_upload(self, scope: Scope, tenant: TenantRoute, *, owner: bool = False
                           ) -> str:
         """Uploads are for the tenant's members (the page sends others to sign in first).
-        Deleting a table is for its owners (`owner`): until accounts have roles, every member
-        is an owner."""
+        Deleting a table is for its owners (`owner`)."""
         member = await self.gateway.auth.member(scope, tenant.config,
-                                                api=scope["method"] == "POST")
+                                                api=scope["method"] == "POST", owner=owner)
         return member.email
 
 
@@ -126,7 +125,8 @@ def _for_the_public(
 ) -> RequestError:
     """The page says what happened in words; why (a socket path, an errno) goes to the log."""
     log.warning("backend_unavailable", extra={
-        "tenant": tenant, "status": error.status, "cause": str(error), "request_id": request_id})
+        "tenant": tenant, "status": error.status, "kind": type(error).__name__,
+        "cause": str(error), "request_id": request_id})
     if isinstance(error, BackendTimeout):
         text = f"The site {tenant!r} took too long to answer. Try again in a moment."
     else:

@@ -55,6 +55,18 @@ def prepare_connection(conn: sqlite3.Connection) -> None:
         conn.setlimit(limit, value)
 
 
+# Tables Litestream (gateway/backup/) keeps in every database it replicates: its bookkeeping,
+# not the newsroom's data, so Datasette lists them with the hidden tables.
+REPLICATION_TABLES = ("_litestream_seq", "_litestream_lock")
+
+
+@hookimpl  # type: ignore[untyped-decorator]
+def get_metadata(datasette: Any, key: str, database: str | None, table: str | None
+                 ) -> dict[str, Any]:
+    hidden = {name: {"hidden": True} for name in REPLICATION_TABLES}
+    return {"databases": {name: {"tables": hidden} for name in datasette.databases}}
+
+
 @hookimpl  # type: ignore[untyped-decorator]
 def menu_links(datasette: Any, actor: dict[str, Any] | None, request: Any
                ) -> list[dict[str, str]]:

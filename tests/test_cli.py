@@ -117,13 +117,12 @@ def test_check_config_reports_every_problem_with_a_suggestion(tmp_path: Path) ->
     code, output = run("--config", path, "check-config")
     assert code == 1
     first, second, third = output.splitlines()
-    assert first.startswith("Error: gateway.toml: port: unknown key (known keys: auth, domain,")
+    assert first.startswith("Error: gateway.toml: port: unknown key (known keys: auth, ")
+    assert ", domain, " in first
     assert first.endswith(")")  # nothing close to "port": no suggestion
-    assert second == (
-        "Error: gateway.toml: proxy.retry_budget: unknown key (known keys: connect_timeout_s,"
-        " drain_timeout_s, max_connections_per_tenant, replay_body_max_bytes,"
-        " response_timeout_s, retry_budget_s); did you mean retry_budget_s?"
-    )
+    assert second.startswith(
+        "Error: gateway.toml: proxy.retry_budget: unknown key (known keys: connect_timeout_s,")
+    assert second.endswith(" retry_budget_s); did you mean retry_budget_s?")
     assert third == 'Error: gateway.toml: proxy.connect_timeout_s: expected a number, got "soon"'
 
 

@@ -76,7 +76,8 @@ def test_tickets_go_only_to_the_gateways_own_origin(gateway: RunningGateway,
     for url, _ in visits[1:]:
         assert url.startswith((origin(gateway, "bob") + "/", origin(gateway, None) + "/")), url
     assert landed(visits)[0] == f"{origin(gateway, 'bob')}/data"
-    assert victim.get(f"bob.{DOMAIN}", "/-/actor.json").json() == {"actor": {"id": ANN}}
+    assert victim.get(f"bob.{DOMAIN}", "/-/actor.json").json() == {
+        "actor": {"id": ANN, "role": "member"}}
 
 
 def test_a_sign_in_link_gives_the_attacker_nothing(gateway: RunningGateway,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,29 @@ def test_request_counters_are_bounded_and_bucketed() -> None:
 ])
 def test_a_public_metrics_address_is_warned_about(host: str, private: bool) -> None:
     assert _is_private(host) is private
+
+
+def test_gateway_errors_are_counted_by_cause() -> None:
+    """The app's backend_unavailable events (a 502 or 504 and its cause) become
+    gateway_tenant_backend_errors_total{cause,tenant}; other events are not counted there."""
+    from gateway.metrics.events import EventCounts
+    from gateway.metrics.tenants import _event_lines
+
+    counts = EventCounts()
+    logger = logging.getLogger("test_metrics.causes")
+    logger.addHandler(counts)
+    logger.propagate = False
+    try:
+        for kind in ("ConnectFailed", "ConnectFailed", "BackendTimeout"):
+            logger.warning("backend_unavailable", extra={"tenant": "alice", "kind": kind,
+                                                         "status": 502, "cause": "x"})
+        logger.warning("tenant_crashed", extra={"tenant": "alice"})
+    finally:
+        logger.removeHandler(counts)
+    lines: dict[str, list[str]] = {"gateway_tenant_backend_errors_total": [],
+                                   "gateway_tenant_uploads_total": []}
+    _event_lines(counts, lines)
+    assert lines["gateway_tenant_backend_errors_total"] == [
+        'gateway_tenant_backend_errors_total{cause="ConnectFailed",tenant="alice"} 2\n',
+        'gateway_tenant_backend_errors_total{cause="BackendTimeout",tenant="alice"} 1\n',
+    ]

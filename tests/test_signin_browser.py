@@ -213,7 +213,7 @@ def test_a_public_tenant_knows_its_signed_in_members(gateway: RunningGateway,
     page.wait_for_url(f"{alice}/")
     assert page.locator(".actor").inner_text() == EMAIL
     shot(page, context, "public-member")
-    assert actor(page, alice) == {"id": EMAIL}
+    assert actor(page, alice) == {"id": EMAIL, "role": "member"}
     page.goto(f"{alice}/data/items")
     assert page.url == f"{alice}/data/items"
 

@@ -63,3 +63,17 @@ def test_one_step_cannot_build_a_huge_value(site: Site, start_gateway) -> None: 
     status, body = _sql(gateway, "select length(randomblob(16777216))")
     assert (status, body["rows"]) == (200, [[16777216]])
     assert gateway.tenant("alice")["restarts"] == 0
+
+
+def test_replication_tables_are_hidden(site: Site, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Litestream's bookkeeping tables (in every replicated database) are listed as hidden, as
+    Datasette lists FTS shadow tables; the newsroom's own tables are not."""
+    directory = site.add_tenant("alice")
+    db = sqlite_utils.Database(directory / "data" / "data.db")
+    db.execute("CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+    db.execute("CREATE TABLE _litestream_lock (id INTEGER)")
+    db.close()
+    gateway = start_gateway()
+    gateway.wait_running("alice")
+    tables = {t["name"]: t["hidden"] for t in gateway.get("alice", "/data.json").json()["tables"]}
+    assert tables == {"items": False, "_litestream_seq": True, "_litestream_lock": True}

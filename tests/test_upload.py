@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.upload.errors import duration
+from gateway.words import duration
 
 from .conftest import UID_BASE, RunningGateway, Site
 from .test_auth import FAST_HASHING, PASSWORD
@@ -314,14 +314,20 @@ def test_upload_without_the_sandbox(site: Site, start_gateway: Any) -> None:
 
 
 def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> None:
-    """1. Upload a table. 2. POST /-/upload/delete names it: deleted, as the tenant, and
-    Datasette no longer lists it. 3. Again: 404. An unknown database: 404. No form: 400.
-    Someone who is not a member: 403. (Every member is an owner until accounts have roles.)"""
+    """1. Upload a table. 2. A member who is not an owner may not delete it: 403. 3. An owner
+    POSTs /-/upload/delete naming it: deleted, as the tenant, and Datasette no longer lists it.
+    4. Again: 404. An unknown database: 404. No form: 400. Someone who is not a member: 403."""
     assert member.post(b"a\n1\n", table="Old Numbers").status_code == 200
+    owner = Uploader(gateway, add_user(gateway, "olga@example.com"))
+    gateway.cli("tenant", "members", "alice", "--owner", "olga@example.com")
 
-    def delete(uploader: Uploader = member, **fields: str) -> httpx.Response:
+    def delete(uploader: Uploader = owner, **fields: str) -> httpx.Response:
         return gateway.client.post("/-/upload/delete", data=fields, headers=uploader.headers)
 
+    refused = delete(member, database="data", table="old numbers")
+    assert (refused.status_code, refused.json()["message"]) == (403, (
+        "You are signed in as ann@example.com, who is not an owner of 'alice': only its owners"
+        " may do this."))
     response = delete(database="data", table="old numbers")
     assert (response.status_code, response.json()) == (200, {
         "ok": True, "database": "data", "table": "Old Numbers", "deleted": True})
@@ -334,7 +340,7 @@ def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> Non
     assert (unknown.status_code, unknown.json()["message"]) == (
         404, "There is no database 'nope'.")
     no_form = gateway.client.post("/-/upload/delete", json={"table": "keep"},
-                                  headers=member.headers)
+                                  headers=owner.headers)
     assert (no_form.status_code, no_form.json()["message"]) == (400, (
         "Send the database and the table as a form (curl: -d database=data -d table=t)."))
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))

@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from ..errors import AccountError
 from ..mail import Mailer, MailError
+from ..words import plural
 from .accounts import new_token
 from .passwords import normalise_email
 from .store import Principal, digest
@@ -55,11 +56,6 @@ _DONE = {
 
 Handler = Callable[[Request], Awaitable[Response]]
 Action = Callable[["_Form", Principal, dict[str, str]], Awaitable[Response]]
-
-
-def plural(count: int, word: str) -> str:
-    """'1 second', '2 seconds'."""
-    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 class AccountPages:

@@ -78,6 +78,7 @@ from ..config import Config, TenantConfig
 from ..errors import AccountError, MembersOnly, NotAMember, SignInRequired, Unauthorized
 from ..identity import NO_IDENTITY, OWNED_COOKIES, Identity
 from ..keys import tenant_secret
+from ..words import plural
 from .actor import ActorMinter
 from .cookies import CHECKED_COOKIE, SESSION_COOKIE, cookie_values
 from .csrf import Csrf
@@ -348,7 +349,7 @@ class Auth:
             log.info("sign_in_throttled", extra={"email": email, "address": address,
                                                  "retry_after_s": seconds})
             raise SignInRefused(
-                f"Too many failed attempts to sign in. Try again in {seconds} seconds.",
+                f"Too many failed attempts to sign in. Try again in {plural(seconds, 'second')}.",
                 status=429, retry_after_s=seconds,
             )
         self.throttle.attempt(email, address, time.time())  # counted now: parallel guesses too

@@ -59,23 +59,19 @@ def header_notes(cells: Sequence[str], names: Sequence[str]) -> list[str]:
 
 def number_notes(names: Sequence[str], readings: Sequence[Reading | None]) -> list[str]:
     """Columns read as numbers written for people, and number columns kept as text."""
-    groups: dict[tuple[object, ...], list[int]] = {}
-    for index, reading in enumerate(readings):
+    groups: dict[tuple[object, ...], list[tuple[str, Reading]]] = {}
+    for name, reading in zip(names, readings, strict=True):
         if reading is not None:
             key = (reading.format, _has_fraction(reading), reading.by_file, reading.ambiguous,
                    reading.mixed, tuple(sorted(value for value, _ in reading.odd)))
-            groups.setdefault(key, []).append(index)
-    notes = []
-    for indices in groups.values():
-        columns = [names[i] for i in indices]
-        first = readings[indices[0]]
-        assert first is not None
-        notes.append(_number_note(columns, first, [readings[i] for i in indices]))
-    return notes
+            groups.setdefault(key, []).append((name, reading))
+    return [_number_note([name for name, _ in group], [reading for _, reading in group])
+            for group in groups.values()]
 
 
-def _number_note(columns: list[str], first: Reading, readings: list[Reading | None]) -> str:
+def _number_note(columns: list[str], readings: list[Reading]) -> str:
     subject = _columns(columns)
+    first = readings[0]
     if first.format is not None:
         how = _format_words(first.format, first.example)
         if first.by_file:
@@ -88,7 +84,7 @@ def _number_note(columns: list[str], first: Reading, readings: list[Reading | No
                 f" {plain_value(first.example, THOUSANDS_COMMA)}, and no value says which.")
     if first.mixed:
         return f"{subject} kept as text: its numbers are not all written the same way."
-    count = sum(n for reading in readings if reading is not None for _, n in reading.odd)
+    count = sum(n for reading in readings for _, n in reading.odd)
     values = [value for value, _ in first.odd]
     shown = ", ".join(_quoted(value) for value in values[:MAX_ODD_SHOWN])
     more = ", …" if len(values) > MAX_ODD_SHOWN else ""

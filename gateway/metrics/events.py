@@ -1,4 +1,5 @@
-"""Counts that come from log events: sign-ins, uploads, certificates, reloads.
+"""Counts that come from log events: sign-ins, uploads, certificates, reloads, and why a
+tenant's process could not answer (502/504 by cause).
 
 The modules that own those things already log an event for each; counting the events here
 keeps metrics out of them. The handler sees only events the log level lets through (info, by
@@ -36,8 +37,15 @@ class EventCounts(logging.Handler):
         self.upload_results: collections.Counter[tuple[str, str]] = collections.Counter()
         self.last_upload: dict[str, float] = {}  # tenant -> when its last upload was imported
         self.reloads: collections.deque[dict[str, Any]] = collections.deque(maxlen=10)
+        # (tenant, cause) -> 502/504 answers: ConnectFailed, NoResponse, ResponseBroken,
+        # BackendTimeout (backend_client.py's error tree)
+        self.backend_errors: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "backend_unavailable":
+            tenant, kind = getattr(record, "tenant", ""), getattr(record, "kind", "")
+            self.backend_errors[str(tenant), str(kind)] += 1
+            return
         counted = COUNTED.get(record.msg) if isinstance(record.msg, str) else None
         if counted is None:
             return

@@ -36,6 +36,10 @@ FAMILIES = {
     "gateway_tenant_gateway_errors_total": (
         "counter", "502 (process unreachable), 503 (tenant not running) and 504 (process too"
         " slow) answers."),
+    "gateway_tenant_backend_errors_total": (
+        "counter", "502 and 504 answers by cause: ConnectFailed (nothing listens), NoResponse"
+        " (the connection closed before any answer), ResponseBroken (it closed mid-answer),"
+        " BackendTimeout (no answer in time)."),
     "gateway_tenant_state": (
         "gauge", "1 for the tenant's current state (starting, running, restarting, failed,"
         " sleeping, stopped)."),
@@ -65,7 +69,7 @@ def render_tenants(gateway: Gateway, requests: RequestMetrics, events: EventCoun
     lines: dict[str, list[str]] = {name: [] for name in FAMILIES}
     _request_lines(requests, lines)
     _supervisor_lines(gateway, lines)
-    _upload_lines(events, lines)
+    _event_lines(events, lines)
     return "".join(
         f"# HELP {name} {FAMILIES[name][1]}\n# TYPE {name} {FAMILIES[name][0]}\n"
         + "".join(family)
@@ -123,7 +127,10 @@ def _supervisor_lines(gateway: Gateway, lines: dict[str, list[str]]) -> None:
             add("gateway_tenant_database_bytes", f'database="{database}",{tenant}', size)
 
 
-def _upload_lines(events: EventCounts, lines: dict[str, list[str]]) -> None:
+def _event_lines(events: EventCounts, lines: dict[str, list[str]]) -> None:
+    for (name, cause), count in list(events.backend_errors.items()):
+        lines["gateway_tenant_backend_errors_total"].append(
+            f'gateway_tenant_backend_errors_total{{cause="{cause}",tenant="{name}"}} {count}\n')
     for (name, result), count in list(events.upload_results.items()):
         lines["gateway_tenant_uploads_total"].append(
             f'gateway_tenant_uploads_total{{result="{result}",tenant="{name}"}} {count}\n')

@@ -121,25 +121,24 @@ class Uploads:
             done = await _wait(importer, "done", stream)
             answer = await self._publish(route, target, staged, done)
             imported = True
+            log.info("upload_imported", extra={
+                "tenant": route.name, "user": who, "database": target.database,
+                "table": target.table, "mode": target.mode, "rows": answer["rows"],
+                "bytes": staged.get("bytes"), "duration_s": round(time.monotonic() - started, 3),
+                "importer_cpu_s": done.get("cpu_s"), "importer_rss_mb": done.get("max_rss_mb")})
+            if stream.started:
+                await stream.line({"event": "done", **answer}, more=False)
+            else:
+                await send_page(send, 200, json.dumps(answer).encode(),
+                                content_type=b"application/json")
         except RequestError as error:
             if not stream.started:
                 raise
             _log_failure(route, error, "")
             await stream.line({"event": "error", "status": error.status,
                                "message": str(error)}, more=False)
-            return
-        finally:
+        finally:  # after a commit, once the answer is out: the importer may be checkpointing
             await upload.close(kill=not imported)
-        log.info("upload_imported", extra={
-            "tenant": route.name, "user": who, "database": target.database,
-            "table": target.table, "mode": target.mode, "rows": answer["rows"],
-            "bytes": staged.get("bytes"), "duration_s": round(time.monotonic() - started, 3),
-            "importer_cpu_s": done.get("cpu_s"), "importer_rss_mb": done.get("max_rss_mb")})
-        if stream.started:
-            await stream.line({"event": "done", **answer}, more=False)
-        else:
-            await send_page(send, 200, json.dumps(answer).encode(),
-                            content_type=b"application/json")
 
     async def _publish(self, route: TenantRoute, target: Target, staged: dict[str, Any],
                        done: dict[str, Any]) -> dict[str, Any]:

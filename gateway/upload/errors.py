@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import UploadSettings
 from ..errors import RequestError
+from ..words import duration
 
 
 class BadUpload(RequestError):
@@ -51,16 +52,3 @@ def too_long(settings: UploadSettings) -> UploadStalled:
                          f" {duration(settings.max_duration_s)}, so it was stopped and nothing"
                          " was imported.")
 
-
-def plural(count: float, unit: str) -> str:
-    """ "1 second", "2 seconds", "1.5 seconds"."""
-    number = f"{int(count):,}" if count == int(count) else f"{count:g}"
-    return f"{number} {unit}" + ("" if count == 1 else "s")
-
-
-def duration(seconds: float) -> str:
-    """A limit in the largest whole unit: "1 hour", "90 minutes", "45 seconds"."""
-    for unit, size in (("hour", 3600), ("minute", 60)):
-        if seconds >= size and seconds % size == 0:
-            return plural(seconds // size, unit)
-    return plural(seconds, "second")
