@@ -80,6 +80,7 @@ def run_datasette(args: list[str]) -> None:
     import uvicorn
 
     defer_unit_registry()
+    import_on_first_use("httpx")  # only Datasette's internal client (datasette.client) uses it
     from datasette.cli import cli
     from datasette.plugins import pm
 
@@ -124,6 +125,25 @@ def defer_unit_registry() -> None:
     finally:
         if sys.modules.get(real_name) is stand_in:
             del sys.modules[real_name]
+
+
+def import_on_first_use(name: str) -> None:
+    """Put a stand-in for module `name` in sys.modules: the real module is imported the first
+    time one of its attributes is read (httpx: ~70 ms of CPU at every start, for Datasette's
+    internal client, which only plugins use)."""
+    if name in sys.modules:
+        return
+    stand_in = types.ModuleType(name)
+
+    def load(attribute: str) -> Any:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        stand_in.__dict__.update(real.__dict__)  # later reads find the real attributes
+        return getattr(real, attribute)
+
+    stand_in.__getattr__ = load  # type: ignore[method-assign]
+    sys.modules[name] = stand_in
 
 
 if __name__ == "__main__":
