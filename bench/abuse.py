@@ -178,7 +178,8 @@ class Bench:
         shutil.copy(self.database, data / "data.db")
         config = site / "gateway.toml"
         config.write_text(f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = 0\n'
-                          f'[paths]\nrun_dir = "{self.root / "run"}"\n[log]\naccess_log = false\n')
+                          f'[paths]\nrun_dir = "{self.root / "run"}"\n[log]\naccess_log = false\n'
+                          '[metrics]\nlisten = ""\n')
         events = site / "events.log"
         master = self.processes.start([str(BIN / "gateway"), "--config", str(config), "serve"],
                                       log=events)
@@ -191,7 +192,10 @@ class Bench:
                         return dict(entry)
             return None
 
-        listening = wait_until(lambda: event("gateway_listening"), "the gateway to listen")
+        listening = wait_until(lambda: event("gateway_listening") or master.poll() is not None,
+                               "the gateway to listen")
+        if master.poll() is not None:
+            raise SystemExit(f"bench: the gateway exited:\n{events.read_text()[-2000:]}")
         wait_until(lambda: event("tenant_started"), "the tenant to start")
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from gateway import control

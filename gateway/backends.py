@@ -67,6 +67,10 @@ class TenantRoute:
         self.state: TenantState = "starting"
         self.failure = ""
         self.limiter = asyncio.Semaphore(max_connections)
+        # Requests whose body is streamed to the tenant hold a slot while the body arrives, as
+        # fast as the client likes to send it: at most half the slots, so that such clients
+        # (slow or hostile) always leave room for everyone else.
+        self.body_limiter = asyncio.Semaphore(max(1, max_connections // 2))
         self.busy = 0  # leases held: requests and uploads in progress
         self.last_active = time.monotonic()  # when the last lease was taken or given back
         self.wake_failed = False  # the last wake's start failed: answer the crash page at once

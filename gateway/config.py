@@ -116,9 +116,11 @@ class ProxySettings:
         check=_non_negative,
     )
     replay_body_max_bytes: int = setting(
-        65536,
-        "Request bodies up to this size are buffered so that the request can be replayed when"
-        " the tenant could not have seen it. Larger bodies are streamed and never replayed.",
+        1024 * 1024,
+        "Request bodies up to this size are read whole before the request takes one of its"
+        " tenant's slots (a client that sends slowly holds none), and can be replayed when the"
+        " tenant could not have seen them. Larger bodies are streamed, never replayed, and"
+        " such requests may hold at most half of the slots.",
         check=_non_negative,
     )
     max_connections_per_tenant: int = setting(
@@ -147,7 +149,7 @@ class ProxySettings:
         check=_non_negative,
     )
     response_buffer_total_bytes: int = setting(
-        64 * 1024 * 1024,
+        16 * 1024 * 1024,
         "Most response bytes held in such buffers at once, over all requests: the memory a"
         " crowd of slow readers can cost the gateway. Past it, responses are streamed.",
         check=_non_negative,

@@ -91,6 +91,6 @@ async def _welcome(datasette: Any, request: Any) -> Any:
     html = await datasette.render_template(template, {
         "title": datasette.metadata("title") or tenant,
         "can_upload": tenant_menu.role_of(request.actor) is not None,
-        "sign_in_url": tenant_menu.sign_in_url(_scheme(datasette, request), request.host, "/"),
+        "sign_in_url": tenant_menu.sign_in_url("/"),
     }, request=request)
     return Response.html(html)

@@ -135,17 +135,20 @@ def backoff_s(attempt: int) -> float:
 
 class Slot:
     """One of a tenant's `max_connections_per_tenant` slots, for one request: held only while
-    the tenant works on it. Waiting for one ends after `queue_timeout_s` with a 503."""
+    the tenant works on it. Waiting for one ends after `queue_timeout_s` with a 503.
+    (`streamed_body`: one of the half of the slots that requests streaming a body may take.)"""
 
-    __slots__ = ("_route", "_timeout", "held")
+    __slots__ = ("_limiter", "_route", "_timeout", "held")
 
-    def __init__(self, route: TenantRoute, timeout: float) -> None:
+    def __init__(self, route: TenantRoute, timeout: float, *, streamed_body: bool = False
+                 ) -> None:
         self._route = route
+        self._limiter = route.body_limiter if streamed_body else route.limiter
         self._timeout = timeout
         self.held = False
 
     async def take(self) -> None:
-        limiter = self._route.limiter
+        limiter = self._limiter
         if limiter.locked():
             try:
                 async with asyncio.timeout(self._timeout):
@@ -162,7 +165,7 @@ class Slot:
     def release(self) -> None:
         if self.held:
             self.held = False
-            self._route.limiter.release()
+            self._limiter.release()
 
 
 class Proxy:
@@ -210,17 +213,22 @@ class Proxy:
                 body = await _read_whole_body(receive)
             else:
                 body = None
+        body_slot = Slot(route, self.settings.queue_timeout_s, streamed_body=body is None)
         slot = Slot(route, self.settings.queue_timeout_s)
-        await slot.take()
         try:
+            if body is None:
+                await body_slot.take()
+            await slot.take()
             connection, backend, response_headers = await self._attempt_until_answered(
                 route, method, target, headers, body, chunked, receive, outcome
             )
+            body_slot.release()  # the body is in
             await self._relay_response(
                 connection, backend, response_headers, send, identity, outcome, receive, slot
             )
         finally:
             slot.release()
+            body_slot.release()
 
     async def _attempt_until_answered(
         self,

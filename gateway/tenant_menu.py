@@ -4,7 +4,7 @@ A tenant lives at <tenant>.<domain>, so the apex is its Host without the first l
 plugin needs no configuration and no network to link back to the gateway's pages. The actor
 (minted by the gateway, auth/service.py) says who is signed in and their role here:
 
-    anonymous        All sites, Sign in (back to this page)
+    anonymous        All sites, Sign in (through this host's /-/gateway-signin, back here)
     signed in        All sites, Your account            (+ Datasette's own "Log out")
     member, owner    ... and Upload CSV files
     owner            ... and Team
@@ -18,6 +18,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 UPLOAD_PATH = "/-/upload"
+# auth/web.py's TENANT_SIGNIN_PATH (not imported: this runs in every tenant, and stays light).
+# It signs the browser in on this host too, where a browser keeps no apex cookie (localhost).
+SIGN_IN_PATH = "/-/gateway-signin"
 
 WELCOME_TEMPLATE = """\
 {% extends "base.html" %}
@@ -51,9 +54,8 @@ def role_of(actor: dict[str, Any] | None) -> str | None:
     return role if role in ("member", "owner") else None
 
 
-def sign_in_url(scheme: str, host: str, path: str) -> str:
-    apex, _ = apex_and_tenant(host)
-    return f"{scheme}://{apex}/-/login?" + urlencode({"next": f"{scheme}://{host}{path}"})
+def sign_in_url(path: str) -> str:
+    return f"{SIGN_IN_PATH}?" + urlencode({"next": path})
 
 
 def menu(scheme: str, host: str, path: str, actor: dict[str, Any] | None
@@ -65,7 +67,7 @@ def menu(scheme: str, host: str, path: str, actor: dict[str, Any] | None
     home = f"{scheme}://{apex}"
     links = [{"href": f"{home}/", "label": "All sites"}]
     if not actor:
-        return [*links, {"href": sign_in_url(scheme, host, path), "label": "Sign in"}]
+        return [*links, {"href": sign_in_url(path), "label": "Sign in"}]
     links.append({"href": f"{home}/-/account", "label": "Your account"})
     role = role_of(actor)
     if role is not None:

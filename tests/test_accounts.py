@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from gateway import tenant_menu
 from gateway.auth.schema import _STEPS
 from gateway.auth.store import AccountStore
+from gateway.auth.web import TENANT_SIGNIN_PATH
 from gateway.errors import AccountError
 
 from .conftest import RunningGateway, Site, wait_until
@@ -155,7 +158,7 @@ def test_owner_invites_promotes_and_removes(browser: Browser, gateway: RunningGa
         fields = invitee.form(path)
         accepted = invitee.request("POST", DOMAIN, path, data={
             **fields, "password": PASSWORD, "confirm": PASSWORD})
-        assert accepted.headers["location"] == f"http://bob.{DOMAIN}/"
+        assert urlsplit(accepted.headers["location"]).hostname == f"bob.{DOMAIN}"
         gateway.wait_for_event("invite_accepted", user="new@example.com")
         assert invitee.actor("bob") == {"id": "new@example.com", "role": "member"}
 
@@ -422,8 +425,12 @@ def test_datasette_menu_follows_the_role(browser: Browser, gateway: RunningGatew
     apex = f"http://{DOMAIN}"
     anonymous = browser.get(f"alice.{DOMAIN}", "/data/items")
     assert f'<li><a href="{apex}/">All sites</a></li>' in anonymous.text
-    assert (f'<li><a href="{apex}/-/login?next=http%3A%2F%2Falice.{DOMAIN}%2Fdata%2Fitems">'
-            "Sign in</a></li>") in anonymous.text
+    assert ('<li><a href="/-/gateway-signin?next=%2Fdata%2Fitems">Sign in</a></li>'
+            in anonymous.text)
+    assert tenant_menu.SIGN_IN_PATH == TENANT_SIGNIN_PATH
+    signin = browser.get(f"alice.{DOMAIN}", "/-/gateway-signin?next=%2Fdata%2Fitems")
+    to_login = urlsplit(signin.headers["location"])
+    assert (to_login.hostname, to_login.path) == (DOMAIN, "/-/login")
     browser.sign_in(ANN)
     alice = browser.get(f"alice.{DOMAIN}", "/")
     assert f'<li><a href="{apex}/-/account">Your account</a></li>' in alice.text

@@ -94,8 +94,9 @@ def test_slow_readers_do_not_take_the_tenants_slots(
 def test_stalled_request_bodies_are_abandoned(
     gateway: RunningGateway, sockets: list[socket.socket]
 ) -> None:
-    """1. Six POSTs announce a 1 MB body (streamed: over the replay limit) and send 10 bytes.
-    2. A normal request still gets 200. 3. Each stalled POST gets 408 after body_timeout_s."""
+    """1. Six POSTs announce a 1 MB body (read whole before a slot is taken) and send 10
+    bytes. 2. A normal request still gets 200. 3. Each stalled POST gets 408 after
+    body_timeout_s."""
     for _ in range(6):
         sock = connect(gateway)
         sock.sendall(b"POST /data HTTP/1.1\r\nHost: alice.gw.test\r\nContent-Length: 1000000\r\n"
@@ -109,11 +110,33 @@ def test_stalled_request_bodies_are_abandoned(
             b"The request body did not arrive in time.")
 
 
+def test_streamed_bodies_take_at_most_half_the_slots(
+    site: Site, start_gateway, sockets: list[socket.socket]  # type: ignore[no-untyped-def]
+) -> None:
+    """1. Four slots; six POSTs announce a 10 MB body (too big to read first: streamed) and
+    send 3 bytes, then nothing (body timeout far away). 2. A normal request still gets 200:
+    the stalled bodies hold two slots at most."""
+    site.add_tenant("alice")
+    site.write_config(proxy={"max_connections_per_tenant": 4, "queue_timeout_s": 0.5},
+                      limits={"body_timeout_s": 60.0})
+    gateway = start_gateway()
+    gateway.wait_running("alice")
+    for _ in range(6):
+        sock = connect(gateway)
+        sock.sendall(b"POST /data HTTP/1.1\r\nHost: alice.gw.test\r\n"
+                     b"Content-Length: 10000000\r\n\r\nx=1")
+        sockets.append(sock)
+    time.sleep(1.0)  # let them take what they can; not a timing assertion
+    for _ in range(3):
+        assert normal_request(gateway).status_code == 200
+
+
 def test_slots_wait_at_most_queue_timeout(
     site: Site, start_gateway, sockets: list[socket.socket]  # type: ignore[no-untyped-def]
 ) -> None:
-    """1. One slot, taken by a POST whose body never comes (body timeout far away).
-    2. The next request waits queue_timeout_s for it, then gets 503 with Retry-After."""
+    """1. One slot, taken by a POST whose body (too big to read first: streamed) never comes
+    (body timeout far away). 2. The next request waits queue_timeout_s for it, then gets 503
+    with Retry-After."""
     site.add_tenant("alice")
     site.write_config(proxy={"max_connections_per_tenant": 1, "queue_timeout_s": 0.5},
                       limits={"body_timeout_s": 60.0})
@@ -121,8 +144,8 @@ def test_slots_wait_at_most_queue_timeout(
     gateway.wait_running("alice")
     sock = connect(gateway)
     sockets.append(sock)
-    sock.sendall(b"POST /data HTTP/1.1\r\nHost: alice.gw.test\r\nContent-Length: 1000000\r\n\r\n"
-                 b"x=1")
+    sock.sendall(b"POST /data HTTP/1.1\r\nHost: alice.gw.test\r\nContent-Length: 10000000\r\n"
+                 b"\r\nx=1")
     busy = wait_until(lambda: (r := normal_request(gateway)).status_code == 503 and r)
     assert busy.headers["retry-after"] == "5"
     assert busy.json()["message"] == "The site 'alice' is busy; try again in a moment."

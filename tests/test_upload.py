@@ -345,6 +345,11 @@ def test_owner_deletes_a_table(member: Uploader, gateway: RunningGateway) -> Non
         "Send the database and the table as a form (curl: -d database=data -d table=t)."))
     outsider = Uploader(gateway, add_user(gateway, OUTSIDER))
     assert delete(outsider, database="data", table="keep").status_code == 403
+    plain = Uploader(gateway, add_user(gateway, "sam@example.com", "alice"))
+    refused = delete(plain, database="data", table="keep")
+    assert (refused.status_code, refused.json()["message"]) == (403, (
+        "You are signed in as sam@example.com, who is not an owner of 'alice': only its owners"
+        " may do this."))
     assert member.rows("data", "keep") == [{"id": 1, "name": "unchanged"}]
 
 

@@ -27,7 +27,7 @@ def gateway(site: Site, start_gateway: Any) -> RunningGateway:
     site.add_tenant("bob", public=False)
     gateway: RunningGateway = start_gateway()
     gateway.cli("user", "add", EMAIL, "--password-stdin", input=PASSWORD + "\n")
-    gateway.cli("tenant", "members", "bob", "--owner", EMAIL)
+    gateway.cli("tenant", "members", "bob", "--owner", EMAIL)  # owners delete tables
     gateway.wait_running("bob")
     return gateway
 
