@@ -31,11 +31,6 @@ from .tenant_files import make_private_dir, prepare_tenant_dir, tenant_uid
 log = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.005
-# A start is CPU-bound (~0.25 s: Python importing Datasette). Many at once (a crowd waking
-# sleeping tenants) share the CPUs and all finish late; one per CPU at a time, the first are
-# served early and the last no later. A start gives its turn back once healthy, or after this
-# long whatever it does, so a tenant that never gets healthy cannot hold up the others.
-_START_TURN_MAX_S = 1.0
 
 
 class StartFailed(GatewayError):
@@ -51,7 +46,6 @@ class Spawner:
         self.master_key = master_key
         self.run_dir = config.gateway.paths.run_dir
         self._generation = _highest_generation(self.run_dir)
-        self._turns = asyncio.Semaphore(max(1, len(os.sched_getaffinity(0))))
 
     def continue_generations(self, generation: int) -> None:
         """After a handover: never reuse a generation (a socket folder) the old worker used."""
@@ -89,23 +83,6 @@ class Spawner:
 
     async def launch(self, tenant: TenantConfig) -> TenantProcess:
         """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
-        await self._turns.acquire()
-        given_back = False
-
-        def give_back() -> None:
-            nonlocal given_back
-            if not given_back:
-                given_back = True
-                self._turns.release()
-
-        turn = asyncio.get_running_loop().call_later(_START_TURN_MAX_S, give_back)
-        try:
-            return await self._launch(tenant)
-        finally:
-            turn.cancel()
-            give_back()
-
-    async def _launch(self, tenant: TenantConfig) -> TenantProcess:
         generation = self.next_generation()
         process = await self._spawn(tenant, generation)
         started = time.perf_counter()
