@@ -1,21 +1,26 @@
 """Tenant -> live backend: which process gets the next request, switched atomically, drained.
 
 A TenantRoute is what the proxy knows of one tenant: its config, its current Backend (or none
-while it starts or restarts), and whether it has failed. The supervisor publishes a backend once
-its health check passes and withdraws it when the process dies; a swap publishes the new one,
-then drains the old one, so every request is served by exactly one of them.
+while it starts, restarts or sleeps), and whether it has failed. The supervisor publishes a
+backend once its health check passes and withdraws it when the process dies; a swap publishes
+the new one, then drains the old one, so every request is served by exactly one of them.
+Whatever works for a tenant (a request, an upload) holds a lease on its route: a tenant is put
+to sleep only when none is held and the last ended idle_stop_s ago.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from .backend_client import BackendAddress, ConnectionPool
 from .config import TenantConfig
 
-TenantState = Literal["starting", "running", "restarting", "failed", "stopped"]
+TenantState = Literal["starting", "running", "restarting", "failed", "sleeping", "stopped"]
 
 
 class Backend:
@@ -68,16 +73,42 @@ class TenantRoute:
         # fast as the client likes to send it: at most half the slots, so that such clients
         # (slow or hostile) always leave room for everyone else.
         self.body_limiter = asyncio.Semaphore(max(1, max_connections // 2))
+        self.busy = 0  # leases held: requests and uploads in progress
+        self.last_active = time.monotonic()  # when the last lease was taken or given back
+        self.wake_failed = False  # the last wake's start failed: answer the crash page at once
+        self.waker: Callable[[], None] | None = None  # the supervisor's: start a sleeping tenant
         self._changed = asyncio.Event()
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Keep the tenant awake while the block runs (it does not wake a sleeping one)."""
+        self.busy += 1
+        self.last_active = time.monotonic()
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            self.last_active = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last lease ended; 0 while one is held."""
+        return 0.0 if self.busy else time.monotonic() - self.last_active
+
+    def wake(self) -> None:
+        """A request needs the sleeping tenant: ask its supervisor for one start (asking again
+        while it starts changes nothing)."""
+        if self.state == "sleeping" and self.waker is not None:
+            self.waker()
+
     def publish(self, backend: Backend) -> Backend | None:
         """Send new requests to `backend` from now on; return the one it replaces."""
         previous, self.backend = self.backend, backend
         self.state, self.failure = "running", ""
+        self.wake_failed = False
         self._notify()
         return previous
 

@@ -255,9 +255,10 @@ def health_command(ctx: click.Context, as_json: bool) -> None:
 
     answer = check_health(_config(ctx))
     states = answer["tenants"]  # how many tenants are in each state
-    running = states.get("running", 0)
+    running, sleeping = states.get("running", 0), states.get("sleeping", 0)
     _print(answer, as_json,
-           lambda _: f"healthy: {running} of {sum(states.values())} tenants running")
+           lambda _: f"healthy: {running} of {sum(states.values())} tenants running"
+           + (f", {sleeping} sleeping" if sleeping else ""))
 
 
 @cli.group()

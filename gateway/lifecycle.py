@@ -6,12 +6,13 @@
        |  |                  '-- crash loop --> failed <-- crash loop
        |  '------ cool-down over, or restarted ---'
        '--start failed--> restarting
+    running --idle--> sleeping --first request--> starting
     every state but stopped --stop--> stopped
 
 The table is the whole truth (h11's _state.py is the model): a move it does not list raises
 IllegalTransition, so a supervisor bug shows as an error, not as a tenant in a state nobody
 expects. Pure: no processes, no clock (callers pass `now`); supervisor.py applies the decisions.
-Issue 16's `sleeping` fits as running --idle--> sleeping --first request--> starting.
+A tenant with idle_stop_s is asleep when the gateway starts: no process until a request needs one.
 """
 
 from __future__ import annotations
@@ -29,16 +30,18 @@ class State(enum.Enum):
     RUNNING = "running"  # a healthy process gets the requests
     RESTARTING = "restarting"  # it crashed (or could not start); the next try is after a backoff
     FAILED = "failed"  # it crashed too often; tried again after the cool-down
+    SLEEPING = "sleeping"  # no request for idle_stop_s: stopped, started by the next request
     STOPPED = "stopped"  # removed, or the gateway stops; final
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.STARTING, State.RUNNING, State.RESTARTING, State.FAILED,
                                State.STOPPED}),
-    State.RUNNING: frozenset({State.RESTARTING, State.FAILED, State.STOPPED}),
+    State.RUNNING: frozenset({State.RESTARTING, State.FAILED, State.SLEEPING, State.STOPPED}),
     State.RESTARTING: frozenset({State.RESTARTING, State.RUNNING, State.FAILED, State.STARTING,
                                  State.STOPPED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPED}),
+    State.SLEEPING: frozenset({State.STARTING, State.STOPPED}),
     State.STOPPED: frozenset(),
 }
 

@@ -185,7 +185,13 @@ class Proxy:
         outcome: Outcome,
     ) -> None:
         """Answer one request from `route`'s tenant. Raises RequestError before the response
-        starts (the caller renders the page) and ResponseAborted after."""
+        starts (the caller renders the page) and ResponseAborted after. The tenant stays awake
+        while it runs (a lease), and a sleeping one is woken."""
+        with route.lease():
+            await self._forward(scope, receive, send, route, request_id, identity, outcome)
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, route: TenantRoute,
+                       request_id: bytes, identity: Identity, outcome: Outcome) -> None:
         method: str = scope["method"]
         client = scope.get("client")
         headers, content_length, chunked = upstream_headers(
@@ -242,7 +248,9 @@ class Proxy:
         while True:
             backend = route.backend
             if backend is None:
-                if route.state in ("failed", "stopped") or time.monotonic() >= deadline:
+                route.wake()  # if it sleeps: one start for every request that finds it so
+                if (route.state in ("failed", "stopped") or route.wake_failed
+                        or time.monotonic() >= deadline):
                     raise _unavailable(route)
                 await route.wait_for_change(deadline - time.monotonic())
                 continue
@@ -406,7 +414,7 @@ async def _close_on_disconnect(receive: Receive, connection: Connection) -> None
 
 
 def _unavailable(route: TenantRoute) -> TenantUnavailable:
-    if route.state == "failed":
+    if route.state == "failed" or route.wake_failed:
         message = f"The site {route.name!r} has stopped working and is being looked at."
     elif route.state == "stopped":
         message = f"The site {route.name!r} is stopped."

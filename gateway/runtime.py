@@ -82,7 +82,8 @@ class Gateway:
         return self.config.domain
 
     async def start(self) -> None:
-        """Start every tenant; each gets traffic as soon as its own health check passes."""
+        """Start every tenant; each gets traffic as soon as its own health check passes. One
+        that may sleep (idle_stop_s) starts asleep: its first request starts it."""
         self.spawner.remove_stale_run_dirs()
         if self.certificates is not None:
             await self.certificates.start()
@@ -90,7 +91,7 @@ class Gateway:
             await self.cluster.start()  # it adds the tenants placed here
             return
         for tenant in self.config.tenants.values():
-            self._add(tenant)
+            self._add(tenant, asleep=True)
         await self._track_backups()
 
     def add_tenant(self, tenant: TenantConfig) -> TenantRoute:
@@ -106,8 +107,9 @@ class Gateway:
         if name in self.supervisors:
             self._remove(name)
 
-    def _add(self, tenant: TenantConfig) -> None:
-        self._register(tenant).start()
+    def _add(self, tenant: TenantConfig, *, asleep: bool = False) -> None:
+        """Supervise `tenant`; with `asleep`, a tenant that may sleep waits for a request."""
+        self._register(tenant).start(asleep=asleep and tenant.settings.idle_stop_s > 0)
 
     def _register(self, tenant: TenantConfig) -> TenantSupervisor:
         """A route and a supervisor for `tenant`, not yet started."""
@@ -191,6 +193,8 @@ class Gateway:
                 return str(failure["reason"])
             if route.state == "running" and route.backend is not None:
                 return ""
+            if route.state == "sleeping":  # the new settings apply when it wakes
+                return ""
             if route.state == "stopped":
                 return "stopped while starting"
             remaining = deadline - time.monotonic()
@@ -249,7 +253,8 @@ class Gateway:
         fresh = await asyncio.to_thread(
             load_tenant, tenant_dir, self.config.gateway.tenant_defaults
         )
-        await supervisor.replace(fresh)
+        with supervisor.route.lease():  # not put to sleep half-way
+            await supervisor.replace(fresh)
         await self._track_backups()
 
     async def detach(self) -> list[HandedOver]:
@@ -301,6 +306,9 @@ class Gateway:
                 supervisor.start()
                 continue
             supervisor.start(process)
+        for config in self.config.tenants.values():  # the old worker's sleepers sleep on
+            if config.name not in self.supervisors:
+                self._add(config, asleep=True)
         adopted = self.config
         try:
             await self.reload()

@@ -100,7 +100,9 @@ def build_site(gateway: Gateway) -> Any:
              "size": format_size(listing.size_bytes) if tenant.databases else "no data yet",
              "public": tenant.settings.public,
              "member": tenant.name in member_of,
-             "owner": user is not None and tenant.name in user.owner_of}
+             "owner": user is not None and tenant.name in user.owner_of,
+             "sleeping": tenant.name in gateway.routes
+             and gateway.routes[tenant.name].state == "sleeping"}
             for tenant, listing in zip(shown, listings, strict=True)
         ]
         return page(render("home.html", title=gateway.domain, site_name=gateway.domain,

@@ -6,6 +6,12 @@ is tried again. A replacement (restart, reload) is blue/green: the new process s
 its health check, takes the traffic, and only then does the old one drain and stop; one that
 never gets healthy is stopped and the old one keeps serving. Every process holds the read end
 of a lifeline pipe (tenant_process.py), so none outlives the gateway, SIGKILL included.
+
+Sleep (tenant_defaults.idle_stop_s): a process with no lease on its route (no request, no
+upload) for idle_stop_s is stopped and the route kept, "sleeping". The next request asks the
+route to wake it: one start, every request meanwhile held in the proxy's retry hold. A wake that
+fails is a crash like any other (the crash policy applies), and the requests held for it get the
+crash page at once rather than wait out the restarts.
 """
 
 from __future__ import annotations
@@ -40,20 +46,26 @@ class TenantSupervisor:
         self.last_failure: dict[str, Any] | None = None  # {"reason", "time"}: for status, reload
         self.failed_config: TenantConfig | None = None  # what last_failure was a start of
         self._retry_at = 0.0  # when a failed tenant is tried again (monotonic)
+        self._waking_since = 0.0  # when the start in progress was asked for by a request; 0: no
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        route.waker = self._kick.set
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def start(self, process: TenantProcess | None = None) -> None:
-        """Supervise: start a process, or watch `process` (adopted from an old worker)."""
+    def start(self, process: TenantProcess | None = None, *, asleep: bool = False) -> None:
+        """Supervise: start a process, or watch `process` (adopted from an old worker), or
+        (`asleep`) wait for the first request to start one."""
         if process is not None:
             self._install(process)
+        elif asleep:
+            self.lifecycle = Lifecycle(State.SLEEPING)
+            self.route.set_state("sleeping")
         self._task = asyncio.ensure_future(self._run())
 
     async def pause(self) -> None:
@@ -81,6 +93,8 @@ class TenantSupervisor:
     def _enter(self, state: State, reason: str = "") -> None:
         """Move to `state` (IllegalTransition if the table forbids it) and show it to the proxy."""
         self.lifecycle.move(state)
+        if state is State.STARTING:
+            self.route.wake_failed = False
         if state is not State.RUNNING:  # running: published with its backend (_install)
             self.route.set_state(cast(TenantState, state.value), reason)
 
@@ -90,6 +104,8 @@ class TenantSupervisor:
                 await self._watch(self.current)
             elif self.lifecycle.state is State.FAILED:
                 await self._cool_down()
+            elif self.lifecycle.state is State.SLEEPING:
+                await self._sleep_until_woken()
             else:
                 await self._start()
 
@@ -102,10 +118,24 @@ class TenantSupervisor:
                 self._install(await self.spawner.launch(config))
         except StartFailed as exc:
             if not self._stopping:
+                if self._waking_since:  # until it serves or is started afresh
+                    self.route.wake_failed = True  # before the new state is shown
+                    self._waking_since = 0.0
                 await self._wait_for_kick(self._crashed(str(exc), config))
 
+    async def _sleep_until_woken(self) -> None:
+        """No process until a request (route.wake) or an operator (replace) asks for one."""
+        await self._kick.wait()
+        self._kick.clear()
+        if self.lifecycle.state is State.SLEEPING and not self._stopping:
+            self._waking_since = time.monotonic()
+            self._enter(State.STARTING)
+
     async def _watch(self, running: TenantProcess) -> None:
-        await asyncio.wait({running.exited})
+        while not running.exited.done():
+            await asyncio.wait({running.exited}, timeout=self._until_idle(running))
+            if not running.exited.done() and await self._fall_asleep(running):
+                return
         if self._stopping or running is not self.current or running.retiring:
             return
         self.current = None
@@ -115,6 +145,32 @@ class TenantSupervisor:
         wait_s = self._crashed(reason, self.config)
         await running.stop(0)
         await self._wait_for_kick(wait_s)
+
+    def _until_idle(self, running: TenantProcess) -> float | None:
+        """How long until `running` may be put to sleep (None: it never sleeps)."""
+        idle_stop_s = self.config.settings.idle_stop_s
+        if idle_stop_s <= 0 or running is not self.current or running.retiring:
+            return None
+        if self.route.busy or running.backend.in_flight:
+            return idle_stop_s  # a lease given back later moves last_active on
+        return max(idle_stop_s - self.route.idle_for(), 0.0)
+
+    async def _fall_asleep(self, running: TenantProcess) -> bool:
+        """Stop `running` if it has been idle for idle_stop_s; keep the route, "sleeping"."""
+        async with self._lock:  # not while a replacement is under way
+            if self._stopping or running.exited.done() or self._until_idle(running) != 0.0:
+                return False
+            idle_s = self.route.idle_for()
+            self.current = None
+            running.retiring = True
+            self.route.withdraw(running.backend, "sleeping")
+            self.lifecycle.move(State.SLEEPING)
+        log.info("tenant_sleeping", extra={"tenant": self.name, "idle_s": round(idle_s, 1),
+                                           "generation": running.handle.generation})
+        task = asyncio.ensure_future(self._retire(running))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return True
 
     def _crashed(self, reason: str, config: TenantConfig) -> float:
         """Apply the crash policy; how long to wait before the next start (0: failed, see
@@ -160,16 +216,26 @@ class TenantSupervisor:
         self.lifecycle.move(State.RUNNING)
         self.policy.healthy()
         self.current = process
+        self.route.last_active = max(self.route.last_active, time.monotonic())
         self.route.publish(process.backend)
+        if self._waking_since:
+            log.info("tenant_woke", extra={
+                "tenant": self.name, "generation": process.handle.generation,
+                "wake_s": round(time.monotonic() - self._waking_since, 3)})
+            self._waking_since = 0.0
 
     async def replace(self, config: TenantConfig | None = None) -> None:
         """Blue/green: start a new process, switch to it once healthy, drain and stop the old.
 
         If the new process never gets healthy, the old one keeps serving and StartFailed is
-        raised. A failed or not yet started tenant is simply (re)started.
+        raised. A failed or not yet started tenant is simply (re)started; a sleeping one sleeps
+        on, and its next wake starts `config`.
         """
         config = config or self.config
         async with self._lock:
+            if self.current is None and self.lifecycle.state is State.SLEEPING:
+                self.config = self.route.config = config  # the next wake starts it
+                return
             if self.current is None:
                 self.config = self.route.config = config
                 self.policy.reset()
@@ -237,6 +303,7 @@ class TenantSupervisor:
             "uid": process.handle.uid if process else None,
             "uptime_s": round(time.time() - process.started_at, 1) if process else None,
             "in_flight": process.backend.in_flight if process else 0,
+            "idle_s": round(self.route.idle_for(), 1),
             "restarts": self.restarts,
             "last_failure": self.last_failure,
         }

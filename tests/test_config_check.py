@@ -54,7 +54,8 @@ def test_every_tenant_toml_problem_is_reported(site: Site) -> None:
     first, second, third = result.stderr.splitlines()
     assert first == (
         "Error: tenants/alice/tenant.toml: start_timeout: unknown key (known keys: datasette,"
-        " memory_mb, open_files, processes, public, start_timeout_s, stop_timeout_s, title);"
+        " idle_stop_s, memory_mb, open_files, processes, public, start_timeout_s,"
+        " stop_timeout_s, title);"
         " did you mean start_timeout_s?"
     )
     assert second == 'Error: tenants/alice/tenant.toml: memory_mb: expected an integer, got "lots"'

@@ -33,8 +33,8 @@ def test_a_handed_over_config_is_rebuilt_exactly(site: Site) -> None:
 
 @pytest.mark.parametrize(("change", "error"), [
     ({"settings": {"retired_key": 1}}, "handover: tenant 'alice': retired_key: unknown key"
-     " (known keys: datasette, memory_mb, open_files, processes, public, start_timeout_s,"
-     " stop_timeout_s, title)"),
+     " (known keys: datasette, idle_stop_s, memory_mb, open_files, processes, public,"
+     " start_timeout_s, stop_timeout_s, title)"),
     ({"settings": {"memory_mb": "lots"}},
      "handover: tenant 'alice': memory_mb: expected an integer, got \"lots\""),
     ({"settings": {"memory_mb": 0}}, "handover: tenant 'alice': memory_mb: must be greater than 0"),

@@ -27,6 +27,8 @@ ALLOWED = {
     (S.RESTARTING, S.FAILED),  # crash loop
     (S.RESTARTING, S.STARTING),  # restarted by an operator during the backoff
     (S.FAILED, S.STARTING),  # cool-down over, or restarted by an operator
+    (S.RUNNING, S.SLEEPING),  # no request for idle_stop_s
+    (S.SLEEPING, S.STARTING),  # woken by a request, or restarted by an operator
     *((state, S.STOPPED) for state in State if state is not S.STOPPED),
 }
 

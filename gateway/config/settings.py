@@ -169,6 +169,13 @@ class TenantSettings:
         " before it is killed.",
         check=check_non_negative,
     )
+    idle_stop_s: float = setting(
+        0.0,
+        "Seconds without a request after which the tenant's process is stopped (it sleeps);"
+        " the next request starts it again. Uploads and requests in flight keep it awake."
+        " 0: it never sleeps.",
+        check=check_non_negative,
+    )
     datasette: dict[str, str | int | float | bool] = setting(
         {},
         "Datasette settings passed as --setting NAME VALUE, e.g. sql_time_limit_ms = 1000."

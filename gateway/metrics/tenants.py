@@ -42,7 +42,7 @@ FAMILIES = {
         " BackendTimeout (no answer in time)."),
     "gateway_tenant_state": (
         "gauge", "1 for the tenant's current state (starting, running, restarting, failed,"
-        " stopped)."),
+        " sleeping, stopped)."),
     "gateway_tenant_in_flight": ("gauge", "Requests being answered by the tenant's process now."),
     "gateway_tenant_restarts_total": (
         "counter", "Times the tenant's process crashed or failed to start and was started"

@@ -61,12 +61,14 @@ class Uploads:
             await self._page(scope, send, route)
         elif method == "POST":
             try:  # the API answers JSON, whatever the client accepts
-                if path == DELETE_PATH:
-                    who = await self.authorize(scope, route, owner=True)
-                    await delete_table(self.tenant_command, scope, receive, send, route, who)
-                else:
-                    who = await self.authorize(scope, route)
-                    await self._upload(scope, receive, send, route, who)
+                with route.lease():  # the tenant is not put to sleep while its data changes
+                    if path == DELETE_PATH:
+                        who = await self.authorize(scope, route, owner=True)
+                        await delete_table(self.tenant_command, scope, receive, send, route,
+                                           who)
+                    else:
+                        who = await self.authorize(scope, route)
+                        await self._upload(scope, receive, send, route, who)
             except RequestError as error:
                 error.tenant = route.name
                 _log_failure(route, error, request_id)

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Many tenants on one machine: sleeping tenants (idle_stop_s) beside the same tenants always on.
+
+    make bench-density
+    .venv/bin/python bench/density.py [--tenants 300] [--idle 5] [--passes 2]
+
+One run builds N public tenants (each a copy of one small database) and, in turn, serves them
+from a real `gateway serve` (sandboxed when run as root):
+- "sleeping": every tenant has idle_stop_s = --idle; they start asleep;
+- "always on": the same tenants with idle_stop_s = 0 (the gateway starts all of them first).
+The same load runs against each: windows of 10 % of the tenants, one after the other, --passes
+times round; in a window every tenant gets one first request, then --requests more, 8 clients
+at once. While the load runs the total resident memory of the gateway and every process it
+started (bwrap and the tenants' Datasette) is sampled each second.
+
+Printed per mode: RSS over time (min, max, at the end of each pass), the first-request
+latency of a sleeping tenant (p50, p99: a wake), and the latency of requests to awake tenants
+(p50, p99). Targets (issue 16): wake p50 <= 0.3 s and p99 <= 0.6 s; N = 300 in under 2 GiB;
+the awake p99 no worse than always on. The machine's load moves absolute figures: compare the
+two modes of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway import control
+from gateway.config import load_config
+from gateway.errors import GatewayError
+
+BIN = Path(sys.executable).parent
+DOMAIN = "density.test"
+CLIENTS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_site(root: Path, tenants: int, idle_s: float, uid_base: int) -> tuple[Path, int]:
+    template = root / "template.db"
+    if not template.exists():
+        db = sqlite3.connect(template)
+        db.execute("create table items (id integer primary key, name text)")
+        db.executemany("insert into items values (?, ?)", [(i, f"item {i}") for i in range(200)])
+        db.commit()
+        db.close()
+    site = root / ("sleeping" if idle_s else "always-on")
+    for n in range(tenants):
+        data = site / "tenants" / f"t{n:03d}" / "data"
+        data.mkdir(parents=True)
+        shutil.copy(template, data / "data.db")
+        (data.parent / "tenant.toml").write_text(
+            f"public = true\nidle_stop_s = {idle_s}\n[datasette]\nsuggest_facets = false\n")
+    port = free_port()
+    (site / "gateway.toml").write_text(
+        f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = {port}\n'
+        f'[paths]\nrun_dir = "{root}/run-{site.name}"\n[log]\naccess_log = false\n'
+        f"[sandbox]\nuid_min = {uid_base}\nuid_max = {uid_base + 999}\n"
+        f"[proxy]\nretry_budget_s = 30.0\n")
+    for folder in (root, site):
+        os.chmod(folder, 0o755)
+    return site, port
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and every process below it."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        rss[int(entry)] = int(fields[21]) * page
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss.get(current, 0)
+        todo.extend(children.get(current, []))
+    return total
+
+
+class Sampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.stopping.is_set():
+            self.samples.append((time.monotonic() - start, tree_rss(self.pid)))
+            self.stopping.wait(1.0)
+
+
+def status(site: Path) -> dict[str, str]:
+    """Each tenant's state, from the control socket (in this process: a `gateway status` would
+    cost a Python start of CPU, taken from the load)."""
+    answer = control.call(load_config(site / "gateway.toml", with_tenants=False), "GET",
+                          "/status")
+    return {t["name"]: t["state"] for t in answer["tenants"]}
+
+
+async def visit(client: httpx.AsyncClient, tenant: str, requests: int,
+                awake: list[tuple[int, float]], errors: list[str]) -> float:
+    """One first request (its latency is returned), then `requests` more (into `awake`, with
+    their place in the visit)."""
+    headers = {"host": f"{tenant}.{DOMAIN}"}
+    first = 0.0
+    for n in range(requests + 1):
+        started = time.perf_counter()
+        response = await client.get("/data/items.json?_size=5", headers=headers)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            errors.append(f"{tenant}: {response.status_code}")
+        if n == 0:
+            first = elapsed
+        else:
+            awake.append((n, elapsed))
+    return first
+
+
+async def load(port: int, site: Path, names: list[str], passes: int, requests: int,
+               sleeping_mode: bool) -> dict[str, Any]:
+    window = max(1, len(names) // 10)
+    wakes: list[float] = []
+    firsts: list[float] = []
+    awake: list[tuple[int, float]] = []
+    errors: list[str] = []
+    ends: list[float] = []
+    limits = httpx.Limits(max_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                                 limits=limits) as client:
+        for _ in range(passes):
+            for start in range(0, len(names), window):
+                group = names[start:start + window]
+                states = await asyncio.to_thread(status, site) if sleeping_mode else {}
+                asleep = [n for n in group if states.get(n) == "sleeping"]
+                queue = asyncio.Queue[str]()
+                for name in group:
+                    queue.put_nowait(name)
+                first: dict[str, float] = {}
+
+                async def worker(queue: asyncio.Queue[str] = queue,
+                                 first: dict[str, float] = first) -> None:
+                    while not queue.empty():
+                        name = queue.get_nowait()
+                        first[name] = await visit(client, name, requests, awake, errors)
+
+                await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+                for name, latency in first.items():
+                    (wakes if name in asleep else firsts).append(latency)
+            ends.append(time.monotonic())
+    return {"wakes": wakes, "firsts": firsts, "awake": awake, "errors": errors, "ends": ends}
+
+
+def quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_mode(root: Path, args: argparse.Namespace, idle_s: float) -> dict[str, Any]:
+    site, port = make_site(root, args.tenants, idle_s, args.uid_base)
+    names = [f"t{n:03d}" for n in range(args.tenants)]
+    events = open(root / f"{site.name}-events.log", "wb")  # noqa: SIM115 - closed below
+    gateway = subprocess.Popen([str(BIN / "gateway"), "--config", str(site / "gateway.toml"),
+                                "serve"], stdout=subprocess.DEVNULL, stderr=events)
+    try:
+        deadline = time.monotonic() + 60 + args.tenants * 2
+        while True:  # every tenant serving (always on) or asleep (sleeping)
+            try:
+                states = status(site)
+            except GatewayError:
+                states = {}
+            ready = [s for s in states.values() if s in ("running", "sleeping")]
+            if len(ready) == args.tenants:
+                break
+            if time.monotonic() > deadline or gateway.poll() is not None:
+                raise SystemExit(f"{site.name}: tenants not ready: {states}")
+            time.sleep(1)
+        sampler = Sampler(gateway.pid)
+        sampler.start()
+        started = time.monotonic()
+        result = asyncio.run(load(port, site, names, args.passes, args.requests, bool(idle_s)))
+        sampler.stopping.set()
+        sampler.join()
+        result["rss"] = sampler.samples
+        result["pass_rss"] = [
+            next((rss for t, rss in sampler.samples if t >= end - started), sampler.samples[-1][1])
+            for end in result["ends"]]
+        result["wake_s"] = woke(root / f"{site.name}-events.log")
+        return result
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(120)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+        events.close()
+
+
+def woke(events_log: Path) -> list[float]:
+    """The gateway's own measure of each wake (tenant_woke: asked for to healthy)."""
+    times = []
+    for line in events_log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "tenant_woke":
+            times.append(float(event["wake_s"]))
+    return times
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    mib = [rss / 1048576 for _, rss in result["rss"]]
+    print(f"\n{name}")
+    passes = ", ".join(f"{r / 1048576:.0f}" for r in result["pass_rss"])
+    print(f"  RSS (gateway + tenants), MiB: min {min(mib):.0f}, max {max(mib):.0f};"
+          f" at the end of each pass: {passes}")
+    series = " ".join(f"{t:.0f}s:{r / 1048576:.0f}" for t, r in result["rss"][::5])
+    print(f"  RSS every 5 s: {series}")
+    wakes = result["wakes"]
+    if wakes:
+        print(f"  first request to a sleeping tenant (wake): n={len(wakes)}"
+              f" p50 {quantile(wakes, 0.5):.3f} s, p99 {quantile(wakes, 0.99):.3f} s")
+        if result["wake_s"]:
+            print(f"  gateway's own wake time (start to healthy): p50"
+                  f" {statistics.median(result['wake_s']):.3f} s")
+    if result["firsts"]:
+        print(f"  first request of a visit, tenant awake: n={len(result['firsts'])}"
+              f" p50 {quantile(result['firsts'], 0.5):.3f} s,"
+              f" p99 {quantile(result['firsts'], 0.99):.3f} s")
+    awake = [latency for _, latency in result["awake"]]
+    print(f"  requests to awake tenants: n={len(awake)} p50 {quantile(awake, 0.5) * 1000:.1f} ms,"
+          f" p99 {quantile(awake, 0.99) * 1000:.1f} ms, max {max(awake) * 1000:.0f} ms")
+    later = [latency for n, latency in result["awake"] if n > 1]
+    print(f"  the same without each visit's second request: p99"
+          f" {quantile(later, 0.99) * 1000:.1f} ms")
+    if result["errors"]:
+        print(f"  errors: {len(result['errors'])}, e.g. {result['errors'][:3]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tenants", type=int, default=300)
+    parser.add_argument("--idle", type=float, default=5.0, help="idle_stop_s of the sleepers")
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=10,
+                        help="requests per tenant per visit after the first")
+    parser.add_argument("--uid-base", type=int, default=int(os.environ.get(
+        "GATEWAY_TEST_UID_BASE", "20000")))
+    parser.add_argument("--only", choices=("sleeping", "always-on"))
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="gw-density-", dir="/tmp"))
+    try:
+        results = {}
+        for name, idle_s in (("sleeping", args.idle), ("always-on", 0.0)):
+            if args.only in (None, name):
+                results[name] = run_mode(root, args, idle_s)
+        print(f"{args.tenants} tenants, windows of {max(1, args.tenants // 10)},"
+              f" {args.passes} passes, {args.requests + 1} requests a visit, {CLIENTS} clients,"
+              f" idle_stop_s {args.idle:g}")
+        for name, result in results.items():
+            report(name, result)
+        if len(results) == 2:
+            ratio = (quantile([t for _, t in results["sleeping"]["awake"]], 0.99)
+                     / quantile([t for _, t in results["always-on"]["awake"]], 0.99))
+            peak = (max(r for _, r in results["sleeping"]["rss"])
+                    / max(r for _, r in results["always-on"]["rss"]))
+            print(f"\nsleeping / always on: awake p99 x{ratio:.2f}, peak RSS x{peak:.2f}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
