@@ -34,7 +34,7 @@ test: debs $(STAMP) lint typecheck
 
 # The cluster's tests alone (3 etcd members, hosts and edges as processes; a few minutes).
 test-cluster: debs $(STAMP)
-	$(BIN)/python -m pytest tests/test_cluster.py tests/test_cluster_etcd.py \
+	$(BIN)/python -m pytest -m "not image" tests/test_cluster.py tests/test_cluster_etcd.py \
 		tests/test_cluster_config.py tests/test_cluster_placement.py
 
 check: lint typecheck
