@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Spawner:
         self.master_key = master_key
         self.run_dir = config.gateway.paths.run_dir
         self._generation = _highest_generation(self.run_dir)
+        self._uid_lock = threading.Lock()
 
     def continue_generations(self, generation: int) -> None:
         """After a handover: never reuse a generation (a socket folder) the old worker used."""
@@ -105,11 +107,14 @@ class Spawner:
     def tenant_user(self, tenant: TenantConfig) -> int | None:
         """The uid the tenant's processes run as (None: the gateway cannot switch users), its
         folders' owners and modes made right for it."""
-        uid = None
-        if self.isolation.switches_user:
-            paths = self.config.gateway.paths
-            uid = tenant_uid(tenant.directory, paths.tenants_dir, self.config.gateway.sandbox)
-        prepare_tenant_dir(tenant.directory, uid)
+        # One at a time: a uid is free until its data folder is chowned to it, and tenants start
+        # in parallel threads; two that both saw uid N free would share it.
+        with self._uid_lock:
+            uid = None
+            if self.isolation.switches_user:
+                paths = self.config.gateway.paths
+                uid = tenant_uid(tenant.directory, paths.tenants_dir, self.config.gateway.sandbox)
+            prepare_tenant_dir(tenant.directory, uid)
         return uid
 
     async def _spawn(self, tenant: TenantConfig, generation: int) -> TenantProcess:
