@@ -112,7 +112,7 @@ def test_the_leader_places_a_tenant_and_the_edge_routes_to_its_host(cluster: Clu
         httpx.get(f"https://127.0.0.2:{port}/", verify=False, timeout=5)
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_a_killed_hosts_tenant_comes_back_on_another_host(cluster: Cluster) -> None:
     hosts = {"h1": cluster.start("h1", "host", advertise="127.0.0.2"),
              "h2": cluster.start("h2", "host", advertise="127.0.0.3")}
@@ -141,7 +141,7 @@ def test_a_killed_hosts_tenant_comes_back_on_another_host(cluster: Cluster) -> N
     del cluster.nodes[first]
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_without_etcd_quorum_edges_keep_routes_and_hosts_keep_tenants(cluster: Cluster) -> None:
     host = cluster.start("h1", "host", advertise="127.0.0.2")
     edge = cluster.start("e1", "edge")
@@ -174,7 +174,7 @@ def test_without_etcd_quorum_edges_keep_routes_and_hosts_keep_tenants(cluster: C
     assert host.status()["tenants"][0]["pid"] == tenant["pid"]
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_a_node_whose_lease_expired_joins_again(cluster: Cluster) -> None:
     host = cluster.start("h1", "host", advertise="127.0.0.2")
     edge = cluster.start("e1", "edge")
@@ -188,7 +188,7 @@ def test_a_node_whose_lease_expired_joins_again(cluster: Cluster) -> None:
     assert response.status_code == 200
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_a_dead_hosts_tenant_is_restored_from_its_replica_on_the_next(
         cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
     from .test_backup import backup_settings, wait_replicated, write_rows
@@ -247,7 +247,7 @@ def test_a_tenant_added_on_every_node_and_reloaded_is_placed_and_routed(cluster:
     assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_an_edge_killed_the_other_serves_and_another_node_leads(cluster: Cluster) -> None:
     first = cluster.start("e1", "edge")  # alone, so it leads
     wait_until(lambda: first.status()["cluster"]["leader"], message="e1 leads")
@@ -268,7 +268,7 @@ def test_an_edge_killed_the_other_serves_and_another_node_leads(cluster: Cluster
     assert cluster.placement("alice") == "h1"  # a new leader moves nothing that works
 
 
-@pytest.mark.cluster
+@pytest.mark.drill
 def test_one_etcd_member_stopped_changes_nothing(cluster: Cluster) -> None:
     host = cluster.start("h1", "host", advertise="127.0.0.2")
     edge = cluster.start("e1", "edge")

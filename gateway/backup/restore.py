@@ -154,11 +154,11 @@ def _local_txid(config_file: Path, database: str) -> int | None:
     except ValueError:
         return None
     for row in rows if isinstance(rows, list) else []:
-        if Path(str(row.get("database", ""))).name == database:
-            try:  # "-" until Litestream has seen a transaction of its own
-                return int(str(row.get("local_txid")), 16)
-            except ValueError:
-                return None
+        if Path(str(row.get("database", ""))).name == database and row.get("local_txid"):
+            try:
+                return int(str(row["local_txid"]), 16)
+            except ValueError:  # "-": Litestream has not read the database yet
+                continue
     return None
 
 
