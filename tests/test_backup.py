@@ -165,11 +165,18 @@ def backup_status(gateway: RunningGateway) -> list[dict[str, Any]]:
     return json.loads(gateway.cli("backup", "status", "--json").stdout)  # type: ignore[no-any-return]
 
 
-def wait_replicated(gateway: RunningGateway, timeout: float = 60) -> list[dict[str, Any]]:
-    """Until every database's replica has its newest transaction."""
+def wait_replicated(gateway: RunningGateway, timeout: float = 60,
+                    since: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Until every database's replica has its newest transaction (and, with `since`, a status
+    taken before a write, until Litestream has seen a newer transaction of some database: right
+    after a write, it may not have looked yet)."""
+    seen = {(r["tenant"], r["database"]): r["local_txid"] or 0 for r in since or []}
+
     def caught_up() -> list[dict[str, Any]] | None:
         rows = backup_status(gateway)
-        return rows if all(row["behind_txids"] == 0 for row in rows) else None
+        moved = not seen or any((r["local_txid"] or 0) > seen.get((r["tenant"], r["database"]), 0)
+                                for r in rows)
+        return rows if moved and all(row["behind_txids"] == 0 for row in rows) else None
 
     return wait_until(caught_up, timeout, interval=0.5,  # type: ignore[no-any-return]
                       message="replicas to catch up")
@@ -419,18 +426,20 @@ def test_replication_survives_its_own_crash_and_an_upgrade(site: Site,
     data = site.tenants_dir / "alice" / "data" / "data.db"
     first = _backup_process(backed_up, "alice")["pid"]
     os.kill(first, signal.SIGKILL)
+    before = backup_status(backed_up)
     write_rows(data, "during_crash", [(1, "written while Litestream was down")])
     event = backed_up.wait_for_event("backup_process_exited", tenant="alice")
     assert event["status"] == -9
     wait_until(lambda: _backup_process(backed_up, "alice")["pid"] not in (None, first),
                message="a new Litestream for alice")
-    wait_replicated(backed_up)
+    wait_replicated(backed_up, since=before)
 
     old_worker = backed_up.worker_pid
     backed_up.cli("upgrade")
     wait_until(lambda: backed_up.worker_pid != old_worker, message="the new worker")
+    before = backup_status(backed_up)
     write_rows(data, "after_upgrade", [(1, "written after the upgrade")])
-    wait_replicated(backed_up)
+    wait_replicated(backed_up, since=before)
     litestreams = subprocess.run(["pgrep", "-f", f"{site.root}/state/replication/alice/"],
                                  capture_output=True, text=True, check=False).stdout.split()
     assert len(litestreams) == 1
