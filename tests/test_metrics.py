@@ -56,11 +56,21 @@ class Prometheus:
              f"--web.listen-address={self.url.removeprefix('http://')}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        # Prometheus answers 503 "Service Unavailable" until its storage is open.
+        wait_until(self.ready, 60, interval=0.2, message="Prometheus is ready")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/-/ready").status_code == 200
+        except httpx.TransportError:
+            return False
 
     def query(self, expression: str) -> list[dict[str, Any]]:
         try:
             answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expression})
         except httpx.TransportError:
+            return []
+        if answer.status_code != 200:
             return []
         result: list[dict[str, Any]] = answer.json()["data"]["result"]
         return result
