@@ -170,6 +170,13 @@ class Etcd:
         reply = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
         return int(reply.get("result", {}).get("TTL", 0))
 
+    async def time_to_live(self, lease: int) -> int:
+        """Seconds `lease` has left; -1 once it has expired (0: no lease, a key without one)."""
+        if not lease:
+            return 0
+        reply = await self.call("/v3/lease/timetolive", {"ID": str(lease)})
+        return int(reply.get("TTL", -1))
+
     async def revoke(self, lease: int) -> None:
         await self.call("/v3/lease/revoke", {"ID": str(lease)})
 
