@@ -825,7 +825,8 @@ def _ca_folder(ctx: click.Context, folder: Path | None) -> Path:
               help="Where the CA goes (default: cluster.tls_dir).")
 @click.pass_context
 def cluster_init(ctx: click.Context, folder: Path | None) -> None:
-    """Make the cluster CA (ca.pem, ca.key). Keep ca.key off the nodes if you can."""
+    """Make the cluster CA (ca.pem, ca.key) and its secret.key. Keep ca.key off the nodes if
+    you can; secret.key goes to every node (it seals the ACME certificate's key in etcd)."""
     from .cluster import tls
 
     cert = tls.init_ca(_ca_folder(ctx, folder))
@@ -840,7 +841,8 @@ def cluster_init(ctx: click.Context, folder: Path | None) -> None:
               help="Where the node's files go (default: <CA folder>/<NODE>).")
 @click.pass_context
 def cluster_cert(ctx: click.Context, node: str, folder: Path | None, out: Path | None) -> None:
-    """Issue NODE's certificate: copy ca.pem, node.pem, node.key to its cluster.tls_dir."""
+    """Issue NODE's certificate: copy ca.pem, node.pem, node.key, secret.key to its
+    cluster.tls_dir."""
     from .cluster import tls
 
     ca_folder = _ca_folder(ctx, folder)
