@@ -772,7 +772,9 @@ def cert_renew(ctx: click.Context, force: bool, as_json: bool) -> None:
 
     def text(result: dict[str, Any]) -> str:
         if result["renewed"]:
-            return "Renewed.\n" + _certificate_text(result)
+            by = f" by the cluster's leader, {result['renewed_by']}" \
+                if "renewed_by" in result else ""
+            return f"Renewed{by}.\n" + _certificate_text(result)
         return (f"Not due: the next renewal is at {result['next_renewal']}"
                 f" ({result['renewal_basis']}). Use --force to renew now.")
 

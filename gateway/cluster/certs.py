@@ -34,7 +34,7 @@ from ..certs.store import StoredCertificate
 from ..config import Config
 from ..errors import CertificateError, ConfigError
 from ..tls import LiveContext
-from . import tls
+from . import operate, tls
 from .etcd import Etcd, EtcdUnavailable
 from .node import LEADER, ROOT, follow
 
@@ -170,11 +170,20 @@ class ClusterCertificates(AcmeCertificates):
         log.info("certificate_published", extra=stored.info.describe())
 
     async def renew(self, force: bool) -> dict[str, Any]:
-        if not self.leading:
-            leader = self.leader.split(" ")[0] or "no node yet"
-            raise CertificateError(f"in a cluster the leader ({leader}) obtains the"
-                                   " certificate: run `gateway cert renew` there")
-        return await super().renew(force)
+        """On the leader, renew; elsewhere ask the leader to (operate.py's requests) and answer
+        what it says: its certificate reaches this node through etcd right after."""
+        if self.leading:
+            return await super().renew(force)
+        leader = self.leader.split(" ")[0]
+        if not leader:
+            raise CertificateError("the cluster has no leader yet to obtain the certificate:"
+                                   " try again in a few seconds")
+        timeout_s = int(self.tls.acme.timeout_s + self.tls.dns.wait_timeout_s) + 30
+        answer = await operate.ask(self.etcd, leader, operate.RENEW_CERTIFICATE, timeout_s,
+                                   force="1" if force else "")
+        if not answer["ok"]:
+            raise CertificateError(f"{leader}: {answer['error']}")
+        return {**answer["result"], "renewed_by": leader}
 
     def status(self) -> dict[str, Any]:
         status = super().status()

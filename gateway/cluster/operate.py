@@ -4,7 +4,8 @@ Keys in etcd (under /gateway/, beside node.py's):
 
     members/<node>            {"role": ..., "advertise": ...} on the node's lease: every node,
                               edges too (nodes/ holds hosts only: the leader places on those)
-    requests/<node>/<id>      {"action": "restart"|"reload", "tenant": ...} on the asker's lease
+    requests/<node>/<id>      {"action": "restart"|"reload"|"renew-certificate", ...} on the
+                              asker's lease
     answers/<id>              {"node": ..., "ok": bool, "result"|"error": ...} on the same lease
 
 A request is a key the target node watches; it claims it (deletes it), acts as its own control
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 ROOT = "/gateway/"  # node.ROOT (this module is imported while node.py is)
 MEMBERS, REQUESTS, ANSWERS = ROOT + "members/", ROOT + "requests/", ROOT + "answers/"
+RENEW_CERTIFICATE = "renew-certificate"
 RESTART_TIMEOUT_S = 90  # under the control socket client's 120 s
 RELOAD_TIMEOUT_S = 300
 
@@ -199,5 +201,10 @@ async def _act(node: ClusterNode, request: dict[str, Any]) -> Any:
     if action == "reload":
         report = await node.gateway.reload()
         return report.summary()
+    if action == RENEW_CERTIFICATE:  # a follower's `gateway cert renew` (cluster/certs.py)
+        certificates = node.gateway.certificates
+        if certificates is None:
+            raise GatewayError(f"{node.name} has no certificate: its tls.mode is \"off\"")
+        return await certificates.renew(request.get("force") == "1")
     raise GatewayError(f"unknown request {action!r} (is every node the same version?)")
 
