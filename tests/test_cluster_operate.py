@@ -62,3 +62,14 @@ def test_status_restart_and_reload_from_the_edge(cluster: Cluster) -> None:  # n
     assert [n["tenants"] for n in edge.status()["cluster"]["view"]["nodes"]] == [
         [], ["alice", "bob"]]
 
+
+    # A node whose files do not load says so; the others reload; the command fails.
+    broken = cluster.sites["h1"].tenants_dir / "carol"
+    broken.mkdir()
+    (broken / "tenant.toml").write_text('memory_mb = "lots"\n')
+    failed = edge.cli("reload", "--cluster", check=False)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith(f"e1:\n{unchanged}h1: error: ")
+    assert "tenants/carol/tenant.toml: memory_mb: expected an integer" in failed.stdout
+    assert failed.stderr == "Error: the reload failed on h1\n"
+    assert host.tenant("bob")["state"] == "running"  # what ran keeps running

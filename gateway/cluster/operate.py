@@ -190,7 +190,14 @@ async def _serve(node: ClusterNode, key: str, request_id: str, value: str) -> No
         answer["result"] = await _act(node, request)
     except GatewayError as exc:
         answer.update(ok=False, error=str(exc))
-    await node.etcd.put(ANSWERS + request_id, json.dumps(answer), lease=found.lease)
+    except Exception:  # a bug: the asker hears of it rather than waiting for its timeout
+        log.exception("cluster_request_failed", extra={"action": request.get("action")})
+        answer.update(ok=False, error=f"internal error on {node.name} (its log has"
+                      " cluster_request_failed)")
+    try:
+        await node.etcd.put(ANSWERS + request_id, json.dumps(answer), lease=found.lease)
+    except EtcdUnavailable as exc:  # done, but the asker will report no answer
+        log.error("cluster_answer_lost", extra={"error": str(exc)})
 
 
 async def _act(node: ClusterNode, request: dict[str, Any]) -> Any:
