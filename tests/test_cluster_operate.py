@@ -4,14 +4,33 @@ members), a host and an edge as separate `gateway serve` processes."""
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import pytest
+
+from gateway.cluster.etcd import Etcd
 
 from .conftest import wait_until
 from .test_cluster import Cluster, cluster  # noqa: F401 (a fixture)
 
-pytestmark = pytest.mark.root
+
+async def test_a_delete_says_who_claimed_and_a_lease_its_time_left(etcd_cluster: Any) -> None:
+    etcd = Etcd(etcd_cluster.endpoints)
+    key = f"/test/{uuid.uuid4().hex}"
+    try:
+        lease = await etcd.grant(30)
+        await etcd.put(key, "request", lease=lease)
+        assert 0 < await etcd.time_to_live(lease) <= 30
+        assert await etcd.delete(key) and not await etcd.delete(key)  # one claimer only
+        await etcd.revoke(lease)
+        assert await etcd.time_to_live(lease) == -1
+        assert await etcd.time_to_live(0) == 0
+    finally:
+        await etcd.close()
 
 
+@pytest.mark.root
 def test_status_restart_and_reload_from_the_edge(cluster: Cluster) -> None:  # noqa: F811
     host = cluster.start("h1", "host", advertise="127.0.0.2")
     edge = cluster.start("e1", "edge")

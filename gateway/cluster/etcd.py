@@ -132,8 +132,10 @@ class Etcd:
             body["lease"] = str(lease)
         return int((await self.call("/v3/kv/put", body))["header"]["revision"])
 
-    async def delete(self, key: str) -> None:
-        await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+    async def delete(self, key: str) -> bool:
+        """Delete `key`; whether it was there (of two deleting at once, one hears True)."""
+        reply = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+        return int(reply.get("deleted", 0)) > 0
 
     async def create(self, key: str, value: str, *, lease: int = 0) -> tuple[bool, KeyValue | None]:
         """Put `key` only if it does not exist (one transaction): (created, the existing one)."""

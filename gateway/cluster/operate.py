@@ -178,10 +178,13 @@ async def serve_requests(node: ClusterNode) -> None:
 
 
 async def _serve(node: ClusterNode, key: str, request_id: str, value: str) -> None:
-    found = await node.etcd.get(key)
-    if found is None:
-        return  # answered already, or its asker gave up
-    await node.etcd.delete(key)
+    try:
+        found = await node.etcd.get(key)
+        if found is None or not await node.etcd.delete(key):
+            return  # answered already, or its asker gave up
+    except EtcdUnavailable as exc:  # its asker reports no answer
+        log.error("cluster_request_unread", extra={"error": str(exc)})
+        return
     request = json.loads(value)
     log.info("cluster_request", extra={"action": request.get("action"),
                                        "tenant": request.get("tenant")})
