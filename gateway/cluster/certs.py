@@ -119,12 +119,14 @@ class ClusterCertificates(AcmeCertificates):
                 await self._leadership.wait()
             await self._publish_if_unpublished()
             renewing = asyncio.ensure_future(super()._run())
-            while self.leading:
-                self._leadership.clear()
-                await self._leadership.wait()
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            try:
+                while self.leading:
+                    self._leadership.clear()
+                    await self._leadership.wait()
+            finally:  # leadership lost, or this node stopping
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
             log.info("certificate_renewal_handed_over", extra={"leader": self.leader})
 
     async def _published(self, found: dict[str, str]) -> None:
