@@ -92,3 +92,26 @@ def test_status_restart_and_reload_from_the_edge(cluster: Cluster) -> None:  # n
     assert "tenants/carol/tenant.toml: memory_mb: expected an integer" in failed.stdout
     assert failed.stderr == "Error: the reload failed on h1\n"
     assert host.tenant("bob")["state"] == "running"  # what ran keeps running
+
+
+@pytest.mark.root
+@pytest.mark.drill
+def test_status_says_when_etcd_has_no_quorum(cluster: Cluster) -> None:  # noqa: F811
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: edge.status()["cluster"]["view"]["leader"] == "e1", message="e1 leads")
+    etcd = cluster.etcd
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in etcd.members)
+    stopped = etcd.members[1:]
+    try:
+        for member in stopped:
+            member.stop()
+        status = edge.status()
+        assert status["cluster"]["view"]["error"].startswith("no etcd member answered: ")
+        assert status["cluster"]["node"] == "e1"  # the node's own part is still there
+        text = edge.cli("status").stdout
+        assert "\n           etcd: no etcd member answered: " in text
+    finally:
+        for member in stopped:
+            member.start(initial, token=etcd.folder.name)
+        etcd.wait_healthy()
+    wait_until(lambda: "error" not in edge.status()["cluster"]["view"], message="etcd back")
