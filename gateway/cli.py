@@ -339,6 +339,10 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
         accounts.store.add_member(name, normalise_email(email))
     for email in owners:
         accounts.store.add_member(name, normalise_email(email), "owner")
+    if config.gateway.cluster.etcd_endpoints:  # every node reads its own tenants/
+        click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'}, copy the"
+                   " folder to every node, then run `gateway reload --cluster` to start it.")
+        return
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
 
@@ -384,7 +388,11 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
     config = _config(ctx)
     moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
     former = _accounts_for(config).forget_tenant(name)
-    click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
+    if config.gateway.cluster.etcd_endpoints:
+        click.echo(f"Moved to {moved}. Remove it on every node, then run"
+                   " `gateway reload --cluster` to stop it.")
+    else:
+        click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
     if former:
         click.echo(f"Memberships ended: {', '.join(former)}")
 
