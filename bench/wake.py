@@ -98,7 +98,9 @@ async def rounds(config_path: Path, other: Path, count: int, uid_base: int
         spare = None
         if side == "this code, spare":
             spare = await asyncio.to_thread(spares.start_spare, spawner.run_dir, f"spare-{n}")
-            await asyncio.sleep(1.5)  # idle, its imports done, as spares in a running gateway
+            if not await asyncio.to_thread(spares.wait_until_loaded, spare):
+                raise SystemExit(f"the spare did not start: {spare.popen.poll()}")
+            await asyncio.sleep(0.2)  # idle, as spares in a running gateway
         cpu_before = cpu_s(child_of(spare.popen.pid)) if spare else 0.0
         started = time.perf_counter()
         if spare is not None:

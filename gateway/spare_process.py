@@ -24,6 +24,7 @@ One handoff per process: it serves that tenant until it exits; end of file on ei
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -37,8 +38,10 @@ from typing import Any
 from . import tenant_process
 from .mounts import MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount
 
+SPARE_NICE = 10
 _PR_CAPBSET_DROP = 24
 _PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _RLIMITS = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE,
             "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
 
@@ -84,13 +87,22 @@ def confine(handoff: dict[str, Any]) -> None:
     for cap in range(last_cap + 1):
         if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"cannot drop capability {cap}")
-    os.setresuid(uid, uid, uid)  # clears the permitted and effective capabilities
+    os.setresuid(uid, uid, uid)  # clears the permitted, effective and ambient capabilities
+    _clear_inheritable(libc)
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "cannot set no-new-privs")
     if os.getuid() != uid or os.geteuid() != uid or os.getgroups():
         raise OSError("the tenant's user was not taken")
     os.environ["DATASETTE_SECRET"] = handoff["secret"]
     os.chdir("/data")
+
+
+def _clear_inheritable(libc: ctypes.CDLL) -> None:
+    """capset(2) with every set empty: the inheritable set survives setresuid."""
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "cannot clear the inheritable capabilities")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,10 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ready-fd", type=int, required=True)
     args = parser.parse_args(argv)
     tenant_process.watch_lifeline(args.lifeline_fd)
+    # Its imports are background work: wakes, and the tenants serving, come first. The gateway
+    # gives it the usual priority back when it hands it a tenant (spares.hand_over).
+    os.nice(SPARE_NICE)
     # Running means bubblewrap has made the sandbox: the gateway may now rename its folders.
     os.write(args.ready_fd, b"1")
-    os.close(args.ready_fd)
     preload()
+    with contextlib.suppress(OSError):  # "2": loaded (the pool starts the next spare)
+        os.write(args.ready_fd, b"2")
+    os.close(args.ready_fd)
     handoff = read_handoff(args.handoff_fd)
     try:
         confine(handoff)

@@ -49,7 +49,7 @@ class Spare:
     run_dir: Path
     lifeline_fd: int  # write end: closing it ends the spare (and later the tenant)
     handoff_fd: int  # write end of the pipe the spare waits on
-    ready_fd: int  # read end: one byte once the spare runs (its sandbox made)
+    ready_fd: int  # read end: "1" once the spare runs (its sandbox made), "2" once loaded
     output_fd: int
     status_fd: int
 
@@ -99,12 +99,14 @@ class SparePool:
                                                "status": spare.popen.returncode})
             await asyncio.to_thread(discard, spare)
         spare = await self._start()
+        _close_ready(spare)  # not loaded yet, but no other is nearer to it
         self.fill()
         return spare
 
     def fill(self) -> None:
-        """Start spares in the background until there are `size` of them."""
-        while not self._closed and len(self._spares) + self._starting < self.size:
+        """Start spares in the background until there are `size` of them, one at a time: a
+        refill competes for the cores with the wakes that found no spare (bench/density)."""
+        if not self._closed and self._starting == 0 and len(self._spares) < self.size:
             self._starting += 1
             task = asyncio.ensure_future(self._add())
             self._tasks.add(task)
@@ -120,12 +122,21 @@ class SparePool:
             self._starting -= 1
         if self._closed:
             await asyncio.to_thread(discard, spare)
-        else:
-            self._spares.append(spare)
+            return
+        self._spares.append(spare)  # running: it may be handed a tenant from now on
+        await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"2")  # its imports done
+        _close_ready(spare)
+        self.fill()
 
     async def _start(self) -> Spare:
+        """A new spare, once it runs (its sandbox made)."""
         name = next(self._names)
-        return await asyncio.shield(asyncio.to_thread(start_spare, self.run_root, name))
+        spare = await asyncio.shield(asyncio.to_thread(start_spare, self.run_root, name))
+        if not await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"1"):
+            _close_ready(spare)
+            await asyncio.to_thread(discard, spare)
+            raise OSError(f"spare {name} did not start: exit status {spare.popen.poll()}")
+        return spare
 
     async def close(self) -> None:
         self._closed = True
@@ -179,7 +190,7 @@ def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
     them) and bound in, socket folder chowned, the handoff written (blocking: run in a thread).
     The spare's fd for the handoff is closed either way."""
     try:
-        _wait_until_running(spare)
+        _renice(spare.popen.pid)  # a spare is running (SparePool._start) when handed over
         for folder in ("run_dir", "spare_dir"):
             old = getattr(spare, folder)
             setattr(spare, folder, old.rename(old.with_name(str(generation))))
@@ -199,23 +210,37 @@ def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
         spare.handoff_fd = -1
 
 
-def _wait_until_running(spare: Spare) -> None:
-    """Until bubblewrap has bound the spare's folders (renaming them before would fail it)."""
-    if spare.ready_fd < 0:
-        return
-    try:
-        ready, _, _ = select.select([spare.ready_fd], [], [], _READY_TIMEOUT_S)
-        if not ready or not os.read(spare.ready_fd, 1):
-            raise OSError(f"the spare did not start (waited up to {_READY_TIMEOUT_S:g} s)")
-    finally:
+def _renice(bwrap_pid: int) -> None:
+    """Every thread of the process bwrap runs back to nice 0 (a spare imports at SPARE_NICE)."""
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+        for child in children:
+            for thread in os.listdir(f"/proc/{child}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(thread), 0)
+
+
+def _wait_for_byte(fd: int, expected: bytes) -> bool:
+    """Whether the spare wrote `expected` on its ready pipe within _READY_TIMEOUT_S."""
+    ready, _, _ = select.select([fd], [], [], _READY_TIMEOUT_S)
+    return bool(ready) and os.read(fd, 1) == expected
+
+
+def wait_until_loaded(spare: Spare) -> bool:
+    """Whether `spare` ran and finished its imports (for bench/wake.py: no pool there)."""
+    loaded = _wait_for_byte(spare.ready_fd, b"1") and _wait_for_byte(spare.ready_fd, b"2")
+    _close_ready(spare)
+    return loaded
+
+
+def _close_ready(spare: Spare) -> None:
+    if spare.ready_fd >= 0:
         os.close(spare.ready_fd)
         spare.ready_fd = -1
 
 
 def discard(spare: Spare) -> None:
     """End a spare that was never handed a tenant, and remove its folders."""
-    for fd in (spare.lifeline_fd, spare.handoff_fd, spare.ready_fd, spare.output_fd,
-               spare.status_fd):
+    for fd in (spare.lifeline_fd, spare.handoff_fd, spare.output_fd, spare.status_fd):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -110,7 +110,11 @@ class Spawner:
         started = time.perf_counter()
         used_spare = self._spares is not None
         if self._spares is not None:
-            process = await self._hand_spare(tenant, await self._spares.take())
+            try:
+                spare = await self._spares.take()
+            except OSError as exc:
+                raise StartFailed(f"tenant {tenant.name!r}: {exc}") from None
+            process = await self._hand_spare(tenant, spare)
         else:
             process = await self._spawn(tenant, self.next_generation())
         generation = process.handle.generation
