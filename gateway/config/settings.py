@@ -198,9 +198,9 @@ class SandboxSettings:
     spare_processes: int = setting(
         2,
         "Sandboxed Python processes with Datasette loaded, kept ready to be handed a tenant"
-        " that starts or wakes (a start then costs ~0.05 s of CPU instead of ~0.25 s). Each is"
-        " used for one tenant only; ~30 MB each. Root with isolation full or root-bwrap only;"
-        " 0: every start is cold.",
+        " that starts or wakes (a start then costs ~0.04 s of CPU instead of ~0.27 s; see"
+        " README, Sleeping tenants). Each serves one tenant only; ~38 MB RSS each while it"
+        " waits. Root with isolation full or root-bwrap only; 0: every start is cold.",
         check=check_non_negative,
     )
 
