@@ -116,34 +116,56 @@ class SparePool:
         try:
             spare = await self._start()
         except OSError as exc:
+            self._starting -= 1
             log.error("spare_start_failed", extra={"error": str(exc)})
             return
-        finally:
-            self._starting -= 1
         if self._closed:
+            self._starting -= 1
+            _close_ready(spare)
             await asyncio.to_thread(discard, spare)
             return
         self._spares.append(spare)  # running: it may be handed a tenant from now on
-        await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"2")  # its imports done
-        _close_ready(spare)
+        try:
+            await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"2")  # its imports done
+        finally:
+            _close_ready(spare)
+            self._starting -= 1
         self.fill()
 
     async def _start(self) -> Spare:
         """A new spare, once it runs (its sandbox made)."""
         name = next(self._names)
-        spare = await asyncio.shield(asyncio.to_thread(start_spare, self.run_root, name))
-        if not await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"1"):
-            _close_ready(spare)
-            await asyncio.to_thread(discard, spare)
-            raise OSError(f"spare {name} did not start: exit status {spare.popen.poll()}")
-        return spare
+        starting = asyncio.ensure_future(asyncio.to_thread(_start_and_wait, self.run_root, name))
+        try:
+            return await asyncio.shield(starting)  # a thread cannot be stopped half-way
+        except asyncio.CancelledError:
+            starting.add_done_callback(_discard_started)
+            raise
 
     async def close(self) -> None:
+        """Discard the idle spares (handed ones are tenants' now) and stop refilling."""
         self._closed = True
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         spares, self._spares = self._spares, []
         for spare in spares:
             await asyncio.to_thread(discard, spare)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _start_and_wait(run_root: Path, name: str) -> Spare:
+    spare = start_spare(run_root, name)
+    if not _wait_for_byte(spare.ready_fd, b"1"):
+        _close_ready(spare)
+        discard(spare)
+        raise OSError(f"spare {name} did not start: exit status {spare.popen.poll()}")
+    return spare
+
+
+def _discard_started(starting: asyncio.Future[Spare]) -> None:
+    """A spare started for a take() that was cancelled meanwhile."""
+    if not starting.cancelled() and starting.exception() is None:
+        spare = starting.result()
+        _close_ready(spare)
+        discard(spare)
 
 
 def start_spare(run_root: Path, name: str) -> Spare:

@@ -108,12 +108,8 @@ class Spawner:
     async def launch(self, tenant: TenantConfig) -> TenantProcess:
         """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
         started = time.perf_counter()
-        used_spare = self._spares is not None
-        if self._spares is not None:
-            try:
-                spare = await self._spares.take()
-            except OSError as exc:
-                raise StartFailed(f"tenant {tenant.name!r}: {exc}") from None
+        spare = await self._take_spare()
+        if spare is not None:
             process = await self._hand_spare(tenant, spare)
         else:
             process = await self._spawn(tenant, self.next_generation())
@@ -131,7 +127,7 @@ class Spawner:
         log.info("tenant_started", extra={
             "tenant": tenant.name, "generation": generation, "pid": process.handle.signal_pid,
             "ready_s": round(time.perf_counter() - started, 3), "isolation": self.isolation.level,
-            "spare": used_spare,
+            "spare": spare is not None,
         })
         return process
 
@@ -211,6 +207,17 @@ class Spawner:
             connect_timeout=gateway.proxy.connect_timeout_s,
         )
         return TenantProcess(handle, backend, popen)
+
+    async def _take_spare(self) -> spares.Spare | None:
+        """A spare to hand the tenant, or None: no spares here, or none could be started (then
+        the start is cold rather than failed)."""
+        if self._spares is None:
+            return None
+        try:
+            return await self._spares.take()
+        except OSError as exc:
+            log.error("spare_start_failed", extra={"error": str(exc)})
+            return None
 
     async def _hand_spare(self, tenant: TenantConfig, spare: spares.Spare) -> TenantProcess:
         """`tenant`'s process, made of a spare: its folders bound in, then the handoff."""

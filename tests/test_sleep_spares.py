@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import UID_BASE, RunningGateway, Site, assert_gone, wait_until
 
-IDLE_S = 1.5
+IDLE_S = 3.0
 
 pytestmark = pytest.mark.root
 
@@ -68,13 +68,13 @@ def test_each_wake_is_handed_a_spare_of_its_own(site: Site, gateway: RunningGate
     pool is kept at its size all along."""
     wait_until(lambda: len(_idle_spares(site)) == 2, 30, message="two idle spares")
     processes = {}
+    spares_dir = site.root / "run" / "spares"
     for name in ("alice", "bob"):
         assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
-        started = _started(gateway, name)
-        assert [e["spare"] for e in started] == [True]
-        processes[name] = gateway.tenant(name)
-    for name, tenant in processes.items():
-        status = _proc_status(tenant["pid"])
+        processes[name] = tenant = gateway.tenant(name)
+        status = _proc_status(tenant["pid"])  # before it sleeps again (IDLE_S)
+        assert str(spares_dir / str(tenant["generation"]) / "data") in _mounts_under(spares_dir)
+        assert [e["spare"] for e in _started(gateway, name)] == [True]
         owner = (site.tenants_dir / name / "data").stat().st_uid
         assert UID_BASE <= owner < UID_BASE + 1000
         assert status["Uid"].split() == [str(owner)] * 4
@@ -83,9 +83,7 @@ def test_each_wake_is_handed_a_spare_of_its_own(site: Site, gateway: RunningGate
         assert capabilities == ["0000000000000000"] * 5
         assert (status["Groups"], status["NoNewPrivs"]) == ("", "1")
     assert processes["alice"]["uid"] != processes["bob"]["uid"]
-    spares_dir = site.root / "run" / "spares"
     alice_spare = spares_dir / str(processes["alice"]["generation"])
-    assert str(alice_spare / "data") in _mounts_under(spares_dir)
     gateway.wait_for_event("tenant_sleeping", tenant="alice", timeout=IDLE_S + 20)
     assert_gone({processes["alice"]["pid"]})
     wait_until(lambda: not alice_spare.exists(), 10, message="alice's spare folder removed")
