@@ -12,8 +12,9 @@ process then, before any of the tenant's files or settings are read:
 
 1. remounts /data nosuid,nodev and /conf read-only, and makes every mount private (nothing the
    host mounts later reaches it);
-2. sets the tenant's rlimits, clears its groups, takes the tenant's uid/gid (which empties its
-   capabilities), drops the capability bounding set and sets no-new-privs: what
+2. sets the tenant's rlimits, clears its groups, drops the capability bounding set, takes the
+   tenant's uid/gid (which empties the other sets but the inheritable one, emptied next) and
+   sets no-new-privs: what
    `setpriv --reuid --regid --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs`
    gives a cold start;
 3. runs as tenant_process.py does (WAL, Datasette).

@@ -224,7 +224,7 @@ class Spawner:
         uid = await asyncio.to_thread(self.tenant_user, tenant)
         if uid is None:  # can_use_spares: only as root, where tenants have users
             raise StartFailed(f"tenant {tenant.name!r}: no uid for a spare")
-        paths = self._tenant_paths(tenant, self.run_dir / "spare")  # run_dir: only its view
+        paths = self._tenant_paths(tenant, spare.run_dir)  # renamed at the handoff; /run/ds inside
         view = sandbox.sandbox_view(self.isolation, paths)
         databases = [str(view.data_dir / name) for name in tenant.databases]
         handoff = spares.Handoff(
