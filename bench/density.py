@@ -6,8 +6,10 @@
 
 One run builds N public tenants (each a copy of one small database) and, in turn, serves them
 from a real `gateway serve` (sandboxed when run as root):
-- "sleeping": every tenant has idle_stop_s = --idle; they start asleep;
-- "always on": the same tenants with idle_stop_s = 0 (the gateway starts all of them first).
+- "sleeping": every tenant has idle_stop_s = --idle; they start asleep; wakes are handed
+  spares (sandbox.spare_processes = --spares; root only, see spares.py);
+- "sleeping-cold": the same without spares (spare_processes = 0): every wake a cold start;
+- "always-on": the same tenants with idle_stop_s = 0 (the gateway starts all of them first).
 The same load runs against each: windows of 10 % of the tenants, one after the other, --passes
 times round; in a window every tenant gets one first request, then --requests more, 8 clients
 at once. While the load runs the total resident memory of the gateway and every process it
@@ -57,7 +59,8 @@ def free_port() -> int:
         return port
 
 
-def make_site(root: Path, tenants: int, idle_s: float, uid_base: int) -> tuple[Path, int]:
+def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
+              uid_base: int) -> tuple[Path, int]:
     template = root / "template.db"
     if not template.exists():
         db = sqlite3.connect(template)
@@ -65,7 +68,7 @@ def make_site(root: Path, tenants: int, idle_s: float, uid_base: int) -> tuple[P
         db.executemany("insert into items values (?, ?)", [(i, f"item {i}") for i in range(200)])
         db.commit()
         db.close()
-    site = root / ("sleeping" if idle_s else "always-on")
+    site = root / mode
     for n in range(tenants):
         data = site / "tenants" / f"t{n:03d}" / "data"
         data.mkdir(parents=True)
@@ -77,6 +80,7 @@ def make_site(root: Path, tenants: int, idle_s: float, uid_base: int) -> tuple[P
         f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = {port}\n'
         f'[paths]\nrun_dir = "{root}/run-{site.name}"\n[log]\naccess_log = false\n'
         f"[sandbox]\nuid_min = {uid_base}\nuid_max = {uid_base + 999}\n"
+        f"spare_processes = {spares}\n"
         f"[proxy]\nretry_budget_s = 30.0\n")
     for folder in (root, site):
         os.chmod(folder, 0o755)
@@ -188,8 +192,9 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_mode(root: Path, args: argparse.Namespace, idle_s: float) -> dict[str, Any]:
-    site, port = make_site(root, args.tenants, idle_s, args.uid_base)
+def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spares: int
+             ) -> dict[str, Any]:
+    site, port = make_site(root, mode, args.tenants, idle_s, spares, args.uid_base)
     names = [f"t{n:03d}" for n in range(args.tenants)]
     events = open(root / f"{site.name}-events.log", "wb")  # noqa: SIM115 - closed below
     gateway = subprocess.Popen([str(BIN / "gateway"), "--config", str(site / "gateway.toml"),
@@ -279,20 +284,29 @@ def main() -> None:
                         help="requests per tenant per visit after the first")
     parser.add_argument("--uid-base", type=int, default=int(os.environ.get(
         "GATEWAY_TEST_UID_BASE", "20000")))
-    parser.add_argument("--only", choices=("sleeping", "always-on"))
+    parser.add_argument("--spares", type=int, default=2,
+                        help="sandbox.spare_processes of the sleeping mode")
+    parser.add_argument("--modes", default="sleeping,sleeping-cold,always-on",
+                        help="which of sleeping, sleeping-cold, always-on to run, in order")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gw-density-", dir="/tmp"))
     try:
         results = {}
-        for name, idle_s in (("sleeping", args.idle), ("always-on", 0.0)):
-            if args.only in (None, name):
-                results[name] = run_mode(root, args, idle_s)
+        modes = {"sleeping": (args.idle, args.spares), "sleeping-cold": (args.idle, 0),
+                 "always-on": (0.0, 0)}
+        for name in args.modes.split(","):
+            idle_s, spares = modes[name]
+            results[name] = run_mode(root, args, name, idle_s, spares)
         print(f"{args.tenants} tenants, windows of {max(1, args.tenants // 10)},"
               f" {args.passes} passes, {args.requests + 1} requests a visit, {CLIENTS} clients,"
-              f" idle_stop_s {args.idle:g}")
+              f" idle_stop_s {args.idle:g}, {args.spares} spares (sleeping)")
         for name, result in results.items():
             report(name, result)
-        if len(results) == 2:
+        if "sleeping" in results and "sleeping-cold" in results:
+            spare, cold = results["sleeping"]["wakes"], results["sleeping-cold"]["wakes"]
+            print(f"\nspares / cold: wake p50 x{quantile(spare, 0.5) / quantile(cold, 0.5):.2f},"
+                  f" p99 x{quantile(spare, 0.99) / quantile(cold, 0.99):.2f}")
+        if "sleeping" in results and "always-on" in results:
             ratio = (quantile([t for _, t in results["sleeping"]["awake"]], 0.99)
                      / quantile([t for _, t in results["always-on"]["awake"]], 0.99))
             peak = (max(r for _, r in results["sleeping"]["rss"])

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import mounts
 from .backends import Backend
+from .spares import spare_dir_for
 from .tenant_output import Event, OutputEvents
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,8 @@ class TenantProcess:
             await asyncio.wait(self._readers, timeout=1)
         self.stop_reading()
         await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
+        # A process made of a spare: the tenant's folders bound for it (never removed with it).
+        await asyncio.to_thread(mounts.release, spare_dir_for(self.handle.run_dir))
 
     def kill(self) -> None:
         """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""

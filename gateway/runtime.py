@@ -85,6 +85,7 @@ class Gateway:
         """Start every tenant; each gets traffic as soon as its own health check passes. One
         that may sleep (idle_stop_s) starts asleep: its first request starts it."""
         self.spawner.remove_stale_run_dirs()
+        await self.spawner.start_spares()
         if self.certificates is not None:
             await self.certificates.start()
         if self.cluster is not None:
@@ -290,6 +291,7 @@ class Gateway:
         if self.certificates is not None:
             await self.certificates.start()
         self.spawner.continue_generations(generation)
+        await self.spawner.start_spares()
         stale: list[str] = []
         for tenant in tenants:
             config = tenant.config or await self._read_stale(tenant.handle)
@@ -339,6 +341,7 @@ class Gateway:
         if self.certificates is not None:
             await self.certificates.stop()
         await asyncio.gather(*(s.stop() for s in self.supervisors.values()), *self._removing)
+        await self.spawner.stop_spares()
         await self.backups.stop()  # after the tenants: their last writes are sent
         self.auth.close()
 

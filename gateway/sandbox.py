@@ -127,6 +127,14 @@ def probe_isolation(mode: str, probe_uid: int) -> Isolation:
     )
 
 
+def probe_root_bwrap() -> str | None:
+    """None when bubblewrap runs as root with the namespaces of `root-bwrap`, else why not."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    return _failure([bwrap, *_ROOT_UNSHARE, *_PROBE_MOUNTS, "/usr/bin/true"])
+
+
 def _probe_unprivileged(bwrap: str | None) -> Isolation:
     not_root = "the gateway is not running as root, so tenants share its user"
     if bwrap is None:
@@ -261,6 +269,42 @@ def importer_command(
     ]
     bwrap_common = ["--new-session", "--die-with-parent"]
     return _bwrap(isolation, uid, settings, bwrap_common, mounts, inner), env
+
+
+def can_use_spares(isolation: Isolation) -> bool:
+    """Spares (spares.py) need root: the gateway binds tenants' folders into their sandboxes,
+    and the spare takes the tenant's uid only when handed one."""
+    return isolation.is_complete and os.geteuid() == 0
+
+
+def spare_launch(*, spare_dir: Path, run_dir: Path, lifeline_fd: int, handoff_fd: int,
+                 ready_fd: int, status_fd: int) -> Launch:
+    """A spare (spare_process.py): bubblewrap as root with the namespaces of `root-bwrap` and a
+    tenant's filesystem view, /data and /conf bound from `spare_dir` (see mounts.py). It runs as
+    root only until it is handed a tenant; it then takes the tenant's uid, rlimits and drops
+    every capability itself, before reading anything of the tenant's."""
+    venv, package_parent = venv_prefix(), gateway_package_parent()
+    mounts = [
+        *_code_mounts(venv, package_parent),
+        "--bind", str(spare_dir / "data"), SANDBOX_DATA,
+        "--bind", str(spare_dir / "conf"), SANDBOX_CONF,
+        "--perms", "0755", "--dir", "/run",
+        "--bind", str(run_dir), SANDBOX_RUN,
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/",
+    ]
+    inner = [f"{SANDBOX_VENV}/bin/python", "-m", "gateway.spare_process",
+             "--lifeline-fd", str(lifeline_fd), "--handoff-fd", str(handoff_fd),
+             "--ready-fd", str(ready_fd)]
+    argv = ["bwrap", *_ROOT_UNSHARE, "--new-session", "--as-pid-1",
+            "--json-status-fd", str(status_fd), *mounts, *inner]
+    env = _python_env(Isolation("root-bwrap", "spare"), package_parent)
+    return Launch(argv, env, run_dir / SOCKET_NAME)
+
+
+def spare_rlimits(settings: TenantSettings) -> dict[str, int]:
+    """What rlimit_argv sets, for a spare to set itself."""
+    memory = settings.memory_mb * 1024 * 1024
+    return {"as": memory, "nofile": settings.open_files, "nproc": settings.processes, "core": 0}
 
 
 def _without_bwrap(isolation: Isolation, uid: int, settings: TenantSettings,

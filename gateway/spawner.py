@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sandbox
+from . import sandbox, spares
 from .backend_client import BackendAddress, ConnectionPool
 from .backends import Backend
 from .config import Config, TenantConfig
@@ -48,6 +48,26 @@ class Spawner:
         self.run_dir = config.gateway.paths.run_dir
         self._generation = _highest_generation(self.run_dir)
         self._uid_lock = threading.Lock()
+        self._spares: spares.SparePool | None = None
+
+    async def start_spares(self) -> None:
+        """Keep sandbox.spare_processes spares ready (spares.py), when this machine allows."""
+        size = self.config.gateway.sandbox.spare_processes
+        if size == 0 or self._spares is not None or not sandbox.can_use_spares(self.isolation):
+            return
+        await asyncio.to_thread(spares.remove_unhanded, self.run_dir)  # an old worker's
+        failure = await asyncio.to_thread(spares.probe, self.run_dir)
+        if failure is not None:
+            log.warning("spares_unavailable", extra={"error": failure})
+            return
+        self._spares = spares.SparePool(self.run_dir, size)
+        self._spares.fill()
+
+    async def stop_spares(self) -> None:
+        if self._spares is not None:
+            pool, self._spares = self._spares, None
+            await pool.close()
+        await asyncio.to_thread(spares.release_root, self.run_dir)
 
     def continue_generations(self, generation: int) -> None:
         """After a handover: never reuse a generation (a socket folder) the old worker used."""
@@ -70,7 +90,9 @@ class Spawner:
         return process
 
     def remove_stale_run_dirs(self) -> None:
-        """Socket folders left by processes of an earlier gateway (all gone: they die with it)."""
+        """Socket and spare folders left by processes of an earlier gateway (all gone: they die
+        with it)."""
+        spares.remove_stale(self.run_dir)
         with contextlib.suppress(FileNotFoundError):
             for entry in self.run_dir.iterdir():
                 if entry.name.isdigit() and entry.is_dir():
@@ -85,9 +107,13 @@ class Spawner:
 
     async def launch(self, tenant: TenantConfig) -> TenantProcess:
         """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
-        generation = self.next_generation()
-        process = await self._spawn(tenant, generation)
         started = time.perf_counter()
+        spare = await self._take_spare()
+        if spare is not None:
+            process = await self._hand_spare(tenant, spare)
+        else:
+            process = await self._spawn(tenant, self.next_generation())
+        generation = process.handle.generation
         try:
             # Inside bwrap, Datasette (the process that drains on SIGTERM) has a pid of its own.
             with contextlib.suppress(TimeoutError):
@@ -101,6 +127,7 @@ class Spawner:
         log.info("tenant_started", extra={
             "tenant": tenant.name, "generation": generation, "pid": process.handle.signal_pid,
             "ready_s": round(time.perf_counter() - started, 3), "isolation": self.isolation.level,
+            "spare": spare is not None,
         })
         return process
 
@@ -122,14 +149,7 @@ class Spawner:
         uid = await asyncio.to_thread(self.tenant_user, tenant)
         run_dir = self.run_dir / str(generation)  # short: socket paths are limited to 107 bytes
         await asyncio.to_thread(make_private_dir, run_dir, uid)
-        paths = sandbox.TenantPaths(
-            venv=sandbox.venv_prefix(),
-            package_parent=sandbox.gateway_package_parent(),
-            data_dir=tenant.data_dir,
-            run_dir=run_dir,
-            metadata_file=tenant.directory / tenant.metadata_file if tenant.metadata_file else None,
-            plugins_dir=tenant.directory / "plugins" if tenant.has_plugins else None,
-        )
+        paths = self._tenant_paths(tenant, run_dir)
         view = sandbox.sandbox_view(self.isolation, paths)
         databases = [str(view.data_dir / name) for name in tenant.databases]
         lifeline_read, lifeline_write = os.pipe()
@@ -187,6 +207,74 @@ class Spawner:
             connect_timeout=gateway.proxy.connect_timeout_s,
         )
         return TenantProcess(handle, backend, popen)
+
+    async def _take_spare(self) -> spares.Spare | None:
+        """A spare to hand the tenant, or None: no spares here, or none could be started (then
+        the start is cold rather than failed)."""
+        if self._spares is None:
+            return None
+        try:
+            return await self._spares.take()
+        except OSError as exc:
+            log.error("spare_start_failed", extra={"error": str(exc)})
+            return None
+
+    async def _hand_spare(self, tenant: TenantConfig, spare: spares.Spare) -> TenantProcess:
+        """`tenant`'s process, made of a spare: its folders bound in, then the handoff."""
+        uid = await asyncio.to_thread(self.tenant_user, tenant)
+        if uid is None:  # can_use_spares: only as root, where tenants have users
+            raise StartFailed(f"tenant {tenant.name!r}: no uid for a spare")
+        paths = self._tenant_paths(tenant, spare.run_dir)  # renamed at the handoff; /run/ds inside
+        view = sandbox.sandbox_view(self.isolation, paths)
+        databases = [str(view.data_dir / name) for name in tenant.databases]
+        handoff = spares.Handoff(
+            uid=uid,
+            secret=tenant_secret(self.master_key, tenant.name),
+            rlimits=sandbox.spare_rlimits(tenant.settings),
+            wal=databases,
+            datasette_args=self._datasette_args(tenant, view, databases),
+            read_only=[str(path) for path in (view.metadata_file, view.plugins_dir) if path],
+        )
+        generation = self.next_generation()
+        handing = asyncio.ensure_future(asyncio.to_thread(
+            spares.hand_over, spare, generation=generation, uid=uid, data_dir=paths.data_dir,
+            metadata_file=paths.metadata_file, plugins_dir=paths.plugins_dir, handoff=handoff))
+        try:
+            await asyncio.shield(handing)  # a thread cannot be stopped half-way
+        except OSError as exc:
+            await asyncio.to_thread(spares.discard, spare)
+            raise StartFailed(f"tenant {tenant.name!r}: cannot hand it a spare: {exc}") from None
+        except asyncio.CancelledError:
+            handing.add_done_callback(
+                lambda _: asyncio.ensure_future(asyncio.to_thread(spares.discard, spare)))
+            raise
+        handle = ProcessHandle(
+            tenant=tenant.name,
+            generation=generation,
+            pid=spare.popen.pid,
+            signal_pid=spare.popen.pid,
+            lifeline_fd=spare.lifeline_fd,
+            output_fd=spare.output_fd,
+            status_fd=spare.status_fd,
+            run_dir=spare.run_dir,
+            uid=uid,
+        )
+        backend = Backend(
+            BackendAddress(path=str(spare.run_dir / sandbox.SOCKET_NAME)),
+            generation=generation,
+            connect_timeout=self.config.gateway.proxy.connect_timeout_s,
+        )
+        return TenantProcess(handle, backend, spare.popen)
+
+    def _tenant_paths(self, tenant: TenantConfig, run_dir: Path) -> sandbox.TenantPaths:
+        return sandbox.TenantPaths(
+            venv=sandbox.venv_prefix(),
+            package_parent=sandbox.gateway_package_parent(),
+            data_dir=tenant.data_dir,
+            run_dir=run_dir,
+            metadata_file=tenant.directory / tenant.metadata_file if tenant.metadata_file else None,
+            plugins_dir=tenant.directory / "plugins" if tenant.has_plugins else None,
+        )
 
     def _datasette_args(
         self, tenant: TenantConfig, view: sandbox.TenantPaths, databases: list[str]

@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     datasette_args = args.datasette_args
     if datasette_args[:1] == ["--"]:
         datasette_args = datasette_args[1:]
+    serve(args.wal, datasette_args)
+
+
+def serve(wal: list[Path], datasette_args: list[str]) -> None:
+    """Steps 2 and 3 of the module docstring (spare_process.py joins here too)."""
     try:
-        enable_wal(args.wal)
+        enable_wal(wal)
     except sqlite3.DatabaseError as exc:
         sys.stderr.write(f"tenant_start_failed: cannot open a database: {exc}\n")
         sys.exit(1)

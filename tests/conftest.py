@@ -24,7 +24,7 @@ import httpx
 import pytest
 import sqlite_utils
 
-from gateway import control
+from gateway import control, spares
 from gateway.config import load_config
 
 BIN = Path(sys.executable).parent
@@ -131,6 +131,8 @@ def site() -> Iterator[Site]:
     try:
         yield Site(root)
     finally:
+        spares.remove_stale(root / "run")  # mounts a gateway killed mid-test left (spares.py)
+        spares.release_root(root / "run")
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -3,18 +3,21 @@ inside tenant alice's Datasette and reports what it tried."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.config import TenantSettings
+from gateway.config import TenantSettings, load_config
+from gateway.keys import load_master_key, tenant_secret
 from gateway.sandbox import Isolation, TenantPaths, launch, rlimit_argv, sandbox_view
 
 from .conftest import UID_BASE, RunningGateway, Site
 
 PROBE_PLUGIN = '''
+import hashlib
 import os
 import socket
 
@@ -62,6 +65,7 @@ def register_routes():
             "cap_eff": fields["CapEff"], "cap_bnd": fields["CapBnd"],
             "no_new_privs": fields["NoNewPrivs"], "environ": sorted(os.environ),
             "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+            "secret_sha256": hashlib.sha256(os.environ["DATASETTE_SECRET"].encode()).hexdigest(),
         })
 
     return [(r"^/-/probe$", probe), (r"^/-/whoami$", whoami)]
@@ -151,26 +155,28 @@ def test_full_sandbox_has_no_network_and_no_other_processes(gateway: RunningGate
     assert who["pids"] == [1]  # its own PID namespace: only itself (Datasette is PID 1)
 
 
+def tenant_secrets(site: Site) -> dict[str, str]:
+    key = load_master_key(load_config(site.config_path).gateway.paths.state_dir)
+    return {name: tenant_secret(key, name) for name in ("alice", "bob")}
+
+
 @pytest.mark.root
-def test_secret_is_not_on_the_command_line(gateway: RunningGateway) -> None:
+def test_secret_is_not_on_the_command_line(site: Site, gateway: RunningGateway) -> None:
+    secrets = tenant_secrets(site)
     for tenant in gateway.status()["tenants"]:
         with open(f"/proc/{tenant['pid']}/cmdline", "rb") as f:
             cmdline = f.read()
-        with open(f"/proc/{tenant['pid']}/environ", "rb") as f:
-            secret = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if v)[
-                b"DATASETTE_SECRET"]
-        assert len(secret) == 64
-        assert secret not in cmdline
+        assert len(secrets[tenant["name"]]) == 64
+        assert secrets[tenant["name"]].encode() not in cmdline
 
 
 @pytest.mark.root
-def test_each_tenant_has_its_own_secret(gateway: RunningGateway) -> None:
-    secrets = set()
-    for tenant in gateway.status()["tenants"]:
-        with open(f"/proc/{tenant['pid']}/environ", "rb") as f:
-            secrets.add(dict(v.split(b"=", 1) for v in f.read().split(b"\0") if v)[
-                b"DATASETTE_SECRET"])
-    assert len(secrets) == 2
+def test_each_tenant_has_its_own_secret(site: Site, gateway: RunningGateway) -> None:
+    # Datasette has it from its environment (set at exec, or by a spare at its handoff).
+    secrets = tenant_secrets(site)
+    who = gateway.get("alice", "/-/whoami").json()
+    assert who["secret_sha256"] == hashlib.sha256(secrets["alice"].encode()).hexdigest()
+    assert secrets["alice"] != secrets["bob"]
 
 
 @pytest.mark.root

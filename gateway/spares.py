@@ -1,0 +1,314 @@
+"""Spare tenant processes: sandboxes with Python and Datasette already loaded, each handed one
+tenant at its start (a wake, a restart), so that a start costs Datasette's own start and not the
+~0.2 s of CPU its imports take (bench/wake.py).
+
+    <run_dir>/spares/                0700 root; a shared mount point (mounts.py)
+        <generation>/                a spare's, named spare-<pid>-<n> until its handoff
+            data/                    the tenant's data folder is bound here at the handoff
+            conf/                    its metadata file and plugins folder, read-only
+    <run_dir>/<generation>/          the socket folder (spare-<pid>-<n> until the handoff),
+                                     chowned to the tenant at the handoff
+
+A spare gets its generation when it is handed a tenant (its folders are renamed then), so the
+generations of a tenant's processes grow as cold starts' do.
+
+A spare is used once: handed one tenant, it is that tenant's process until it exits, and its
+folders are never used again (generations only grow). What the spare does with the handoff, and
+why its sandbox equals a cold start's, is spare_process.py's docstring. Only the root gateway at
+isolation `full` or `root-bwrap` has spares (sandbox.can_use_spares); elsewhere starts are cold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import mounts, sandbox
+from .tenant_files import make_private_dir
+
+log = logging.getLogger(__name__)
+
+SPARES_DIR = "spares"
+_READY_TIMEOUT_S = 10.0
+
+
+@dataclass(slots=True)
+class Spare:
+    name: str
+    popen: subprocess.Popen[bytes]
+    spare_dir: Path
+    run_dir: Path
+    lifeline_fd: int  # write end: closing it ends the spare (and later the tenant)
+    handoff_fd: int  # write end of the pipe the spare waits on
+    ready_fd: int  # read end: "1" once the spare runs (its sandbox made), "2" once loaded
+    output_fd: int
+    status_fd: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What a spare is told (one JSON line); the secret never goes on a command line."""
+
+    uid: int
+    secret: str
+    rlimits: dict[str, int]
+    wal: list[str]
+    datasette_args: list[str]
+    read_only: list[str]
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "uid": self.uid, "secret": self.secret, "rlimits": self.rlimits, "wal": self.wal,
+            "datasette_args": self.datasette_args, "read_only": self.read_only,
+        }).encode() + b"\n"
+
+
+def spare_dir_for(run_dir: Path) -> Path:
+    """The mount folder of the spare whose socket folder is `run_dir` (it may not exist)."""
+    return run_dir.parent / SPARES_DIR / run_dir.name
+
+
+class SparePool:
+    """Keeps `size` spares started; take() hands out the oldest (starting one if none is left)."""
+
+    def __init__(self, run_root: Path, size: int) -> None:
+        self.run_root = run_root
+        self.size = size
+        self._names = (f"spare-{os.getpid()}-{n}" for n in itertools.count())
+        self._spares: list[Spare] = []
+        self._starting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def take(self) -> Spare:
+        while self._spares:
+            spare = self._spares.pop(0)
+            if spare.popen.poll() is None:
+                self.fill()
+                return spare
+            log.warning("spare_exited", extra={"spare": spare.name,
+                                               "status": spare.popen.returncode})
+            await asyncio.to_thread(discard, spare)
+        spare = await self._start()
+        _close_ready(spare)  # not loaded yet, but no other is nearer to it
+        self.fill()
+        return spare
+
+    def fill(self) -> None:
+        """Start spares in the background until there are `size` of them, one at a time: a
+        refill competes for the cores with the wakes that found no spare (bench/density)."""
+        if not self._closed and self._starting == 0 and len(self._spares) < self.size:
+            self._starting += 1
+            task = asyncio.ensure_future(self._add())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _add(self) -> None:
+        try:
+            spare = await self._start()
+        except OSError as exc:
+            self._starting -= 1
+            log.error("spare_start_failed", extra={"error": str(exc)})
+            return
+        if self._closed:
+            self._starting -= 1
+            _close_ready(spare)
+            await asyncio.to_thread(discard, spare)
+            return
+        self._spares.append(spare)  # running: it may be handed a tenant from now on
+        try:
+            await asyncio.to_thread(_wait_for_byte, spare.ready_fd, b"2")  # its imports done
+        finally:
+            _close_ready(spare)
+            self._starting -= 1
+        self.fill()
+
+    async def _start(self) -> Spare:
+        """A new spare, once it runs (its sandbox made)."""
+        name = next(self._names)
+        starting = asyncio.ensure_future(asyncio.to_thread(_start_and_wait, self.run_root, name))
+        try:
+            return await asyncio.shield(starting)  # a thread cannot be stopped half-way
+        except asyncio.CancelledError:
+            starting.add_done_callback(_discard_started)
+            raise
+
+    async def close(self) -> None:
+        """Discard the idle spares (handed ones are tenants' now) and stop refilling."""
+        self._closed = True
+        spares, self._spares = self._spares, []
+        for spare in spares:
+            await asyncio.to_thread(discard, spare)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _start_and_wait(run_root: Path, name: str) -> Spare:
+    spare = start_spare(run_root, name)
+    if not _wait_for_byte(spare.ready_fd, b"1"):
+        _close_ready(spare)
+        discard(spare)
+        raise OSError(f"spare {name} did not start: exit status {spare.popen.poll()}")
+    return spare
+
+
+def _discard_started(starting: asyncio.Future[Spare]) -> None:
+    """A spare started for a take() that was cancelled meanwhile."""
+    if not starting.cancelled() and starting.exception() is None:
+        spare = starting.result()
+        _close_ready(spare)
+        discard(spare)
+
+
+def start_spare(run_root: Path, name: str) -> Spare:
+    """Make a spare's folders and start it (blocking: run in a thread)."""
+    spares = run_root / SPARES_DIR
+    spares.mkdir(mode=0o700, exist_ok=True)
+    mounts.make_shared_point(spares)
+    spare_dir = spares / name
+    spare_dir.mkdir(mode=0o700)
+    (spare_dir / "data").mkdir()
+    (spare_dir / "conf").mkdir()
+    run_dir = run_root / name
+    make_private_dir(run_dir, None)
+    lifeline_read, lifeline_write = os.pipe()
+    handoff_read, handoff_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    status_read, status_write = os.pipe()
+    output_read, output_write = os.pipe()
+    launch = sandbox.spare_launch(spare_dir=spare_dir, run_dir=run_dir, lifeline_fd=lifeline_read,
+                                  handoff_fd=handoff_read, ready_fd=ready_write,
+                                  status_fd=status_write)
+    try:
+        popen = subprocess.Popen(
+            launch.argv, env=launch.env,
+            pass_fds=(lifeline_read, handoff_read, ready_write, status_write),
+            stdin=subprocess.DEVNULL, stdout=output_write, stderr=output_write,
+            start_new_session=True,
+        )
+    except OSError:
+        for fd in (lifeline_write, handoff_write, ready_read, status_read, output_read):
+            os.close(fd)
+        mounts.release(spare_dir)
+        raise
+    finally:
+        for fd in (lifeline_read, handoff_read, ready_write, status_write, output_write):
+            os.close(fd)
+    return Spare(name, popen, spare_dir, run_dir, lifeline_write, handoff_write, ready_read,
+                 output_read, status_read)
+
+
+def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
+              metadata_file: Path | None, plugins_dir: Path | None, handoff: Handoff) -> None:
+    """Give `spare` its tenant: folders renamed for `generation` (bubblewrap's binds follow
+    them) and bound in, socket folder chowned, the handoff written (blocking: run in a thread).
+    The spare's fd for the handoff is closed either way."""
+    try:
+        _renice(spare.popen.pid)  # a spare is running (SparePool._start) when handed over
+        for folder in ("run_dir", "spare_dir"):
+            old = getattr(spare, folder)
+            setattr(spare, folder, old.rename(old.with_name(str(generation))))
+        os.chown(spare.run_dir, uid, uid)
+        mounts.bind(data_dir, spare.spare_dir / "data")
+        if metadata_file is not None:
+            target = spare.spare_dir / "conf" / metadata_file.name
+            target.touch(mode=0o600)
+            mounts.bind(metadata_file, target, read_only=True)
+        if plugins_dir is not None:
+            target = spare.spare_dir / "conf" / "plugins"
+            target.mkdir(mode=0o700)
+            mounts.bind(plugins_dir, target, read_only=True)
+        os.write(spare.handoff_fd, handoff.encode())  # < PIPE_BUF is not needed: one reader
+    finally:
+        os.close(spare.handoff_fd)
+        spare.handoff_fd = -1
+
+
+def _renice(bwrap_pid: int) -> None:
+    """Every thread of the process bwrap runs back to nice 0 (a spare imports at SPARE_NICE)."""
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+        for child in children:
+            for thread in os.listdir(f"/proc/{child}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(thread), 0)
+
+
+def _wait_for_byte(fd: int, expected: bytes) -> bool:
+    """Whether the spare wrote `expected` on its ready pipe within _READY_TIMEOUT_S."""
+    ready, _, _ = select.select([fd], [], [], _READY_TIMEOUT_S)
+    return bool(ready) and os.read(fd, 1) == expected
+
+
+def wait_until_loaded(spare: Spare) -> bool:
+    """Whether `spare` ran and finished its imports (for bench/wake.py: no pool there)."""
+    loaded = _wait_for_byte(spare.ready_fd, b"1") and _wait_for_byte(spare.ready_fd, b"2")
+    _close_ready(spare)
+    return loaded
+
+
+def _close_ready(spare: Spare) -> None:
+    if spare.ready_fd >= 0:
+        os.close(spare.ready_fd)
+        spare.ready_fd = -1
+
+
+def discard(spare: Spare) -> None:
+    """End a spare that was never handed a tenant, and remove its folders."""
+    for fd in (spare.lifeline_fd, spare.handoff_fd, spare.output_fd, spare.status_fd):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    with contextlib.suppress(ProcessLookupError):
+        spare.popen.kill()
+    spare.popen.wait()
+    mounts.release(spare.spare_dir)
+    with contextlib.suppress(OSError):
+        for entry in spare.run_dir.iterdir():
+            entry.unlink()
+        spare.run_dir.rmdir()
+
+
+def remove_stale(run_root: Path) -> None:
+    """Spare folders an earlier gateway left (their processes died with it)."""
+    spares = run_root / SPARES_DIR
+    if spares.is_dir():
+        for entry in spares.iterdir():
+            mounts.release(entry)
+    remove_unhanded(run_root)
+
+
+def remove_unhanded(run_root: Path) -> None:
+    """The folders of spares never handed a tenant (an old worker's, ending with it)."""
+    for entry in (run_root / SPARES_DIR).glob("spare-*"):
+        mounts.release(entry)
+    for entry in run_root.glob("spare-*"):
+        shutil.rmtree(entry, ignore_errors=True)  # socket folders: never a mount in them
+
+
+def probe(run_root: Path) -> str | None:
+    """None when spares can work here (bubblewrap as root, mounts that propagate), else why not.
+    At isolation `full` only the unprivileged bubblewrap was tried; a spare runs it as root."""
+    failure = sandbox.probe_root_bwrap()
+    if failure is not None:
+        return f"bubblewrap as root: {failure}"
+    try:
+        (run_root / SPARES_DIR).mkdir(mode=0o700, parents=True, exist_ok=True)
+        mounts.make_shared_point(run_root / SPARES_DIR)
+    except OSError as exc:
+        return f"cannot make a shared mount point: {exc}"
+    return None
+
+
+def release_root(run_root: Path) -> None:
+    """Unmount <run_dir>/spares when no tenant's folder is bound under it any more."""
+    spares = run_root / SPARES_DIR
+    if mounts.mounted_under(spares) == [str(spares)]:
+        mounts.release(spares)
