@@ -63,14 +63,7 @@ def release(spare_dir: Path) -> None:
     removed while anything is still mounted there, and only empty files and folders at all."""
     if not spare_dir.is_dir():
         return
-    for _ in range(_MAX_STACKED):
-        points = mounted_under(spare_dir)
-        if not points:
-            break
-        for point in points:
-            _libc.umount2(os.fsencode(point), MNT_DETACH)
-    else:
-        raise OSError(errno.EBUSY, f"{spare_dir}: mounts remain after {_MAX_STACKED} detaches")
+    detach(spare_dir)
     conf = spare_dir / "conf"
     if conf.is_dir():
         for entry in conf.iterdir():
@@ -83,6 +76,22 @@ def release(spare_dir: Path) -> None:
 
 
 _MAX_STACKED = 8
+
+
+def detach(folder: Path) -> None:
+    """Detach every mount at or under `folder` from the host, keeping the folders.
+
+    A sandbox that has made its mounts private keeps its copies (spare_process.confine), so
+    a tenant's data folder is bound on the host only from its handoff until its process
+    answers: nothing that walks the run folder later (an operator's rm -rf) reaches the
+    tenant's files through it."""
+    for _ in range(_MAX_STACKED):
+        points = mounted_under(folder)
+        if not points:
+            return
+        for point in points:
+            _libc.umount2(os.fsencode(point), MNT_DETACH)
+    raise OSError(errno.EBUSY, f"{folder}: mounts remain after {_MAX_STACKED} detaches")
 
 
 def _rmdir(path: Path) -> None:

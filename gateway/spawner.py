@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sandbox, spares
+from . import mounts, sandbox, spares
 from .backend_client import BackendAddress, ConnectionPool
 from .backends import Backend
 from .config import Config, TenantConfig
@@ -121,6 +121,8 @@ class Spawner:
                 if child_pid is not None:
                     process.handle.signal_pid = child_pid
             await self._wait_healthy(tenant, process)
+            if spare is not None:  # it answers: it has made its own copies of the binds private
+                await asyncio.to_thread(mounts.detach, spare.spare_dir)
         except BaseException:
             await process.stop(0)
             raise

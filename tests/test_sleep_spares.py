@@ -63,7 +63,8 @@ def gateway(site: Site, start_gateway: Any) -> RunningGateway:
 
 def test_each_wake_is_handed_a_spare_of_its_own(site: Site, gateway: RunningGateway) -> None:
     """1. alice and bob wake: each is a spare (tenant_started says so), each runs as its own
-    user with no capabilities and no-new-privs. 2. alice sleeps: her folders are unbound, her
+    user with no capabilities and no-new-privs, and once it serves the host holds no bind of
+    its folders (only its sandbox does). 2. alice sleeps: her folders are unbound, her
     spare's folders gone. 3. She wakes again: a new spare, not any process seen before. The
     pool is kept at its size all along."""
     wait_until(lambda: len(_idle_spares(site)) == 2, 30, message="two idle spares")
@@ -73,7 +74,12 @@ def test_each_wake_is_handed_a_spare_of_its_own(site: Site, gateway: RunningGate
         assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
         processes[name] = tenant = gateway.tenant(name)
         status = _proc_status(tenant["pid"])  # before it sleeps again (IDLE_S)
-        assert str(spares_dir / str(tenant["generation"]) / "data") in _mounts_under(spares_dir)
+        # Answered after its start, so after the gateway detached the host's binds: the
+        # tenant's own (private) copy serves, and nothing on the host leads to its files.
+        assert not [p for p in _mounts_under(spares_dir)
+                    if p.startswith(f"{spares_dir / str(tenant['generation'])}/")]
+        with open(f"/proc/{tenant['pid']}/mountinfo") as f:
+            assert "/data" in [line.split()[4] for line in f]
         assert [e["spare"] for e in _started(gateway, name)] == [True]
         owner = (site.tenants_dir / name / "data").stat().st_uid
         assert UID_BASE <= owner < UID_BASE + 1000
