@@ -84,7 +84,7 @@ from .cookies import CHECKED_COOKIE, SESSION_COOKIE, cookie_values
 from .csrf import Csrf
 from .handoff import Passes
 from .passwords import Passwords, normalise_email
-from .store import ACCOUNTS_FILE, AccountStore, Invite, Principal, digest
+from .store import Invite, Principal, digest, open_store
 from .throttle import Throttle
 from .urls import public_origin
 
@@ -124,7 +124,7 @@ class _Cached:
 class Auth:
     def __init__(self, config: Config, master_key: bytes) -> None:
         self.master_key = master_key
-        self.store = AccountStore(config.gateway.paths.state_dir / ACCOUNTS_FILE)
+        self.store = open_store(config)
         self.csrf = Csrf(master_key)
         self.passes = Passes(master_key)
         self.bound_ports: dict[str, int] = {}
@@ -153,6 +153,7 @@ class Auth:
 
     def close(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     def listening(self, ports: dict[str, int]) -> None:
         """The ports the listeners got (by name), for a configured port 0."""

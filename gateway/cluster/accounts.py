@@ -1,0 +1,286 @@
+"""Accounts shared by every edge: the accounts database replicated through a log in etcd.
+
+Every node keeps store.py's SQLite accounts database, unchanged, as its replica; etcd orders the
+writes. A write (add a user, sign in, sign out, revoke a token, change a role...) becomes the log
+entry /gateway/accounts/log/<index>: {"method": ..., "args": [...], "kwargs": {...}}, appended
+with a transaction that creates the key only if it is absent (and, past the first, only while
+the entry before it exists), at the index after the last one this node applied. So a write lands
+after every write before it; losing the race means catching up and trying again. Every node
+applies the log in index order by calling the same AccountStore method with the same arguments
+(the clock is an argument, ids and hashes are made before), so every replica goes through the
+same states, checks included; the writer applies its own entry and returns its result (or
+raises its AccountError). The index applied is written in the entry's own SQLite transaction, so
+a crash neither skips nor repeats an entry.
+
+Reads catch up with the log first (one etcd range request; empty when nothing is new), so what
+one edge wrote the next one reads: a session made on edge A is valid at the browser's next
+request on edge B, and a sign-out or a revoked token on A is refused on B as soon as B's cache
+(auth.session_cache_s) asks again. When etcd does not answer, reads serve the replica as it is
+(catching up is retried after a pause, not on every read) and writes fail with EtcdUnavailable.
+
+Snapshots. The first node to join publishes its database as /gateway/accounts/snapshot/<index>
+at index 0 (so a single machine's accounts carry into the cluster); a node that never joined
+restores the newest snapshot (its own file kept as accounts-before-cluster.db) and replays from
+there. The writer of every SNAPSHOT_EVERY-th entry publishes a new snapshot and deletes the log
+entries more than SNAPSHOT_EVERY before it, so the log stays short; a node that was away longer
+restores the snapshot. A snapshot is one etcd value: at most etcd's request size (1.5 MiB by
+default), compressed: some tens of thousands of accounts.
+
+The store is synchronous (SQLite, called from threads and the CLI): etcd's async client runs on
+an event loop of its own, in a thread, and each call waits for its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import gzip
+import json
+import logging
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..auth.store import AccountStore
+from ..errors import AccountError
+from .etcd import Etcd, EtcdUnavailable, KeyValue
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOG = "/gateway/accounts/log/"
+SNAPSHOT = "/gateway/accounts/snapshot/"
+SNAPSHOT_EVERY = 1000
+BEFORE_CLUSTER_FILE = "accounts-before-cluster.db"
+_CALL_TIMEOUT_S = 30.0
+_RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
+
+# The AccountStore methods that write: each is a log entry. Everything else only reads.
+WRITES = (
+    "add_user", "set_password", "remove_user", "add_member", "remove_member", "set_role",
+    "forget_tenant", "sign_in", "touch_session", "end_session", "delete_session",
+    "purge_expired", "add_ticket", "redeem_ticket", "add_token", "touch_token", "revoke_token",
+    "add_reset", "use_reset", "add_invite", "cancel_invites", "accept_invite",
+)
+READS = (
+    "credentials", "users", "team", "pending_invites", "members", "session", "sessions",
+    "tokens", "token", "reset_email", "invite",
+)
+_TOUCHES = ("touch_session", "touch_token")
+
+
+def _key(prefix: str, index: int) -> str:
+    return f"{prefix}{index:020d}"
+
+
+def _index(kv: KeyValue, prefix: str) -> int:
+    return int(kv.key.removeprefix(prefix))
+
+
+class ReplicatedStore(AccountStore):
+    def __init__(self, path: Path, endpoints: Sequence[str]) -> None:
+        super().__init__(path)
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS cluster_log (id INTEGER PRIMARY KEY"
+                       " CHECK (id = 0), applied INTEGER NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO cluster_log VALUES (0, -1)")
+            self._applied: int = db.execute("SELECT applied FROM cluster_log").fetchone()[0]
+        self._lock = threading.RLock()
+        self._applying: int | None = None
+        self._local = threading.local()
+        self._retry_at = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="etcd-accounts")
+        self._thread.start()
+        self.etcd = Etcd(endpoints)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._run(self.etcd.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def _run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(_CALL_TIMEOUT_S)
+
+    # --- writes and reads -------------------------------------------------------------------
+
+    def _write(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        entry = json.dumps({"method": method, "args": args, "kwargs": kwargs})
+        with self._lock:
+            while True:
+                self._catch_up()
+                index = self._applied + 1
+                if self._run(self._append(index, entry)):
+                    self._retry_at = 0.0
+                    return self._apply(index, entry, own=True)
+
+    async def _append(self, index: int, entry: str) -> bool:
+        compare: list[dict[str, Any]] = [_absent(_key(LOG, index))]
+        if index > 1:
+            compare.append({**_absent(_key(LOG, index - 1)), "result": "GREATER"})
+        reply = await self.etcd.call("/v3/kv/txn", {"compare": compare, "success": [
+            {"request_put": {"key": _b64(_key(LOG, index)), "value": _b64(entry)}}]})
+        return bool(reply.get("succeeded"))
+
+    def _read(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Inside an entry (forget_tenant reads its members) the replica is where the log is.
+        if not getattr(self._local, "applying", False) and time.monotonic() >= self._retry_at:
+            try:
+                with self._lock:
+                    self._catch_up()
+            except (EtcdUnavailable, TimeoutError) as exc:
+                self._retry_at = time.monotonic() + _RETRY_AFTER_S
+                log.warning("accounts_replica_stale", extra={"error": str(exc)})
+        return getattr(AccountStore, method)(self, *args, **kwargs)
+
+    def _touch(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """When a session or token was last used: worth a write, not a failed request."""
+        try:
+            self._write(method, args, kwargs)
+        except (EtcdUnavailable, TimeoutError) as exc:
+            log.warning("accounts_touch_failed", extra={"error": str(exc)})
+
+    # --- the log ----------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Apply the entries appended since the last one applied here (the lock held)."""
+        if self._applied < 0:
+            self._join()
+        while True:
+            found = self._run(self.etcd.get_from(_key(LOG, self._applied + 1), LOG, limit=500))
+            if not found:
+                return
+            if _index(found[0], LOG) != self._applied + 1:  # compacted away: start from a copy
+                self._restore_newest()
+                continue
+            for kv in found:
+                self._apply(_index(kv, LOG), kv.value)
+
+    def _apply(self, index: int, entry: str, *, own: bool = False) -> Any:
+        """Apply entry `index` (the lock held). Refused (AccountError, a constraint) the same way
+        on every node, it changed nothing: applied all the same, raised only to its writer."""
+        decoded = json.loads(entry)
+        method = decoded["method"]
+        if method not in WRITES:
+            raise AccountError(f"accounts log entry {index}: unknown method {method!r}")
+        self._local.applying = True
+        self._applying = index
+        try:
+            result = getattr(AccountStore, method)(self, *decoded["args"], **decoded["kwargs"])
+        except (AccountError, sqlite3.IntegrityError):
+            if own:
+                self._record(index)
+                raise
+            result = None
+        finally:
+            self._applying = None
+            self._local.applying = False
+        self._record(index)
+        if index % SNAPSHOT_EVERY == 0:
+            self._snapshot(index)
+        return result
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with super()._transaction() as db:
+            yield db
+            if self._applying is not None:  # the entry's write and its index, together
+                db.execute("UPDATE cluster_log SET applied = ?", (self._applying,))
+
+    def _record(self, index: int) -> None:
+        with self._connect() as db:
+            db.execute("UPDATE cluster_log SET applied = ?", (index,))
+        self._applied = index
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    def _join(self) -> None:
+        """First catch-up of a node that never joined: take the cluster's newest snapshot, or
+        publish this database as the first one."""
+        found, _ = self._run(self.etcd.get_prefix(SNAPSHOT))
+        if not found:
+            created, _ = self._run(self.etcd.create(_key(SNAPSHOT, 0), self._dump()))
+            if created:
+                log.info("accounts_snapshot_published", extra={"index": 0})
+                self._record(0)
+                return
+        kept = self.path.with_name(BEFORE_CLUSTER_FILE)
+        if not kept.exists():
+            with self._connect() as db:
+                db.execute("VACUUM INTO ?", (str(kept),))
+        self._restore_newest()
+
+    def _dump(self) -> str:
+        with tempfile.TemporaryDirectory(dir=self.path.parent) as folder:
+            copy = Path(folder) / "snapshot.db"
+            with self._connect() as db:
+                db.execute("VACUUM INTO ?", (str(copy),))
+            return base64.b64encode(gzip.compress(copy.read_bytes())).decode()
+
+    def _restore_newest(self) -> None:
+        found, _ = self._run(self.etcd.get_prefix(SNAPSHOT))
+        if not found:
+            raise AccountError("the cluster's accounts log lost its beginning and has no"
+                               " snapshot: restore etcd from a backup")
+        newest = max(found, key=lambda kv: _index(kv, SNAPSHOT))
+        index = _index(newest, SNAPSHOT)
+        with tempfile.TemporaryDirectory(dir=self.path.parent) as folder:
+            copy = Path(folder) / "snapshot.db"
+            copy.write_bytes(gzip.decompress(base64.b64decode(newest.value)))
+            source = sqlite3.connect(copy)
+            target = sqlite3.connect(self.path)
+            try:
+                source.backup(target)
+            finally:
+                source.close()
+                target.close()
+        self._record(index)
+        log.info("accounts_snapshot_restored", extra={"index": index})
+
+    def _snapshot(self, index: int) -> None:
+        """Publish the state after entry `index`; forget what no node needs any more."""
+        try:
+            self._run(self.etcd.put(_key(SNAPSHOT, index), self._dump()))
+            self._run(self.etcd.delete_below(_key(SNAPSHOT, index), SNAPSHOT))
+            self._run(self.etcd.delete_below(_key(LOG, index - SNAPSHOT_EVERY + 1), LOG))
+        except (EtcdUnavailable, TimeoutError) as exc:  # the next one will do
+            log.warning("accounts_snapshot_failed", extra={"index": index, "error": str(exc)})
+            return
+        log.info("accounts_snapshot_published", extra={"index": index})
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _absent(key: str) -> dict[str, Any]:
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def _writer(method: str) -> Any:
+    def write(self: ReplicatedStore, *args: Any, **kwargs: Any) -> Any:
+        if method in _TOUCHES:
+            return self._touch(method, args, kwargs)
+        return self._write(method, args, kwargs)
+    return write
+
+
+def _reader(method: str) -> Any:
+    def read(self: ReplicatedStore, *args: Any, **kwargs: Any) -> Any:
+        return self._read(method, args, kwargs)
+    return read
+
+
+for _method in WRITES:
+    setattr(ReplicatedStore, _method, _writer(_method))
+for _method in READS:
+    setattr(ReplicatedStore, _method, _reader(_method))

@@ -1,0 +1,146 @@
+"""Accounts shared by the edges of a cluster (cluster/accounts.py): a real 3-member etcd, two
+`gateway serve` edges (e1 also hosts the tenants), one browser whose requests a load balancer
+sends to either edge."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import RunningGateway, wait_until
+from .test_auth import ANN, DOMAIN, FAST_HASHING, JOE, PASSWORD, Browser
+from .test_cluster import Cluster, cluster  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.root
+
+SECRETS = "/data/secrets.json?_shape=array"
+
+
+Edges = tuple[RunningGateway, RunningGateway]
+
+
+@pytest.fixture
+def edges(cluster: Cluster) -> Edges:  # noqa: F811 (the fixture)
+    """e1 (edge and host) and e2 (edge), both with alice (public) and bob (private)."""
+    edges = []
+    for node, role, advertise in (("e1", "both", "127.0.0.2"), ("e2", "edge", "")):
+        site = cluster.site(node, role, advertise)
+        site.write_config(auth=FAST_HASHING)
+        site.add_tenant("bob", public=False, tables={"secrets": [{"id": 1, "word": "bob-only"}]})
+        cluster.nodes[node] = RunningGateway(site)
+        edges.append(cluster.nodes[node])
+    e1, e2 = edges
+    wait_until(lambda: set(e2.status()["cluster"]["endpoints"]) == {"alice", "bob"},
+               timeout=60, message="e2 routes alice and bob")
+    return e1, e2
+
+
+def browsers(e1: RunningGateway, e2: RunningGateway) -> tuple[Browser, Browser]:
+    """One browser, as seen through each edge: the same cookies."""
+    one, two = Browser(e1), Browser(e2)
+    two.cookies, two.domain_cookies = one.cookies, one.domain_cookies
+    return one, two
+
+
+def add_user(edge: RunningGateway, email: str) -> None:
+    edge.cli("user", "add", email, "--password-stdin", input=PASSWORD + "\n")
+
+
+def status_of(browser: Browser, path: str = SECRETS, **kwargs: Any) -> int:
+    return browser.get(f"bob.{DOMAIN}", path, **kwargs).status_code
+
+
+def test_a_session_and_a_token_made_on_one_edge_hold_on_the_other_until_ended(
+        edges: Edges) -> None:
+    """1. ann is added with e1's CLI, made a member of bob with e2's.
+    2. She signs in through e1; through e2 her session reads bob's private table.
+    3. She signs out through e1; e2 refuses the session (401) once its cache asks again.
+    4. An API token made with e1's CLI reads bob through e2; revoked with e2's CLI, e1 refuses
+       it with the revoked-token message."""
+    e1, e2 = edges
+    add_user(e1, ANN)
+    e2.cli("tenant", "members", "bob", "--add", ANN)
+    through_e1, through_e2 = browsers(e1, e2)
+    try:
+        assert status_of(through_e2) == 401
+        assert through_e1.sign_in(ANN).status_code == 303
+        response = through_e2.get(f"bob.{DOMAIN}", SECRETS)
+        assert response.status_code == 200
+        assert response.json() == [{"id": 1, "word": "bob-only"}]
+        assert through_e2.get(DOMAIN, "/").text.count(ANN) >= 1  # the apex knows her too
+
+        assert through_e1.sign_out().status_code == 303
+        wait_until(lambda: status_of(through_e2) == 401, message="e2 sees the sign-out")
+        assert status_of(through_e1) == 401
+    finally:
+        through_e1.close()
+        through_e2.close()
+
+    token = e1.cli("user", "token", ANN, "--name", "export").stdout.strip()
+    bearer = {"authorization": f"Bearer {token}"}
+    response = e2.get("bob", SECRETS, headers=bearer)
+    assert response.status_code == 200, response.text
+    token_id = re.search(r'"id": "(\w+)"', e2.cli("user", "tokens", ANN, "--json").stdout)
+    assert token_id is not None
+    e2.cli("user", "revoke-token", token_id.group(1))
+    wait_until(lambda: e1.get("bob", SECRETS, headers=bearer).status_code == 401,
+               message="e1 refuses the revoked token")
+    refused = e1.get("bob", SECRETS, headers=bearer)
+    assert refused.json()["message"] == ("This API token is not valid: it was revoked, or its"
+                                       " account was removed.")
+
+
+def test_team_changes_on_one_edge_are_seen_on_the_other(edges: Edges) -> None:
+    """1. ann owns bob; joe has an account (both added on e2).
+    2. Signed in through e1, ann adds joe to bob's team on e1's Team page and invites a new
+       address there; e2's Team page lists both, and joe (signed in through e2) reads bob.
+       The invitation is accepted through e2; the new account reads bob through e1.
+    3. On e2's Team page ann removes joe: e1 refuses joe once its cache asks again."""
+    e1, e2 = edges
+    add_user(e2, ANN)
+    add_user(e2, JOE)
+    e2.cli("tenant", "members", "bob", "--owner", ANN)
+    ann_e1, ann_e2 = browsers(e1, e2)
+    joe_e1, joe_e2 = browsers(e1, e2)
+    try:
+        assert ann_e1.sign_in(ANN).status_code == 303
+        added = team_post(ann_e1, "invite", email=JOE)
+        assert f"{JOE} already has an account, and is now a member." in html.unescape(added.text)
+        invited = team_post(ann_e1, "invite", email="new@example.com")
+        link = re.search(r'<code class="secret">http://[^/]+(/[^<]+)</code>', invited.text)
+        assert link is not None
+        page = ann_e2.get(DOMAIN, "/-/team/bob").text
+        assert re.search(rf"{re.escape(JOE)}</td><td>member", page)
+        assert "new@example.com" in page
+        assert joe_e2.sign_in(JOE).status_code == 303
+        assert status_of(joe_e2) == 200
+
+        # The invitation made on e1 is accepted through e2; the new member reads bob on e1.
+        new_e1, new_e2 = browsers(e1, e2)
+        try:
+            fields = new_e2.form(link.group(1))
+            accepted = new_e2.request("POST", DOMAIN, link.group(1), data={
+                **fields, "password": PASSWORD, "confirm": PASSWORD})
+            assert accepted.status_code == 303
+            assert status_of(new_e1) == 200
+        finally:
+            new_e1.close()
+            new_e2.close()
+
+        assert team_post(ann_e2, "remove", email=JOE).headers["location"] == (
+            "/-/team/bob?done=removed")
+        wait_until(lambda: status_of(joe_e1) == 403, message="e1 sees joe removed")
+        assert JOE not in ann_e1.get(DOMAIN, "/-/team/bob").text
+    finally:
+        for browser in (ann_e1, ann_e2, joe_e1, joe_e2):
+            browser.close()
+
+
+def team_post(browser: Browser, action: str, **data: str) -> httpx.Response:
+    hidden = browser.form("/-/team/bob")
+    return browser.request("POST", DOMAIN, f"/-/team/bob/{action}",
+                           data={"csrf_token": hidden["csrf_token"], **data})
