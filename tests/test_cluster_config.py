@@ -64,8 +64,11 @@ def test_cluster_init_and_cert_commands(site: Site) -> None:
     assert again.output == f"Error: {folder / 'ca.key'} exists: the cluster already has a CA\n"
     result = runner.invoke(cli, [*config, "cluster", "cert", "h1", "--dir", str(folder)])
     assert result.output == f"h1: {folder / 'h1' / 'node.pem'}\n"
-    assert sorted(p.name for p in (folder / "h1").iterdir()) == ["ca.pem", "node.key", "node.pem"]
+    assert sorted(p.name for p in (folder / "h1").iterdir()) == [
+        "ca.pem", "node.key", "node.pem", "secret.key"]
     assert (folder / "h1" / "node.key").stat().st_mode & 0o777 == 0o600
+    assert (folder / "h1" / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert (folder / "h1" / "secret.key").read_bytes() == (folder / "secret.key").read_bytes()
     bad = runner.invoke(cli, [*config, "cluster", "cert", "H 1", "--dir", str(folder)])
     assert bad.output == ("Error: 'H 1' is not a node name: use 1 to 63 characters from a-z,"
                           " 0-9 and '-'\n")

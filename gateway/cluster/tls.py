@@ -3,8 +3,10 @@
 Edges and hosts talk over TCP with mutual TLS: each side shows a certificate signed by the
 cluster CA (`gateway cluster init`) and accepts only peers with one. The CA key stays where
 `init` ran; `gateway cluster cert NODE` issues a node's ca.pem, node.pem and node.key, to be
-copied to that node's cluster.tls_dir. Peers are identified by the CA alone (any node may talk to
-any node), not by name: host addresses change as tenants move.
+copied to that node's cluster.tls_dir, with the cluster's secret.key (every node has the same:
+the key that encrypts the ACME certificate's private key in etcd, cluster/certs.py). Peers are
+identified by the CA alone (any node may talk to any node), not by name: host addresses change
+as tenants move.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import secrets
 import ssl
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from ..errors import ConfigError
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 NODE_CERT, NODE_KEY = "node.pem", "node.key"
+SECRET = "secret.key"  # every node's: encrypts the ACME certificate's key in etcd (certs.py)
 _DAY = datetime.timedelta(days=1)
 
 
@@ -59,7 +63,25 @@ def init_ca(folder: Path, *, days: int = 3650) -> Path:
     )
     _write(folder / CA_KEY, _key_pem(key), 0o600)
     _write(folder / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _make_secret(folder)
     return folder / CA_CERT
+
+
+def _make_secret(folder: Path) -> None:
+    if not (folder / SECRET).exists():  # a CA made before there were secrets gets one now
+        _write(folder / SECRET, secrets.token_hex(32).encode() + b"\n", 0o600)
+
+
+def read_secret(folder: Path) -> bytes:
+    """The cluster's shared secret (made by `init`, copied to each node by `cert NODE`)."""
+    try:
+        secret = (folder / SECRET).read_bytes().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{folder / SECRET}: missing; `gateway cluster cert NODE` copies it"
+                          " from the folder where `gateway cluster init` ran") from None
+    if len(secret) < 32:
+        raise ConfigError(f"{folder / SECRET}: too short to be the cluster's secret")
+    return secret
 
 
 def issue_node(ca_folder: Path, node: str, out: Path, *, days: int = 825) -> Path:
@@ -91,6 +113,8 @@ def issue_node(ca_folder: Path, node: str, out: Path, *, days: int = 825) -> Pat
     _write(out / NODE_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     if (out / CA_CERT).resolve() != (ca_folder / CA_CERT).resolve():
         _write(out / CA_CERT, (ca_folder / CA_CERT).read_bytes(), 0o644)
+        _make_secret(ca_folder)
+        _write(out / SECRET, (ca_folder / SECRET).read_bytes(), 0o600)
     return out / NODE_CERT
 
 

@@ -538,8 +538,9 @@ class ClusterSettings:
         " each tenant gets a port of its own there. Required for a host."
     )
     tls_dir: Path | None = setting(
-        None, "Folder with ca.pem, node.pem and node.key (from `gateway cluster cert NODE`):"
-        " edges and hosts authenticate each other with them. Default: <state_dir>/cluster."
+        None, "Folder with ca.pem, node.pem, node.key and secret.key (from `gateway cluster"
+        " cert NODE`): edges and hosts authenticate each other with them; secret.key seals"
+        " the ACME certificate's key in etcd. Default: <state_dir>/cluster."
     )
     lease_ttl_s: int = setting(
         5, "A node is alive while its etcd lease is: it is refreshed every third of this, and"
