@@ -5,15 +5,24 @@ sends to either edge."""
 from __future__ import annotations
 
 import html
+import logging
 import re
+import threading
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.auth.store import AccountStore
+from gateway.cluster.accounts import BEFORE_CLUSTER_FILE, SNAPSHOT_EVERY, ReplicatedStore
+from gateway.cluster.etcd import EtcdUnavailable
+from gateway.errors import AccountError
+
 from .conftest import RunningGateway, wait_until
+from .etcd_cluster import free_port
 from .test_auth import ANN, DOMAIN, FAST_HASHING, JOE, PASSWORD, Browser
-from .test_cluster import Cluster, cluster  # noqa: F401 (a fixture)
+from .test_cluster import Cluster, _etcd_delete_prefix, cluster  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.root
 
@@ -29,7 +38,8 @@ def edges(cluster: Cluster) -> Edges:  # noqa: F811 (the fixture)
     edges = []
     for node, role, advertise in (("e1", "both", "127.0.0.2"), ("e2", "edge", "")):
         site = cluster.site(node, role, advertise)
-        site.write_config(auth=FAST_HASHING)
+        site.write_config(auth={**FAST_HASHING, "throttle_account_attempts": 3,
+                                "throttle_backoff_initial_s": 60.0})
         site.add_tenant("bob", public=False, tables={"secrets": [{"id": 1, "word": "bob-only"}]})
         cluster.nodes[node] = RunningGateway(site)
         edges.append(cluster.nodes[node])
@@ -148,3 +158,114 @@ def team_post(browser: Browser, action: str, **data: str) -> httpx.Response:
     hidden = browser.form("/-/team/bob")
     return browser.request("POST", DOMAIN, f"/-/team/bob/{action}",
                            data={"csrf_token": hidden["csrf_token"], **data})
+
+
+def test_failed_sign_ins_are_counted_across_edges(edges: Edges) -> None:
+    """1. Three wrong passwords for ann, through e1, e2, e1 (3 are free per account).
+    2. The fourth attempt, through e2, must wait (429), even with the right password; so
+       must one through e1."""
+    e1, e2 = edges
+    add_user(e1, ANN)
+    through_e1, through_e2 = browsers(e1, e2)
+    try:
+        for browser in (through_e1, through_e2, through_e1):
+            refused = browser.sign_in(ANN, "wrong password")
+            assert refused.status_code == 400
+            assert "The email address or the password is not right." in refused.text
+        for browser in (through_e2, through_e1):
+            throttled = browser.sign_in(ANN)
+            assert throttled.status_code == 429
+            assert re.search(r"Too many failed attempts to sign in\. Try again in \d+ seconds\.",
+                             throttled.text)
+    finally:
+        through_e1.close()
+        through_e2.close()
+
+
+# --- the replicated store itself, in this process -----------------------------------------------
+
+@pytest.fixture
+def clean_etcd(etcd_cluster: Any) -> Any:
+    _etcd_delete_prefix(etcd_cluster.endpoints[0], "/gateway/")
+    return etcd_cluster
+
+
+def replica(folder: Path, etcd: Any) -> ReplicatedStore:
+    return ReplicatedStore(folder / "accounts.db", etcd.endpoints)
+
+
+def test_replicas_agree_after_writes_from_both_at_once(clean_etcd: Any, tmp_path: Path) -> None:
+    """1. Replica a holds ann before joining: it publishes the first snapshot. Replica b held
+    joe: it takes the cluster's accounts (its own file kept aside). 2. Both add users and
+    memberships from 4 threads at once. 3. Each sees every write, in the same order (same
+    user ids)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    AccountStore(tmp_path / "a" / "accounts.db").add_user(ANN, "hash", 1.0)
+    AccountStore(tmp_path / "b" / "accounts.db").add_user(JOE, "hash", 1.0)
+    a, b = replica(tmp_path / "a", clean_etcd), replica(tmp_path / "b", clean_etcd)
+    try:
+        assert [user.email for user in a.users()] == [ANN]
+        assert [user.email for user in b.users()] == [ANN]
+        kept = AccountStore(tmp_path / "b" / BEFORE_CLUSTER_FILE)
+        assert [user.email for user in kept.users()] == [JOE]
+
+        def add(store: ReplicatedStore, number: int) -> None:
+            email = f"user{number}@example.com"
+            store.add_user(email, "hash", 2.0)
+            store.add_member("bob", email)
+
+        threads = [threading.Thread(target=add, args=(store, number))
+                   for number, store in enumerate([a, b] * 4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert a.team("bob") == b.team("bob") == [
+            (f"user{number}@example.com", "member") for number in range(8)]
+        assert a.credentials("user5@example.com") == b.credentials("user5@example.com")
+        with pytest.raises(AccountError, match=f"{ANN} already has an account"):
+            b.add_user(ANN, "hash", 3.0)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_replica_without_etcd_reads_what_it_has(clean_etcd: Any, tmp_path: Path) -> None:
+    """A replica whose etcd does not answer serves its accounts as they are; writes fail."""
+    joined = replica(tmp_path, clean_etcd)
+    joined.add_user(ANN, "hash", 1.0)
+    joined.close()
+    cut_off = ReplicatedStore(tmp_path / "accounts.db", [f"http://127.0.0.1:{free_port()}"])
+    try:
+        assert cut_off.credentials(ANN) == (1, "hash")
+        with pytest.raises(EtcdUnavailable):
+            cut_off.add_user(JOE, "hash", 2.0)
+    finally:
+        cut_off.close()
+
+
+@pytest.mark.slow
+def test_a_new_replica_starts_from_the_newest_snapshot(clean_etcd: Any, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """1. Replica a makes SNAPSHOT_EVERY + 5 writes: it publishes a snapshot at SNAPSHOT_EVERY.
+    2. A new replica b restores that snapshot and replays the 5 after it: it has them all."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = replica(tmp_path / "a", clean_etcd)
+    try:
+        a.add_user(ANN, "hash", 1.0)
+        for number in range(SNAPSHOT_EVERY):
+            a.touch_token("none", float(number))
+        a.add_member("bob", ANN)
+        b = replica(tmp_path / "b", clean_etcd)
+        try:
+            with caplog.at_level(logging.INFO, "gateway.cluster.accounts"):
+                assert b.team("bob") == [(ANN, "member")]
+            (restored,) = [record for record in caplog.records
+                           if record.msg == "accounts_snapshot_restored"]
+            assert restored.index == SNAPSHOT_EVERY  # type: ignore[attr-defined]
+        finally:
+            b.close()
+    finally:
+        a.close()

@@ -26,13 +26,12 @@ entries more than SNAPSHOT_EVERY before it, so the log stays short; a node that 
 restores the snapshot. A snapshot is one etcd value: at most etcd's request size (1.5 MiB by
 default), compressed: some tens of thousands of accounts.
 
-The store is synchronous (SQLite, called from threads and the CLI): etcd's async client runs on
-an event loop of its own, in a thread, and each call waits for its answer.
+The store is synchronous (SQLite, called from threads and the CLI): it reaches etcd through
+etcd_thread.py, waiting for each answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import gzip
@@ -42,23 +41,22 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..auth.store import AccountStore
 from ..errors import AccountError
 from .etcd import Etcd, EtcdUnavailable, KeyValue
+from .etcd_thread import EtcdThread
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 LOG = "/gateway/accounts/log/"
 SNAPSHOT = "/gateway/accounts/snapshot/"
 SNAPSHOT_EVERY = 1000
 BEFORE_CLUSTER_FILE = "accounts-before-cluster.db"
-_CALL_TIMEOUT_S = 30.0
 _RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
 
 # The AccountStore methods that write: each is a log entry. Everything else only reads.
@@ -95,21 +93,10 @@ class ReplicatedStore(AccountStore):
         self._applying: int | None = None
         self._local = threading.local()
         self._retry_at = 0.0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="etcd-accounts")
-        self._thread.start()
-        self.etcd = Etcd(endpoints)
+        self.etcd = EtcdThread(endpoints)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._run(self.etcd.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self._loop).result(_CALL_TIMEOUT_S)
+        self.etcd.close()
 
     # --- writes and reads -------------------------------------------------------------------
 
@@ -119,35 +106,34 @@ class ReplicatedStore(AccountStore):
             while True:
                 self._catch_up()
                 index = self._applied + 1
-                if self._run(self._append(index, entry)):
+                if self.etcd.run(partial(_append, index=index, entry=entry)):
                     self._retry_at = 0.0
                     return self._apply(index, entry, own=True)
 
-    async def _append(self, index: int, entry: str) -> bool:
-        compare: list[dict[str, Any]] = [_absent(_key(LOG, index))]
-        if index > 1:
-            compare.append({**_absent(_key(LOG, index - 1)), "result": "GREATER"})
-        reply = await self.etcd.call("/v3/kv/txn", {"compare": compare, "success": [
-            {"request_put": {"key": _b64(_key(LOG, index)), "value": _b64(entry)}}]})
-        return bool(reply.get("succeeded"))
-
     def _read(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Inside an entry (forget_tenant reads its members) the replica is where the log is.
-        if not getattr(self._local, "applying", False) and time.monotonic() >= self._retry_at:
-            try:
-                with self._lock:
-                    self._catch_up()
-            except (EtcdUnavailable, TimeoutError) as exc:
-                self._retry_at = time.monotonic() + _RETRY_AFTER_S
-                log.warning("accounts_replica_stale", extra={"error": str(exc)})
+        if not getattr(self._local, "applying", False) and self._etcd_may_answer():
+            with self._lock:
+                if self._etcd_may_answer():  # not while another thread just found it silent
+                    try:
+                        self._catch_up()
+                    except (EtcdUnavailable, TimeoutError) as exc:
+                        self._retry_at = time.monotonic() + _RETRY_AFTER_S
+                        log.warning("accounts_replica_stale", extra={"error": str(exc)})
         return getattr(AccountStore, method)(self, *args, **kwargs)
 
     def _touch(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """When a session or token was last used: worth a write, not a failed request."""
+        if not self._etcd_may_answer():
+            return
         try:
             self._write(method, args, kwargs)
         except (EtcdUnavailable, TimeoutError) as exc:
+            self._retry_at = time.monotonic() + _RETRY_AFTER_S
             log.warning("accounts_touch_failed", extra={"error": str(exc)})
+
+    def _etcd_may_answer(self) -> bool:
+        return time.monotonic() >= self._retry_at
 
     # --- the log ----------------------------------------------------------------------------
 
@@ -156,7 +142,8 @@ class ReplicatedStore(AccountStore):
         if self._applied < 0:
             self._join()
         while True:
-            found = self._run(self.etcd.get_from(_key(LOG, self._applied + 1), LOG, limit=500))
+            found = self.etcd.run(partial(Etcd.get_from, key=_key(LOG, self._applied + 1),
+                                          prefix=LOG, limit=500))
             if not found:
                 return
             if _index(found[0], LOG) != self._applied + 1:  # compacted away: start from a copy
@@ -206,9 +193,10 @@ class ReplicatedStore(AccountStore):
     def _join(self) -> None:
         """First catch-up of a node that never joined: take the cluster's newest snapshot, or
         publish this database as the first one."""
-        found, _ = self._run(self.etcd.get_prefix(SNAPSHOT))
+        found, _ = self.etcd.run(lambda etcd: etcd.get_prefix(SNAPSHOT))
         if not found:
-            created, _ = self._run(self.etcd.create(_key(SNAPSHOT, 0), self._dump()))
+            dump = self._dump()
+            created, _ = self.etcd.run(lambda etcd: etcd.create(_key(SNAPSHOT, 0), dump))
             if created:
                 log.info("accounts_snapshot_published", extra={"index": 0})
                 self._record(0)
@@ -227,7 +215,7 @@ class ReplicatedStore(AccountStore):
             return base64.b64encode(gzip.compress(copy.read_bytes())).decode()
 
     def _restore_newest(self) -> None:
-        found, _ = self._run(self.etcd.get_prefix(SNAPSHOT))
+        found, _ = self.etcd.run(lambda etcd: etcd.get_prefix(SNAPSHOT))
         if not found:
             raise AccountError("the cluster's accounts log lost its beginning and has no"
                                " snapshot: restore etcd from a backup")
@@ -249,13 +237,23 @@ class ReplicatedStore(AccountStore):
     def _snapshot(self, index: int) -> None:
         """Publish the state after entry `index`; forget what no node needs any more."""
         try:
-            self._run(self.etcd.put(_key(SNAPSHOT, index), self._dump()))
-            self._run(self.etcd.delete_below(_key(SNAPSHOT, index), SNAPSHOT))
-            self._run(self.etcd.delete_below(_key(LOG, index - SNAPSHOT_EVERY + 1), LOG))
+            dump, kept = self._dump(), _key(LOG, index - SNAPSHOT_EVERY + 1)
+            self.etcd.run(lambda etcd: etcd.put(_key(SNAPSHOT, index), dump))
+            self.etcd.run(lambda etcd: etcd.delete_below(_key(SNAPSHOT, index), SNAPSHOT))
+            self.etcd.run(lambda etcd: etcd.delete_below(kept, LOG))
         except (EtcdUnavailable, TimeoutError) as exc:  # the next one will do
             log.warning("accounts_snapshot_failed", extra={"index": index, "error": str(exc)})
             return
         log.info("accounts_snapshot_published", extra={"index": index})
+
+
+async def _append(etcd: Etcd, index: int, entry: str) -> bool:
+    compare: list[dict[str, Any]] = [_absent(_key(LOG, index))]
+    if index > 1:
+        compare.append({**_absent(_key(LOG, index - 1)), "result": "GREATER"})
+    reply = await etcd.call("/v3/kv/txn", {"compare": compare, "success": [
+        {"request_put": {"key": _b64(_key(LOG, index)), "value": _b64(entry)}}]})
+    return bool(reply.get("succeeded"))
 
 
 def _b64(text: str) -> str:
