@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import gzip
 import json
 import logging
+import os
 import sqlite3
 import tempfile
 import threading
@@ -88,8 +90,11 @@ class ReplicatedStore(AccountStore):
             db.execute("CREATE TABLE IF NOT EXISTS cluster_log (id INTEGER PRIMARY KEY"
                        " CHECK (id = 0), applied INTEGER NOT NULL)")
             db.execute("INSERT OR IGNORE INTO cluster_log VALUES (0, -1)")
-            self._applied: int = db.execute("SELECT applied FROM cluster_log").fetchone()[0]
+        self._applied = self._stored_applied()
         self._lock = threading.RLock()
+        self._depth = 0
+        self._lock_file = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT,
+                                  0o600)
         self._applying: int | None = None
         self._local = threading.local()
         self._retry_at = 0.0
@@ -97,12 +102,35 @@ class ReplicatedStore(AccountStore):
 
     def close(self) -> None:
         self.etcd.close()
+        os.close(self._lock_file)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread alone, and this process alone on the file (the CLI, or an upgrade's
+        next worker, may have it open too): no entry is applied twice, and a writer applies
+        its own entry (so it gets its result)."""
+        with self._lock:
+            self._depth += 1
+            try:
+                if self._depth == 1:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+                    self._applied = self._stored_applied()  # another process may have gone on
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def _stored_applied(self) -> int:
+        with self._connect() as db:
+            applied: int = db.execute("SELECT applied FROM cluster_log").fetchone()[0]
+        return applied
 
     # --- writes and reads -------------------------------------------------------------------
 
     def _write(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         entry = json.dumps({"method": method, "args": args, "kwargs": kwargs})
-        with self._lock:
+        with self._exclusive():
             while True:
                 self._catch_up()
                 index = self._applied + 1
@@ -113,7 +141,7 @@ class ReplicatedStore(AccountStore):
     def _read(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Inside an entry (forget_tenant reads its members) the replica is where the log is.
         if not getattr(self._local, "applying", False) and self._etcd_may_answer():
-            with self._lock:
+            with self._exclusive():
                 if self._etcd_may_answer():  # not while another thread just found it silent
                     try:
                         self._catch_up()
@@ -138,7 +166,7 @@ class ReplicatedStore(AccountStore):
     # --- the log ----------------------------------------------------------------------------
 
     def _catch_up(self) -> None:
-        """Apply the entries appended since the last one applied here (the lock held)."""
+        """Apply the entries appended since the last one applied here (exclusive)."""
         if self._applied < 0:
             self._join()
         while True:
@@ -153,7 +181,7 @@ class ReplicatedStore(AccountStore):
                 self._apply(_index(kv, LOG), kv.value)
 
     def _apply(self, index: int, entry: str, *, own: bool = False) -> Any:
-        """Apply entry `index` (the lock held). Refused (AccountError, a constraint) the same way
+        """Apply entry `index` (exclusive). Refused (AccountError, a constraint) the same way
         on every node, it changed nothing: applied all the same, raised only to its writer."""
         decoded = json.loads(entry)
         method = decoded["method"]
