@@ -15,8 +15,12 @@ import httpx
 import pytest
 
 from gateway.auth.store import AccountStore
-from gateway.cluster.accounts import BEFORE_CLUSTER_FILE, SNAPSHOT_EVERY, ReplicatedStore
-from gateway.cluster.etcd import EtcdUnavailable
+from gateway.cluster.accounts import (
+    BEFORE_CLUSTER_FILE,
+    SNAPSHOT_EVERY,
+    AccountsUnavailable,
+    ReplicatedStore,
+)
 from gateway.errors import AccountError
 
 from .conftest import RunningGateway, wait_until
@@ -239,8 +243,12 @@ def test_a_replica_without_etcd_reads_what_it_has(clean_etcd: Any, tmp_path: Pat
     cut_off = ReplicatedStore(tmp_path / "accounts.db", [f"http://127.0.0.1:{free_port()}"])
     try:
         assert cut_off.credentials(ANN) == (1, "hash")
-        with pytest.raises(EtcdUnavailable):
+        with pytest.raises(AccountsUnavailable) as refused:
             cut_off.add_user(JOE, "hash", 2.0)
+        assert str(refused.value) == (
+            "Signing in or out and changing accounts is not possible right now: the cluster's"
+            " store (etcd) does not answer. Try again in a moment.")
+        assert refused.value.status == 503
     finally:
         cut_off.close()
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..auth.store import AccountStore
-from ..errors import AccountError
+from ..errors import AccountError, GatewayError, RequestError
 from .etcd import Etcd, EtcdUnavailable, KeyValue
 from .etcd_thread import EtcdThread
 
@@ -60,6 +60,16 @@ SNAPSHOT = "/gateway/accounts/snapshot/"
 SNAPSHOT_EVERY = 1000
 BEFORE_CLUSTER_FILE = "accounts-before-cluster.db"
 _RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
+
+class AccountsUnavailable(RequestError):
+    """etcd does not answer: accounts can be read (the replica) but not changed."""
+
+    status = 503
+    title = "Accounts unavailable"
+
+
+UNAVAILABLE = ("Signing in or out and changing accounts is not possible right now: the"
+               " cluster's store (etcd) does not answer. Try again in a moment.")
 
 # The AccountStore methods that write: each is a log entry. Everything else only reads.
 WRITES = (
@@ -132,9 +142,14 @@ class ReplicatedStore(AccountStore):
         entry = json.dumps({"method": method, "args": args, "kwargs": kwargs})
         with self._exclusive():
             while True:
-                self._catch_up()
-                index = self._applied + 1
-                if self.etcd.run(partial(_append, index=index, entry=entry)):
+                try:
+                    self._catch_up()
+                    index = self._applied + 1
+                    appended = self.etcd.run(partial(_append, index=index, entry=entry))
+                except (EtcdUnavailable, TimeoutError) as exc:
+                    log.warning("accounts_write_failed", extra={"error": str(exc)})
+                    raise AccountsUnavailable(UNAVAILABLE) from exc
+                if appended:
                     self._retry_at = 0.0
                     return self._apply(index, entry, own=True)
 
@@ -156,9 +171,8 @@ class ReplicatedStore(AccountStore):
             return
         try:
             self._write(method, args, kwargs)
-        except (EtcdUnavailable, TimeoutError) as exc:
+        except AccountsUnavailable:
             self._retry_at = time.monotonic() + _RETRY_AFTER_S
-            log.warning("accounts_touch_failed", extra={"error": str(exc)})
 
     def _etcd_may_answer(self) -> bool:
         return time.monotonic() >= self._retry_at
@@ -269,7 +283,7 @@ class ReplicatedStore(AccountStore):
             self.etcd.run(lambda etcd: etcd.put(_key(SNAPSHOT, index), dump))
             self.etcd.run(lambda etcd: etcd.delete_below(_key(SNAPSHOT, index), SNAPSHOT))
             self.etcd.run(lambda etcd: etcd.delete_below(kept, LOG))
-        except (EtcdUnavailable, TimeoutError) as exc:  # the next one will do
+        except (GatewayError, TimeoutError) as exc:  # too big, or no etcd: the next one will do
             log.warning("accounts_snapshot_failed", extra={"index": index, "error": str(exc)})
             return
         log.info("accounts_snapshot_published", extra={"index": index})

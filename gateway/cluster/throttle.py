@@ -7,7 +7,7 @@ only if neither changed since (else it reads again), so guesses spread over edge
 same moment, are all counted. The keys ride on a lease of twice throttle_window_s, granted anew
 once less than a window is left: etcd forgets a key between one and two windows after its last
 failure, with no lease per attempt. Without etcd, sign-in fails anyway (sessions are written
-there), so admitting raises EtcdUnavailable too.
+there), so admitting raises AccountsUnavailable too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import time
 from functools import partial
@@ -24,8 +25,11 @@ from ..auth.store import AccountStore
 from ..auth.throttle import Failures, delay_s, is_current, keys
 from ..config import AuthSettings
 from ..errors import ConfigError
-from .etcd import Etcd
+from .accounts import UNAVAILABLE, AccountsUnavailable, ReplicatedStore
+from .etcd import Etcd, EtcdUnavailable
 from .etcd_thread import EtcdThread
+
+log = logging.getLogger(__name__)
 
 PREFIX = "/gateway/throttle/"
 _TRIES = 10  # transactions lost to other edges' attempts before asking to wait
@@ -42,8 +46,6 @@ class SharedThrottle:
     @classmethod
     def for_store(cls, store: AccountStore, settings: AuthSettings, kind: str) -> SharedThrottle:
         """Through the etcd client of the cluster's accounts store (cluster/accounts.py)."""
-        from .accounts import ReplicatedStore
-
         if not isinstance(store, ReplicatedStore):
             raise ConfigError("a shared throttle needs the cluster's accounts store")
         return cls(store.etcd, settings, kind)
@@ -51,12 +53,18 @@ class SharedThrottle:
     async def admit(self, account: str, address: str, now: float) -> float:
         """Seconds before an attempt may be made; when 0, it is counted (as a failure until
         `forgive`) on every edge."""
-        return await self.etcd.run_async(partial(self._admit, account=account,
-                                                 address=address, now=now))
+        try:
+            return await self.etcd.run_async(partial(self._admit, account=account,
+                                                     address=address, now=now))
+        except EtcdUnavailable as exc:
+            raise AccountsUnavailable(UNAVAILABLE) from exc
 
     async def forgive(self, account: str, address: str) -> None:
         """The attempt succeeded: the account's failures go, the address keeps its others."""
-        await self.etcd.run_async(partial(self._forgive, account=account, address=address))
+        try:
+            await self.etcd.run_async(partial(self._forgive, account=account, address=address))
+        except EtcdUnavailable:  # the account's failures then last their window
+            log.warning("throttle_not_forgiven", extra={"account": account})
 
     def _name(self, key: str) -> str:
         return f"{PREFIX}{self.kind}/{hashlib.sha256(key.encode()).hexdigest()}"
