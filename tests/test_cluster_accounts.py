@@ -17,6 +17,7 @@ import pytest
 from gateway.auth.store import AccountStore
 from gateway.cluster.accounts import (
     BEFORE_CLUSTER_FILE,
+    BEFORE_REJOIN_FILE,
     SNAPSHOT_EVERY,
     AccountsUnavailable,
     ReplicatedStore,
@@ -251,6 +252,29 @@ def test_a_replica_without_etcd_reads_what_it_has(clean_etcd: Any, tmp_path: Pat
         assert refused.value.status == 503
     finally:
         cut_off.close()
+
+
+def test_replicas_start_again_from_one_of_them_when_etcd_lost_the_log(clean_etcd: Any,
+                                                                      tmp_path: Path) -> None:
+    """1. Replicas a and b follow the log; ann is added. 2. etcd loses every accounts key (a
+    wipe, or a restore from an older backup). 3. b's next read finds the log is not the one it
+    followed: it publishes itself as the new beginning (keeping a copy of what it had); a's
+    next write lands on top of it, and both have ann and joe."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = replica(tmp_path / "a", clean_etcd), replica(tmp_path / "b", clean_etcd)
+    try:
+        a.add_user(ANN, "hash", 1.0)
+        assert b.credentials(ANN) == (1, "hash")
+        _etcd_delete_prefix(clean_etcd.endpoints[0], "/gateway/accounts/")
+        assert b.credentials(ANN) == (1, "hash")
+        assert (tmp_path / "b" / BEFORE_REJOIN_FILE).exists()
+        a.add_user(JOE, "hash", 2.0)
+        assert [user.email for user in b.users()] == [ANN, JOE]
+        assert [user.email for user in a.users()] == [ANN, JOE]
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.mark.slow

@@ -9,14 +9,14 @@ after every write before it; losing the race means catching up and trying again.
 applies the log in index order by calling the same AccountStore method with the same arguments
 (the clock is an argument, ids and hashes are made before), so every replica goes through the
 same states, checks included; the writer applies its own entry and returns its result (or
-raises its AccountError). The index applied is written in the entry's own SQLite transaction, so
-a crash neither skips nor repeats an entry.
+raises its AccountError). The index applied (and the etcd revision that created its entry) is
+written in the entry's own SQLite transaction, so a crash neither skips nor repeats an entry.
 
 Reads catch up with the log first (one etcd range request; empty when nothing is new), so what
 one edge wrote the next one reads: a session made on edge A is valid at the browser's next
 request on edge B, and a sign-out or a revoked token on A is refused on B as soon as B's cache
 (auth.session_cache_s) asks again. When etcd does not answer, reads serve the replica as it is
-(catching up is retried after a pause, not on every read) and writes fail with EtcdUnavailable.
+(catching up is retried after a pause, not on every read) and writes fail (AccountsUnavailable).
 
 Snapshots. The first node to join publishes its database as /gateway/accounts/snapshot/<index>
 at index 0 (so a single machine's accounts carry into the cluster); a node that never joined
@@ -25,6 +25,12 @@ there. The writer of every SNAPSHOT_EVERY-th entry publishes a new snapshot and 
 entries more than SNAPSHOT_EVERY before it, so the log stays short; a node that was away longer
 restores the snapshot. A snapshot is one etcd value: at most etcd's request size (1.5 MiB by
 default), compressed: some tens of thousands of accounts.
+
+Each catch-up reads from the entry last applied, and checks it is still there, made at the same
+revision: if not, the log is not the one this replica followed (etcd was wiped, or restored
+from an older backup), and the replica starts again from the newest snapshot; when there is
+none, from itself (it publishes itself as the first). A copy of what it had is kept as
+accounts-before-rejoin.db.
 
 The store is synchronous (SQLite, called from threads and the CLI): it reaches etcd through
 etcd_thread.py, waiting for each answer.
@@ -59,6 +65,7 @@ LOG = "/gateway/accounts/log/"
 SNAPSHOT = "/gateway/accounts/snapshot/"
 SNAPSHOT_EVERY = 1000
 BEFORE_CLUSTER_FILE = "accounts-before-cluster.db"
+BEFORE_REJOIN_FILE = "accounts-before-rejoin.db"
 _RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
 
 class AccountsUnavailable(RequestError):
@@ -98,16 +105,18 @@ class ReplicatedStore(AccountStore):
         super().__init__(path)
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS cluster_log (id INTEGER PRIMARY KEY"
-                       " CHECK (id = 0), applied INTEGER NOT NULL)")
-            db.execute("INSERT OR IGNORE INTO cluster_log VALUES (0, -1)")
-        self._applied = self._stored_applied()
+                       " CHECK (id = 0), applied INTEGER NOT NULL, revision INTEGER NOT NULL)")
+            db.execute("INSERT OR IGNORE INTO cluster_log VALUES (0, -1, 0)")
+        # The last entry applied, and the etcd revision that created it (0: not known).
+        self._applied, self._revision = self._stored_position()
         self._lock = threading.RLock()
         self._depth = 0
         self._lock_file = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT,
                                   0o600)
-        self._applying: int | None = None
+        self._applying: tuple[int, int] | None = None
         self._local = threading.local()
         self._retry_at = 0.0
+        self._caught_up_from = -1.0  # when the last catch-up that succeeded began
         self.etcd = EtcdThread(endpoints)
 
     def close(self) -> None:
@@ -124,17 +133,18 @@ class ReplicatedStore(AccountStore):
             try:
                 if self._depth == 1:
                     fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-                    self._applied = self._stored_applied()  # another process may have gone on
+                    # Another process may have gone on.
+                    self._applied, self._revision = self._stored_position()
                 yield
             finally:
                 self._depth -= 1
                 if self._depth == 0:
                     fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
-    def _stored_applied(self) -> int:
+    def _stored_position(self) -> tuple[int, int]:
         with self._connect() as db:
-            applied: int = db.execute("SELECT applied FROM cluster_log").fetchone()[0]
-        return applied
+            applied, revision = db.execute("SELECT applied, revision FROM cluster_log").fetchone()
+        return int(applied), int(revision)
 
     # --- writes and reads -------------------------------------------------------------------
 
@@ -143,23 +153,27 @@ class ReplicatedStore(AccountStore):
         with self._exclusive():
             while True:
                 try:
-                    self._catch_up()
+                    self._caught_up()
                     index = self._applied + 1
-                    appended = self.etcd.run(partial(_append, index=index, entry=entry))
+                    revision = self.etcd.run(partial(_append, index=index, entry=entry))
                 except (EtcdUnavailable, TimeoutError) as exc:
                     log.warning("accounts_write_failed", extra={"error": str(exc)})
                     raise AccountsUnavailable(UNAVAILABLE) from exc
-                if appended:
+                if revision:
                     self._retry_at = 0.0
-                    return self._apply(index, entry, own=True)
+                    return self._apply(index, revision, entry, own=True)
 
     def _read(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Inside an entry (forget_tenant reads its members) the replica is where the log is.
         if not getattr(self._local, "applying", False) and self._etcd_may_answer():
+            asked = time.monotonic()
             with self._exclusive():
-                if self._etcd_may_answer():  # not while another thread just found it silent
+                # Not when another thread just found etcd silent, nor when one began catching
+                # up after this read was asked (it saw every write made before): readers that
+                # wait together share one request.
+                if self._etcd_may_answer() and self._caught_up_from < asked:
                     try:
-                        self._catch_up()
+                        self._caught_up()
                     except (EtcdUnavailable, TimeoutError) as exc:
                         self._retry_at = time.monotonic() + _RETRY_AFTER_S
                         log.warning("accounts_replica_stale", extra={"error": str(exc)})
@@ -179,22 +193,40 @@ class ReplicatedStore(AccountStore):
 
     # --- the log ----------------------------------------------------------------------------
 
+    def _caught_up(self) -> None:
+        started = time.monotonic()
+        self._catch_up()
+        self._caught_up_from = started
+
     def _catch_up(self) -> None:
         """Apply the entries appended since the last one applied here (exclusive)."""
         if self._applied < 0:
             self._join()
+        restored = 0
         while True:
-            found = self.etcd.run(partial(Etcd.get_from, key=_key(LOG, self._applied + 1),
-                                          prefix=LOG, limit=500))
+            verify = self._applied >= 1 and self._revision > 0
+            start = self._applied if verify else self._applied + 1
+            found = self.etcd.run(partial(Etcd.get_from, key=_key(LOG, start), prefix=LOG,
+                                          limit=500))
+            if verify:
+                if not found or (_index(found[0], LOG), found[0].create_revision) != (
+                        self._applied, self._revision):
+                    self._rejoin()  # not the log this replica followed
+                    continue
+                found = found[1:]
             if not found:
                 return
             if _index(found[0], LOG) != self._applied + 1:  # compacted away: start from a copy
+                restored += 1
+                if restored > 2:
+                    raise AccountError(f"the accounts log in etcd has no entry {start}, after"
+                                       " its newest snapshot: restore etcd from a backup")
                 self._restore_newest()
                 continue
             for kv in found:
-                self._apply(_index(kv, LOG), kv.value)
+                self._apply(_index(kv, LOG), kv.create_revision, kv.value)
 
-    def _apply(self, index: int, entry: str, *, own: bool = False) -> Any:
+    def _apply(self, index: int, revision: int, entry: str, *, own: bool = False) -> Any:
         """Apply entry `index` (exclusive). Refused (AccountError, a constraint) the same way
         on every node, it changed nothing: applied all the same, raised only to its writer."""
         decoded = json.loads(entry)
@@ -202,18 +234,18 @@ class ReplicatedStore(AccountStore):
         if method not in WRITES:
             raise AccountError(f"accounts log entry {index}: unknown method {method!r}")
         self._local.applying = True
-        self._applying = index
+        self._applying = (index, revision)
         try:
             result = getattr(AccountStore, method)(self, *decoded["args"], **decoded["kwargs"])
         except (AccountError, sqlite3.IntegrityError):
             if own:
-                self._record(index)
+                self._record(index, revision)
                 raise
             result = None
         finally:
             self._applying = None
             self._local.applying = False
-        self._record(index)
+        self._record(index, revision)
         if index % SNAPSHOT_EVERY == 0:
             self._snapshot(index)
         return result
@@ -223,12 +255,12 @@ class ReplicatedStore(AccountStore):
         with super()._transaction() as db:
             yield db
             if self._applying is not None:  # the entry's write and its index, together
-                db.execute("UPDATE cluster_log SET applied = ?", (self._applying,))
+                db.execute("UPDATE cluster_log SET applied = ?, revision = ?", self._applying)
 
-    def _record(self, index: int) -> None:
+    def _record(self, index: int, revision: int) -> None:
         with self._connect() as db:
-            db.execute("UPDATE cluster_log SET applied = ?", (index,))
-        self._applied = index
+            db.execute("UPDATE cluster_log SET applied = ?, revision = ?", (index, revision))
+        self._applied, self._revision = index, revision
 
     # --- snapshots --------------------------------------------------------------------------
 
@@ -241,13 +273,22 @@ class ReplicatedStore(AccountStore):
             created, _ = self.etcd.run(lambda etcd: etcd.create(_key(SNAPSHOT, 0), dump))
             if created:
                 log.info("accounts_snapshot_published", extra={"index": 0})
-                self._record(0)
+                self._record(0, 0)
                 return
         kept = self.path.with_name(BEFORE_CLUSTER_FILE)
         if not kept.exists():
             with self._connect() as db:
                 db.execute("VACUUM INTO ?", (str(kept),))
         self._restore_newest()
+
+    def _rejoin(self) -> None:
+        """etcd's log is not the one this replica followed: keep a copy, and join again."""
+        log.warning("accounts_log_replaced", extra={"applied": self._applied})
+        kept = self.path.with_name(BEFORE_REJOIN_FILE)
+        kept.unlink(missing_ok=True)
+        with self._connect() as db:
+            db.execute("VACUUM INTO ?", (str(kept),))
+        self._join()
 
     def _dump(self) -> str:
         with tempfile.TemporaryDirectory(dir=self.path.parent) as folder:
@@ -273,7 +314,7 @@ class ReplicatedStore(AccountStore):
             finally:
                 source.close()
                 target.close()
-        self._record(index)
+        self._record(index, 0)  # its entry's revision is taken on trust, once
         log.info("accounts_snapshot_restored", extra={"index": index})
 
     def _snapshot(self, index: int) -> None:
@@ -289,13 +330,15 @@ class ReplicatedStore(AccountStore):
         log.info("accounts_snapshot_published", extra={"index": index})
 
 
-async def _append(etcd: Etcd, index: int, entry: str) -> bool:
+async def _append(etcd: Etcd, index: int, entry: str) -> int:
+    """Append `entry` at `index`: the revision that created it, or 0 if `index` is taken (or
+    the entry before it is missing)."""
     compare: list[dict[str, Any]] = [_absent(_key(LOG, index))]
     if index > 1:
         compare.append({**_absent(_key(LOG, index - 1)), "result": "GREATER"})
     reply = await etcd.call("/v3/kv/txn", {"compare": compare, "success": [
         {"request_put": {"key": _b64(_key(LOG, index)), "value": _b64(entry)}}]})
-    return bool(reply.get("succeeded"))
+    return int(reply["header"]["revision"]) if reply.get("succeeded") else 0
 
 
 def _b64(text: str) -> str:
