@@ -177,7 +177,7 @@ class ReplicatedStore(AccountStore):
                 if self._etcd_may_answer() and self._caught_up_from < asked:
                     try:
                         self._caught_up()
-                    except (EtcdUnavailable, TimeoutError) as exc:
+                    except (GatewayError, TimeoutError) as exc:  # no etcd, or a broken log
                         self._retry_at = time.monotonic() + _RETRY_AFTER_S
                         log.warning("accounts_replica_stale", extra={"error": str(exc)})
         return getattr(AccountStore, method)(self, *args, **kwargs)
