@@ -188,6 +188,49 @@ def test_failed_sign_ins_are_counted_across_edges(edges: Edges) -> None:
         through_e2.close()
 
 
+@pytest.mark.drill
+def test_without_etcd_quorum_the_signed_in_stay_and_sign_in_says_why_not(
+        edges: Edges, cluster: Cluster) -> None:  # noqa: F811 (the fixture)
+    """1. ann signs in through e1. 2. Two of three etcd members stop: through e2 her session
+    still reads bob (e2 reads its replica, having failed to catch up); a sign-in through e1 is
+    answered 503, saying why. 3. Quorum is back: signing in works again."""
+    e1, e2 = edges
+    add_user(e1, ANN)
+    e1.cli("tenant", "members", "bob", "--add", ANN)
+    through_e1, through_e2 = browsers(e1, e2)
+    other = Browser(e1)
+    etcd = cluster.etcd
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in etcd.members)
+    stopped = etcd.members[1:]
+    try:
+        assert through_e1.sign_in(ANN).status_code == 303
+        assert status_of(through_e2) == 200
+        for member in stopped:
+            member.stop()
+
+        def served_from_the_replica() -> bool:
+            assert status_of(through_e2) == 200
+            return any(e.get("event") == "accounts_replica_stale" for e in e2.events)
+
+        wait_until(served_from_the_replica, message="e2 reads its replica")
+        refused = other.sign_in(ANN)
+        assert refused.status_code == 503
+        assert ("Signing in or out and changing accounts is not possible right now: the"
+                " cluster's store (etcd) does not answer. Try again in a moment."
+                ) in html.unescape(refused.text)
+    finally:
+        for member in stopped:
+            member.start(initial, token=etcd.folder.name)
+        etcd.wait_healthy()
+        through_e1.close()
+        through_e2.close()
+    try:
+        wait_until(lambda: other.sign_in(ANN).status_code == 303, timeout=30,
+                   message="signing in works again")
+    finally:
+        other.close()
+
+
 # --- the replicated store itself, in this process -----------------------------------------------
 
 @pytest.fixture

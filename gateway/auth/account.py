@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import AccountError
+from ..errors import AccountError, RequestError
 from ..mail import Mailer, MailError
 from ..words import plural
 from .accounts import new_token
@@ -217,14 +217,15 @@ class AccountPages:
         if not form.accepts(fields):
             return form.render("forgot.html", 403, title="Forgot your password?", mail=True,
                                email=email, sent=False, error=_EXPIRED_FORM)
-        try:
-            email = normalise_email(email)
-        except AccountError as exc:
-            return form.render("forgot.html", 400, title="Forgot your password?", mail=True,
-                               email=email, sent=False, error=str(exc))
         address = request.client.host if request.client else ""
         self.reset_throttle.settings = self.auth.settings  # as reloaded
-        wait_s = await self.reset_throttle.admit(email, address, time.time())
+        try:
+            email = normalise_email(email)
+            wait_s = await self.reset_throttle.admit(email, address, time.time())
+        except AccountError as exc:  # not an email address; a cluster's store not answering
+            return form.render("forgot.html", 503 if isinstance(exc, RequestError) else 400,
+                               title="Forgot your password?", mail=True, email=email,
+                               sent=False, error=str(exc))
         if wait_s > 0:
             seconds = math.ceil(wait_s)
             response = form.render(

@@ -353,8 +353,10 @@ class Auth:
             email = normalise_email(email)
         except AccountError:
             email = email.strip().lower()  # still throttled, and answered like a wrong password
-        # Counted now (unless it must wait): parallel guesses too.
-        wait_s = await self.throttle.admit(email, address, time.time())
+        try:  # counted now (unless it must wait): parallel guesses too
+            wait_s = await self.throttle.admit(email, address, time.time())
+        except AccountError as exc:  # a cluster's store that does not answer
+            raise SignInRefused(str(exc), status=503) from exc
         if wait_s > 0:
             seconds = math.ceil(wait_s)
             log.info("sign_in_throttled", extra={"email": email, "address": address,

@@ -71,8 +71,10 @@ BEFORE_REJOIN_FILE = "accounts-before-rejoin.db"
 LOCAL_TABLES = ("admins",)
 _RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
 
-class AccountsUnavailable(RequestError):
-    """etcd does not answer: accounts can be read (the replica) but not changed."""
+class AccountsUnavailable(AccountError, RequestError):
+    """etcd does not answer: accounts can be read (the replica) but not changed. An
+    AccountError, so the pages that show one on their form show this one too; a RequestError,
+    so the tenant path (hand-off tickets) answers 503."""
 
     status = 503
     title = "Accounts unavailable"
