@@ -367,8 +367,11 @@ class Auth:
             )
         session_id = secrets.token_urlsafe(32)
         replaced = [digest(value) for value in previous_sessions]
-        signed_in = await self._hash(self._open_session, email, password, digest(session_id),
-                                     replaced)
+        try:
+            signed_in = await self._hash(self._open_session, email, password,
+                                         digest(session_id), replaced)
+        except AccountError as exc:  # a cluster's store that stopped answering meanwhile
+            raise SignInRefused(str(exc), status=503) from exc
         if not signed_in:
             log.info("sign_in_failed", extra={"email": email, "address": address})
             raise SignInRefused("The email address or the password is not right.", status=400)
