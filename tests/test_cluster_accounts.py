@@ -4,6 +4,7 @@ sends to either edge."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -23,6 +24,8 @@ from gateway.cluster.accounts import (
     AccountsUnavailable,
     ReplicatedStore,
 )
+from gateway.cluster.throttle import SharedThrottle
+from gateway.config import AuthSettings
 from gateway.errors import AccountError
 
 from .conftest import RunningGateway, wait_until
@@ -323,6 +326,35 @@ def test_replicas_start_again_from_one_of_them_when_etcd_lost_the_log(clean_etcd
     finally:
         a.close()
         b.close()
+
+
+def test_the_shared_throttle_counts_for_every_edge_and_outlives_its_lease(
+        clean_etcd: Any, tmp_path: Path) -> None:
+    """Two edges' throttles (2 free failures per account, then 60 s): 1. one counts a failure;
+    etcd drops every lease (and the counts with them): the next failure still counts, on a new
+    lease. 2. The other edge's failure is the second free one; the third waits 59 s, on either
+    edge. 3. A success forgives the account."""
+    store = replica(tmp_path, clean_etcd)
+    settings = AuthSettings(throttle_account_attempts=2, throttle_address_attempts=100,
+                            throttle_backoff_initial_s=60.0)
+    one, two = (SharedThrottle.for_store(store, settings, "sign-in") for _ in range(2))
+
+    async def attempts() -> None:
+        assert await one.admit(ANN, "10.0.0.1", 1.0) == 0.0
+        endpoint = clean_etcd.endpoints[0]
+        for lease in httpx.post(f"{endpoint}/v3/lease/leases", json={}).json()["leases"]:
+            httpx.post(f"{endpoint}/v3/lease/revoke", json={"ID": lease["ID"]})
+        assert await one.admit(ANN, "10.0.0.1", 2.0) == 0.0
+        assert await two.admit(ANN, "10.0.0.2", 3.0) == 0.0
+        assert await one.admit(ANN, "10.0.0.1", 4.0) == 59.0
+        assert await two.admit(ANN, "10.0.0.3", 4.0) == 59.0
+        await two.forgive(ANN, "10.0.0.2")
+        assert await one.admit(ANN, "10.0.0.1", 5.0) == 0.0
+
+    try:
+        asyncio.run(attempts())
+    finally:
+        store.close()
 
 
 @pytest.mark.slow

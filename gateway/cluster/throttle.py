@@ -24,7 +24,7 @@ from typing import Any
 from ..auth.store import AccountStore
 from ..auth.throttle import Failures, delay_s, is_current, keys
 from ..config import AuthSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, GatewayError
 from .accounts import UNAVAILABLE, AccountsUnavailable, ReplicatedStore
 from .etcd import Etcd, EtcdUnavailable
 from .etcd_thread import EtcdThread
@@ -80,10 +80,9 @@ class SharedThrottle:
                          for failures, (_, free) in zip(current, pairs, strict=True))
             if wait_s > 0:
                 return wait_s
-            lease = await self._lease_for(etcd)
             counted = {name: Failures((failures.count if failures else 0) + 1, now)
                        for name, failures in zip(names, current, strict=True)}
-            if await _write(etcd, names, [revision for _, revision in found], counted, lease):
+            if await self._write(etcd, names, [revision for _, revision in found], counted):
                 return 0.0
         return self.settings.throttle_backoff_initial_s  # too many at once: slow them down
 
@@ -95,10 +94,19 @@ class SharedThrottle:
             ((failures, revision),) = await _read(etcd, [name])
             if failures is None or failures.count == 0:
                 return
-            lease = await self._lease_for(etcd)
-            if await _write(etcd, [name], [revision],
-                            {name: Failures(failures.count - 1, failures.last)}, lease):
+            if await self._write(etcd, [name], [revision],
+                                 {name: Failures(failures.count - 1, failures.last)}):
                 return
+
+    async def _write(self, etcd: Etcd, names: list[str], revisions: list[int],
+                     values: dict[str, Failures]) -> bool:
+        try:
+            return await _write(etcd, names, revisions, values, await self._lease_for(etcd))
+        except EtcdUnavailable:
+            raise
+        except GatewayError:  # our lease is gone (etcd restored from a backup): a new one
+            self._lease_until = 0.0
+            return False
 
     async def _lease_for(self, etcd: Etcd) -> int:
         window_s = self.settings.throttle_window_s
