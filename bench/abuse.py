@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import Processes, free_port, wait_until
+
 BIN = Path(sys.executable).parent
 DOMAIN = "localhost"
 TENANT = "alice"
@@ -65,49 +67,6 @@ PATTERNS = ["slow-readers", "stalled-bodies", "slowloris", "idle", "big-heads", 
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class Processes:
-    """Everything this run starts, each in a session of its own; all stopped on the way out."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
-        with open(log, "ab") as output:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output,
-                                       stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
-        self.started.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            if process.poll() is None:
-                process.terminate()
-        for process in reversed(self.started):
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            result = predicate()
-            if result:
-                return result
-        time.sleep(0.05)
-    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def rss_mb(pids: list[int]) -> float:

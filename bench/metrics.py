@@ -38,11 +38,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import Processes  # noqa: E402
 from proxy import (  # noqa: E402  (bench/proxy.py: the same machinery, side by side)
     CEILING_TENANT,
     DOMAIN,
     Bench,
-    Processes,
     Target,
     fetch,
     measure_once,

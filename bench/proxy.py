@@ -45,10 +45,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import Processes, free_port, wait_until
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -77,66 +79,6 @@ TARGET_RSS_MB = 60
 
 
 # --- processes and /proc -----------------------------------------------------------------------
-
-
-class Processes:
-    """Everything this run starts; all of it is stopped on the way out, whatever happens.
-
-    Each server gets a session of its own, as a daemon or a tenant has: the kernel schedules
-    each session as one group (autogroup), and a proxy sharing one with wrk would get half a
-    share on a busy machine where direct Datasette gets a whole one.
-    """
-
-    def __init__(self) -> None:
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(
-        self, name: str, argv: list[str], *, log: Path, errors: Path | None = None, **kwargs: Any
-    ) -> subprocess.Popen[bytes]:
-        """Start `argv` with its output in `log` (its stderr in `errors`, if given)."""
-        with open(log, "ab") as output, open(errors or log, "ab") as error_output:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=output,
-                stderr=error_output if errors else subprocess.STDOUT, start_new_session=True,
-                **kwargs,
-            )
-        self.started[name] = process
-        return process
-
-    def check_alive(self) -> None:
-        """The machine is shared: say so if something stopped one of ours mid-run."""
-        for name, process in self.started.items():
-            if process.poll() is not None:
-                raise SystemExit(f"bench: {name} (pid {process.pid}) exited with status"
-                                 f" {process.returncode} during the run; figures discarded")
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started.values()):
-            if process.poll() is None:
-                process.terminate()
-        for process in reversed(self.started.values()):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def accepts(port: int) -> bool:
@@ -475,8 +417,8 @@ class Bench:
         """`gateway serve` with one tenant: (port, the tenant's socket, the tenant's pid)."""
         config = write_site(self.site, TENANT, self.database, self.root / "run")
         process = self.processes.start(
-            "gateway", [str(BIN / "gateway"), "--config", str(config), "serve"],
-            log=self.site / "access.log", errors=self.events,
+            [str(BIN / "gateway"), "--config", str(config), "serve"],
+            log=self.site / "access.log", errors=self.events, name="gateway",
         )
         self.gateway_pid = process.pid
         listening = wait_until(lambda: self.event("gateway_listening"), "the gateway to listen")
@@ -513,9 +455,9 @@ class Bench:
         argv[argv.index("--lifeline-fd") + 1] = str(lifeline)
         port = free_port()
         process = self.processes.start(
-            "direct Datasette", [sys.executable, *argv[1:], "-h", "127.0.0.1", "-p", str(port)],
-            log=directory / "datasette.log", cwd=directory, env=environment,
-            pass_fds=(lifeline,),
+            [sys.executable, *argv[1:], "-h", "127.0.0.1", "-p", str(port)],
+            log=directory / "datasette.log", name="direct Datasette", cwd=directory,
+            env=environment, pass_fds=(lifeline,),
         )
         os.close(lifeline)
         wait_until(lambda: accepts(port), "direct Datasette")
@@ -541,8 +483,8 @@ http {{
 }}
 """)
         process = self.processes.start(
-            "nginx", ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf"),
-                      "-g", "daemon off;"], log=directory / "out.log",
+            ["nginx", "-p", str(directory), "-c", str(directory / "nginx.conf"),
+             "-g", "daemon off;"], log=directory / "out.log", name="nginx",
         )
         wait_until(socket_path.exists, "nginx's socket")
         return socket_path, process.pid
@@ -559,8 +501,8 @@ http {{
         caddyfile.write_text("{\n\tauto_https off\n\tadmin off\n\tlog default {\n"
                              "\t\toutput discard\n\t}\n}\n" + sites)
         process = self.processes.start(
-            "caddy", ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
-            log=directory / "caddy.log",
+            ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"],
+            log=directory / "caddy.log", name="caddy",
             env={**os.environ, "XDG_CONFIG_HOME": str(directory), "XDG_DATA_HOME": str(directory)},
         )
         wait_until(lambda: accepts(port), "Caddy")
@@ -570,10 +512,12 @@ http {{
         """A bench/servers.py server, which prints its port first: (port, pid)."""
         log = self.root / f"{name}.log"
         process = self.processes.start(
-            name, [sys.executable, str(HERE / "servers.py"), *args], log=log
+            [sys.executable, str(HERE / "servers.py"), *args], log=log, name=name
         )
 
         def port() -> int | None:
+            if process.poll() is not None:
+                raise SystemExit(f"bench: bench/servers.py {name} exited:\n{log.read_text()}")
             first, newline, _ = log.read_text().partition("\n")
             return int(first) if newline and first.isdigit() else None
 

@@ -27,11 +27,11 @@ from gateway.app import GatewayApp
 from gateway.backend_client import BackendAddress
 from gateway.backends import Backend, TenantRoute
 from gateway.config import load_config
+from gateway.http_server import uvicorn_server
 from gateway.logs import setup_logging
 from gateway.master import bind_tcp
 from gateway.proxy import HOP_BY_HOP, Receive, Send
 from gateway.runtime import Gateway
-from gateway.server import uvicorn_server
 
 Scope = MutableMapping[str, Any]
 

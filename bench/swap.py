@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import Processes, free_port, wait_until
+
 BIN = Path(sys.executable).parent
 HOST = "alice.bench.test"
 PATH = "/db/items.json?_size=10"
@@ -52,23 +54,6 @@ class Result:
     p99_ms: float
     max_ms: float
     actions: str
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench/swap.py: timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def answers(port: int) -> bool:
@@ -133,30 +118,6 @@ def wrk(port: int, duration: float, name: str, actions: Callable[[], str]) -> Re
                   parse_ms(maximum), done.get("actions", ""))
 
 
-class Processes:
-    def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def start(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   **kwargs)
-        self.processes.append(process)
-        return process
-
-    def stop(self, process: subprocess.Popen[bytes]) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            self.stop(process)
-
-
 # --- the gateway ----------------------------------------------------------------------------
 
 
@@ -173,11 +134,8 @@ def gateway_run(root: Path, duration: float, procs: Processes) -> Result:
         f'[paths]\nrun_dir = "{root}/run"\n[log]\naccess_log = false\n')
     os.chmod(root, 0o755)
     os.chmod(site, 0o755)
-    events = open(root / "gateway-events.log", "wb")  # noqa: SIM115 - closed with the process
-    procs.processes.append(subprocess.Popen(
-        [str(BIN / "gateway"), "--config", str(site / "gateway.toml"), "serve"],
-        stdout=subprocess.DEVNULL, stderr=events,
-    ))
+    procs.start([str(BIN / "gateway"), "--config", str(site / "gateway.toml"), "serve"],
+                errors=root / "gateway-events.log", name="gateway")
     wait_until(lambda: answers(port), "the gateway to serve alice")
 
     def cli(*args: str) -> Any:

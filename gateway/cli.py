@@ -165,9 +165,11 @@ def check_config(ctx: click.Context) -> None:
 
 
 @cli.command()
+@click.option("--cluster", "every_node", is_flag=True,
+              help="Reload every node of the cluster (through etcd), the leader last.")
 @json_option
 @click.pass_context
-def reload(ctx: click.Context, as_json: bool) -> None:
+def reload(ctx: click.Context, every_node: bool, as_json: bool) -> None:
     """Apply changes to gateway.toml and tenants/ to the running gateway (like SIGHUP).
 
     Only the difference is applied: added tenants start, removed ones stop, changed ones are
@@ -178,21 +180,45 @@ def reload(ctx: click.Context, as_json: bool) -> None:
     \b
     Example:
         gateway reload
+        gateway reload --cluster    # each node's answer; exit 1 if any failed
     """
+    if every_node:
+        _reload_cluster(_config(ctx), as_json)
+        return
     report = _call(_config(ctx), "POST", "/reload")
-
-    def text(report: dict[str, Any]) -> str:
-        lines = [f"{key}: {', '.join(report[key]) or '-'}"
-                 for key in ("added", "removed", "changed", "needs_restart")]
-        lines += [f"{name}: serving" for name in report["serving"]]
-        lines += [f"{name}: failed: {reason}" for name, reason in report["failed"].items()]
-        return "\n".join(lines)
-
-    _print(report, as_json, text)
+    _print(report, as_json, _reload_text)
     if report["failed"]:
         failed = len(report["failed"])
         raise click.ClickException(f"{failed} tenant{'s' if failed != 1 else ''} failed to start:"
                                    f" {', '.join(report['failed'])}")
+
+
+def _reload_text(report: dict[str, Any]) -> str:
+    lines = [f"{key}: {', '.join(report[key]) or '-'}"
+             for key in ("added", "removed", "changed", "needs_restart")]
+    lines += [f"{name}: serving" for name in report["serving"]]
+    lines += [f"{name}: failed: {reason}" for name, reason in report["failed"].items()]
+    return "\n".join(lines)
+
+
+def _reload_cluster(config: Config, as_json: bool) -> None:
+    answers = _call(config, "POST", "/cluster/reload", timeout=660)
+
+    def text(answers: dict[str, Any]) -> str:
+        lines = []
+        for node, answer in answers.items():
+            if not answer["ok"]:
+                lines.append(f"{node}: error: {answer['error']}")
+                continue
+            lines.append(f"{node}:")
+            lines += [f"  {line}" for line in _reload_text(answer["result"]).splitlines()]
+        return "\n".join(lines)
+
+    _print(answers, as_json, text)
+    failed = sorted(node for node, answer in answers.items()
+                    if not answer["ok"] or answer["result"]["failed"])
+    if failed:
+        raise click.ClickException(f"the reload failed on {', '.join(failed)}")
 
 
 @cli.command()
@@ -223,6 +249,7 @@ def _status_text(status: dict[str, Any]) -> str:
         lines.append(f"cluster    node {node['node']} ({node['role']}"
                      f"{', leader' if node['leader'] else ''}), hosting"
                      f" {', '.join(node['hosting']) or 'nothing'}")
+        lines += _cluster_view_text(node["view"])
     lines.append("")
     lines.append(f"{'TENANT':<20} {'STATE':<11} {'PID':>7} {'GEN':>5} {'RESTARTS':>8}  DATABASES")
     for tenant in status["tenants"]:
@@ -237,6 +264,25 @@ def _status_text(status: dict[str, Any]) -> str:
         if last is not None:
             lines.append(f"{'':<20} last failure {_iso(last['time'])}: {last['reason']}")
     return "\n".join(lines)
+
+
+def _cluster_view_text(view: dict[str, Any]) -> list[str]:
+    """The whole cluster as etcd has it: nodes, then where each tenant runs."""
+    if "error" in view:
+        return [f"           etcd: {view['error']}"]
+    lines = ["", f"{'NODE':<20} {'ROLE':<5} {'LEASE':>8} {'CAPACITY':>8}  TENANTS"]
+    for node in view["nodes"]:
+        ttl = node["lease_ttl_s"]
+        name = node["node"] + (" (leader)" if node["leader"] else "")
+        capacity = "-" if node["capacity"] is None else node["capacity"]
+        lines.append(f"{name:<20} {node['role']:<5} {'expired' if ttl < 0 else f'{ttl} s':>8}"
+                     f" {capacity:>8}  {', '.join(node['tenants']) or '-'}")
+    lines += ["", f"{'PLACED':<20} {'HOST':<20} ENDPOINT"]
+    for tenant, host in view["placement"].items():
+        lines.append(f"{tenant:<20} {host:<20} {view['endpoints'].get(tenant, '-')}")
+    lines += [f"{tenant:<20} {'-':<20} not placed: no host has room" for tenant in
+              view["unplaced"]]
+    return lines
 
 
 @cli.command("health")
@@ -293,6 +339,10 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
         accounts.store.add_member(name, normalise_email(email))
     for email in owners:
         accounts.store.add_member(name, normalise_email(email), "owner")
+    if config.gateway.cluster.etcd_endpoints:  # every node reads its own tenants/
+        click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'}, copy the"
+                   " folder to every node, then run `gateway reload --cluster` to start it.")
+        return
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
 
@@ -338,7 +388,11 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
     config = _config(ctx)
     moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
     former = _accounts_for(config).forget_tenant(name)
-    click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
+    if config.gateway.cluster.etcd_endpoints:
+        click.echo(f"Moved to {moved}. Remove it on every node, then run"
+                   " `gateway reload --cluster` to stop it.")
+    else:
+        click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
     if former:
         click.echo(f"Memberships ended: {', '.join(former)}")
 
@@ -353,8 +407,8 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
     Example:
         gateway tenant restart alice
     """
-    _call(_config(ctx), "POST", f"/tenants/{name}/restart")
-    click.echo(f"Restarted {name}.")
+    answer = _call(_config(ctx), "POST", f"/tenants/{name}/restart")
+    click.echo(f"Restarted {name}" + (f" on {answer['host']}." if "host" in answer else "."))
 
 
 @tenant.command("members")
@@ -726,7 +780,9 @@ def cert_renew(ctx: click.Context, force: bool, as_json: bool) -> None:
 
     def text(result: dict[str, Any]) -> str:
         if result["renewed"]:
-            return "Renewed.\n" + _certificate_text(result)
+            by = f" by the cluster's leader, {result['renewed_by']}" \
+                if "renewed_by" in result else ""
+            return f"Renewed{by}.\n" + _certificate_text(result)
         return (f"Not due: the next renewal is at {result['next_renewal']}"
                 f" ({result['renewal_basis']}). Use --force to renew now.")
 
@@ -779,7 +835,8 @@ def _ca_folder(ctx: click.Context, folder: Path | None) -> Path:
               help="Where the CA goes (default: cluster.tls_dir).")
 @click.pass_context
 def cluster_init(ctx: click.Context, folder: Path | None) -> None:
-    """Make the cluster CA (ca.pem, ca.key). Keep ca.key off the nodes if you can."""
+    """Make the cluster CA (ca.pem, ca.key) and its secret.key. Keep ca.key off the nodes if
+    you can; secret.key goes to every node (it seals the ACME certificate's key in etcd)."""
     from .cluster import tls
 
     cert = tls.init_ca(_ca_folder(ctx, folder))
@@ -794,7 +851,8 @@ def cluster_init(ctx: click.Context, folder: Path | None) -> None:
               help="Where the node's files go (default: <CA folder>/<NODE>).")
 @click.pass_context
 def cluster_cert(ctx: click.Context, node: str, folder: Path | None, out: Path | None) -> None:
-    """Issue NODE's certificate: copy ca.pem, node.pem, node.key to its cluster.tls_dir."""
+    """Issue NODE's certificate: copy ca.pem, node.pem, node.key, secret.key to its
+    cluster.tls_dir."""
     from .cluster import tls
 
     ca_folder = _ca_folder(ctx, folder)

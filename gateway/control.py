@@ -71,7 +71,12 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         return wrapped
 
     async def status(request: Request) -> JSONResponse:
-        return JSONResponse(gateway.status())
+        answer = gateway.status()
+        if gateway.cluster is not None:  # the whole cluster, as etcd has it
+            from .cluster.operate import status_view
+
+            answer["cluster"]["view"] = await status_view(gateway.cluster)
+        return JSONResponse(answer)
 
     async def reload(request: Request) -> JSONResponse:
         try:
@@ -83,8 +88,20 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
 
     async def restart(request: Request) -> JSONResponse:
         name = request.path_params["name"]
+        if gateway.cluster is not None:  # on whichever host it is placed
+            from .cluster.operate import restart_tenant
+
+            host = await restart_tenant(gateway.cluster, name)
+            return JSONResponse({"restarted": name, "host": host})
         await gateway.restart_tenant(name)
         return JSONResponse({"restarted": name})
+
+    async def reload_cluster(request: Request) -> JSONResponse:
+        if gateway.cluster is None:
+            raise ConfigError("this gateway has no [cluster]: run `gateway reload`")
+        from .cluster.operate import reload_cluster as reload_every_node
+
+        return JSONResponse(await reload_every_node(gateway.cluster))
 
     async def certificate(request: Request) -> JSONResponse:
         if gateway.certificates is None:
@@ -100,6 +117,7 @@ def build_control_app(gateway: Gateway, extra: dict[str, Handler] | None = None)
         Route("/certificate", reports_errors(certificate)),
         Route("/certificate/renew", reports_errors(renew_certificate), methods=["POST"]),
         Route("/reload", reports_errors(reload), methods=["POST"]),
+        Route("/cluster/reload", reports_errors(reload_cluster), methods=["POST"]),
         Route("/tenants/{name}/restart", reports_errors(restart), methods=["POST"]),
     ]
     for path, handler in (extra or {}).items():

@@ -15,11 +15,9 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import uvloop
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -27,10 +25,10 @@ from starlette.responses import JSONResponse
 from . import handover
 from .app import GatewayApp
 from .asgi import ASGIApp
-from .config import Config, LimitsSettings, load_config
+from .config import Config, load_config
 from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
-from .http_protocol import protocol_class
+from .http_server import UvicornServer, uvicorn_server
 from .https import RedirectToHttps, StrictTransportSecurity
 from .logs import setup_logging
 from .master import PR_SET_PDEATHSIG, address_of, prctl
@@ -40,36 +38,6 @@ log = logging.getLogger(__name__)
 
 _UPGRADE_WAIT_S = 150.0
 _IDLE_GRACE_S = 2.0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, minus its signal handlers: the gateway handles signals itself."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def uvicorn_server(
-    app: ASGIApp, *, drain_s: float, ssl: Any = None, limits: LimitsSettings | None = None
-) -> _Server:
-    """A uvicorn server for `app`; the public ones get the edge's connection `limits`."""
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        http=protocol_class(limits) if limits is not None else "httptools",
-        ws="none",  # the gateway proxies HTTP only (http_protocol.py refuses upgrades)
-        loop="none",
-        access_log=False,
-        proxy_headers=False,  # the gateway is the edge: no client gets to claim an address
-        server_header=False,
-        timeout_graceful_shutdown=max(int(drain_s), 1),
-        timeout_keep_alive=limits.keepalive_timeout_s if limits is not None else 5,  # type: ignore[arg-type]
-        log_config=None,
-    )
-    config.load()
-    config.ssl = ssl  # after load(), which resets it: the gateway brings its own SSLContext
-    return _Server(config)
 
 
 class Worker:
@@ -156,7 +124,7 @@ class Worker:
                 control_path.unlink()
         log.info("gateway_stopped", extra={"handed_over": self.handed_over})
 
-    async def _drain(self, public: list[_Server]) -> None:
+    async def _drain(self, public: list[UvicornServer]) -> None:
         """Stop accepting; every response from now on says `Connection: close`, so busy clients
         go away after their next response. Then uvicorn closes idle connections and waits for
         in-flight requests (up to proxy.drain_timeout_s).
@@ -272,7 +240,7 @@ class Worker:
             log.error("reload_rejected", extra={"error": str(exc)})
 
 
-async def _started(server: _Server, serving: asyncio.Future[None]) -> None:
+async def _started(server: UvicornServer, serving: asyncio.Future[None]) -> None:
     """Wait until `server` listens; raise what stopped it if serve() ended first."""
     while not server.started:
         if serving.done():

@@ -9,7 +9,6 @@ sign-in hand-off's business, test_auth_browser.py).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ import pytest
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, RunningGateway, Site, sign_in, wait_until
 from .smtp_server import Mailbox, link_in, smtp_server
-from .test_accounts import NEW_PASSWORD
-from .test_auth import ANN, FAST_HASHING, JOE, PASSWORD, add_user
+from .test_accounts import NEW_PASSWORD, start
+from .test_auth import ANN, JOE, PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -59,22 +58,9 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def gateway(site: Site, start_gateway: Any, mailbox: Mailbox) -> RunningGateway:
-    """alice public (with a title and a description), bob private (ann owns it, joe is a
-    member), empty public with no data (ann owns it); SMTP through the test's mailbox."""
-    site.write_config(auth=FAST_HASHING, smtp={
-        "host": "127.0.0.1", "port": mailbox.port, "security": "none"})
-    alice = site.add_tenant("alice")
-    (alice / "metadata.json").write_text(json.dumps(
-        {"title": "Alice's rainfall", "description": "Rainfall by month, 1960-2020."}))
-    site.add_tenant("bob", public=False, tables={"secrets": [{"id": 1, "word": "bob-only"}]})
-    site.add_tenant("empty", tables={})
-    gateway: RunningGateway = start_gateway()
-    add_user(gateway, ANN)
-    add_user(gateway, JOE, "bob")
-    gateway.cli("tenant", "members", "bob", "--owner", ANN)
-    gateway.cli("tenant", "members", "empty", "--owner", ANN)
-    gateway.wait_running("alice", "bob", "empty")
-    return gateway
+    """test_accounts' site (alice public with a title, bob private owned by ann with joe a
+    member, empty owned by ann), with SMTP through the test's mailbox."""
+    return start(site, start_gateway, mailbox.port)
 
 
 class Session:
@@ -243,11 +229,11 @@ def test_a_way_around(browse: Any, gateway: RunningGateway) -> None:
     visitor = browse()
     page = visitor.page
     page.goto(f"{apex}/")
-    site = page.get_by_role("listitem").filter(has_text="Alice's rainfall")
-    assert "Rainfall by month, 1960-2020." in site.inner_text()
+    site = page.get_by_role("listitem").filter(has_text="Alice's data")
+    assert "Rainfall by month." in site.inner_text()
     assert re.search(r"\d+(\.\d)? KB", site.inner_text())
     visitor.shot("home")
-    site.get_by_role("link", name="Alice's rainfall").click()
+    site.get_by_role("link", name="Alice's data").click()
     page.wait_for_url(f"{alice}/")
     open_menu(page)
     visitor.shot("menu")

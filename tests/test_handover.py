@@ -14,7 +14,8 @@ import pytest
 from gateway.config import TenantSettings, load_tenant
 from gateway.errors import ConfigError
 from gateway.handover import tenant_config_from_dict
-from gateway.server import _started, uvicorn_server
+from gateway.http_server import uvicorn_server
+from gateway.server import _started
 
 from .conftest import Site
 

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.requests import Request
@@ -177,45 +178,43 @@ class TeamPages:
         return True
 
     async def role(self, request: Request) -> Response:
-        sent = await self._post(request)
-        if isinstance(sent, Response):
-            return sent
-        (form, tenant, _), fields = sent
-        role = fields.get("role", "")
-        email = fields.get("email", "")
-        try:
+        def set_role(tenant: str, fields: dict[str, str]) -> None:
+            role, email = fields.get("role", ""), fields.get("email", "")
             if role not in ROLES:
                 raise AccountError(f"{role!r} is not a role: choose member or owner.")
-            await asyncio.to_thread(self.auth.store.set_role, tenant, email, role,
-                                    keep_an_owner=True)
-        except AccountError as exc:
-            return await self._render(form, tenant, 400, error=str(exc))
-        log.info("member_role_changed", extra={"tenant": tenant, "member": email, "role": role})
-        return _redirect(f"/-/team/{tenant}?done=role")
+            self.auth.store.set_role(tenant, email, role, keep_an_owner=True)
+            log.info("member_role_changed", extra={"tenant": tenant, "member": email,
+                                                   "role": role})
+        return await self._change(request, "role", set_role)
 
     async def remove(self, request: Request) -> Response:
+        def remove_member(tenant: str, fields: dict[str, str]) -> None:
+            email = fields.get("email", "")
+            self.auth.store.remove_member(tenant, email, keep_an_owner=True)
+            log.info("member_removed", extra={"tenant": tenant, "member": email})
+        return await self._change(request, "removed", remove_member)
+
+    async def cancel(self, request: Request) -> Response:
+        def cancel_invites(tenant: str, fields: dict[str, str]) -> None:
+            email = fields.get("email", "")
+            self.auth.store.cancel_invites(tenant, email)
+            log.info("invite_cancelled", extra={"tenant": tenant, "invitee": email})
+        return await self._change(request, "cancelled", cancel_invites)
+
+    async def _change(self, request: Request, done: str,
+                      change: Callable[[str, dict[str, str]], None]) -> Response:
+        """An owner's change to a team: `change(tenant, fields)` runs in a thread (the store
+        blocks); the AccountError it raises is shown on the page, else back to the page with
+        the `done` notice."""
         sent = await self._post(request)
         if isinstance(sent, Response):
             return sent
         (form, tenant, _), fields = sent
-        email = fields.get("email", "")
         try:
-            await asyncio.to_thread(self.auth.store.remove_member, tenant, email,
-                                    keep_an_owner=True)
+            await asyncio.to_thread(change, tenant, fields)
         except AccountError as exc:
             return await self._render(form, tenant, 400, error=str(exc))
-        log.info("member_removed", extra={"tenant": tenant, "member": email})
-        return _redirect(f"/-/team/{tenant}?done=removed")
-
-    async def cancel(self, request: Request) -> Response:
-        sent = await self._post(request)
-        if isinstance(sent, Response):
-            return sent
-        (_, tenant, _), fields = sent
-        email = fields.get("email", "")
-        await asyncio.to_thread(self.auth.store.cancel_invites, tenant, email)
-        log.info("invite_cancelled", extra={"tenant": tenant, "invitee": email})
-        return _redirect(f"/-/team/{tenant}?done=cancelled")
+        return _redirect(f"/-/team/{tenant}?done={done}")
 
     def _apex(self, request: Request) -> str:
         return origin(request.url.scheme, self.auth.domain,

@@ -7,6 +7,8 @@
     store.py        the certs/ folder
     certificate.py  what a certificate says (pure)
 
+In a cluster, tls.mode = "acme" is cluster/certs.py: the leader renews, every node loads.
+
 Both modes install into the same `tls.LiveContext`, and answer `gateway cert status|renew`.
 """
 
@@ -44,6 +46,10 @@ def certificates_for(config: Config) -> Certificates | None:
         from .files import FileCertificates
 
         return FileCertificates(config, live)
+    if config.gateway.cluster.etcd_endpoints:  # the leader obtains it, every node loads it
+        from ..cluster.certs import ClusterCertificates
+
+        return ClusterCertificates(config, live)
     from .renewal import AcmeCertificates
 
     return AcmeCertificates(config, live)

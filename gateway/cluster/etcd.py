@@ -143,8 +143,10 @@ class Etcd:
             body["lease"] = str(lease)
         return int((await self.call("/v3/kv/put", body))["header"]["revision"])
 
-    async def delete(self, key: str) -> None:
-        await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+    async def delete(self, key: str) -> bool:
+        """Delete `key`; whether it was there (of two deleting at once, one hears True)."""
+        reply = await self.call("/v3/kv/deleterange", {"key": _b64(key)})
+        return int(reply.get("deleted", 0)) > 0
 
     async def create(self, key: str, value: str, *, lease: int = 0) -> tuple[bool, KeyValue | None]:
         """Put `key` only if it does not exist (one transaction): (created, the existing one)."""
@@ -180,6 +182,13 @@ class Etcd:
         """Refresh `lease` once; its remaining TTL, 0 when it has already expired."""
         reply = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
         return int(reply.get("result", {}).get("TTL", 0))
+
+    async def time_to_live(self, lease: int) -> int:
+        """Seconds `lease` has left; -1 once it has expired (0: no lease, a key without one)."""
+        if not lease:
+            return 0
+        reply = await self.call("/v3/lease/timetolive", {"ID": str(lease)})
+        return int(reply.get("TTL", -1))
 
     async def revoke(self, lease: int) -> None:
         await self.call("/v3/lease/revoke", {"ID": str(lease)})

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
 from ..errors import ConfigError, GatewayError
-from . import replicas, tls
+from . import operate, replicas, tls
 from .etcd import Etcd, EtcdUnavailable
 from .forward import TenantDoor
 from .lease import Election, Lease
@@ -100,6 +100,7 @@ class ClusterNode:
                 self._remote_route(tenant.name)
         self._leading_task = asyncio.ensure_future(self._lead())
         self._spawn(self._rejoin())
+        self._spawn(operate.serve_requests(self))
         if self.is_host:
             self._spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
@@ -108,6 +109,7 @@ class ClusterNode:
                                           "lease": self.lease.id})
 
     async def _register(self) -> None:
+        await operate.register_member(self)
         if self.is_host:
             await self.etcd.put(NODES + self.name, json.dumps(
                 {"capacity": self.settings.capacity, "advertise": self.settings.advertise}),

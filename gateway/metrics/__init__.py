@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from ..asgi import Receive, Scope, Send
+from ..http_server import uvicorn_server
 from .collector import GatewayCollector
 from .tenants import render_tenants
 
@@ -68,8 +69,6 @@ class MetricsServer:
 
     def __init__(self, gateway: Gateway, listener: socket.socket,
                  connections: Callable[[], int]) -> None:
-        from ..server import uvicorn_server
-
         host = listener.getsockname()[0]
         if not _is_private(host):
             log.warning("metrics_listener_public", extra={
