@@ -29,6 +29,9 @@ class Accounts:
         self.store = open_store(config)
         self.passwords = Passwords(config.gateway.auth)
 
+    def close(self) -> None:
+        self.store.close()
+
     def add_user(self, email: str, password: str) -> str:
         email = normalise_email(email)
         self.store.add_user(email, self.passwords.hash(password), time.time())
