@@ -543,7 +543,9 @@ def _accounts(ctx: click.Context) -> Accounts:
 def _accounts_for(config: Config) -> Accounts:
     from .auth.accounts import Accounts
 
-    return Accounts(config)
+    accounts = Accounts(config)
+    click.get_current_context().call_on_close(accounts.close)  # a cluster's: its etcd client
+    return accounts
 
 
 def _read_password(password_stdin: bool) -> str:

@@ -29,6 +29,13 @@ def load_master_key(state_dir: Path) -> bytes:
     return key
 
 
+def cluster_master_key(cluster_secret: bytes) -> bytes:
+    """A cluster node's master key, the same on every node: derived from the cluster's
+    secret.key (cluster/tls.py), so that a form, a hand-off pass or a ds_actor made by one node
+    is good on every other (an edge signs the actor a host's tenant checks)."""
+    return hmac.new(cluster_secret, b"gateway-master-key", hashlib.sha256).digest()
+
+
 def tenant_secret(master_key: bytes, tenant: str) -> str:
     return hmac.new(master_key, b"datasette-secret:" + tenant.encode(), hashlib.sha256).hexdigest()
 

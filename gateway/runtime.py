@@ -22,7 +22,7 @@ from .certs import certificates_for
 from .config import Config, TenantConfig, load_config, load_tenant, load_tenants
 from .errors import ConfigError, GatewayError
 from .handover import HandedOver
-from .keys import load_master_key
+from .keys import cluster_master_key, load_master_key
 from .logs import AccessLog
 from .metrics.events import EventCounts
 from .metrics.requests import NoRequestMetrics, RequestMetrics
@@ -36,6 +36,16 @@ if TYPE_CHECKING:
     from .cluster.node import ClusterNode
 
 log = logging.getLogger(__name__)
+
+
+def _master_key(config: Config) -> bytes:
+    """This machine's own; in a cluster, the one every node shares."""
+    cluster = config.gateway.cluster
+    if cluster.etcd_endpoints and cluster.tls_dir is not None:
+        from .cluster.tls import read_secret
+
+        return cluster_master_key(read_secret(cluster.tls_dir))
+    return load_master_key(config.gateway.paths.state_dir)
 
 
 class Gateway:
@@ -55,7 +65,7 @@ class Gateway:
         if self.isolation.level != "full":
             # Nested: a flat "level" field would overwrite the log line's own level.
             log.warning("isolation_reduced", extra={"isolation": self.isolation.describe()})
-        self.master_key = load_master_key(gateway.paths.state_dir)
+        self.master_key = _master_key(config)
         self.auth = Auth(config, self.master_key)
         self.spawner = Spawner(config, self.isolation, self.master_key)
         self.backups = Replication(config, self.spawner)

@@ -17,8 +17,9 @@ from .conftest import Site, wait_until
 from .test_cluster import Cluster, cluster  # noqa: F401 (a fixture)
 
 
-def test_tenant_add_and_remove_say_what_a_cluster_needs(site: Site) -> None:
-    site.write_config(cluster={"etcd_endpoints": ["http://127.0.0.1:9"], "node": "e1",
+def test_tenant_add_and_remove_say_what_a_cluster_needs(site: Site, etcd_cluster: Any) -> None:
+    # A real etcd: removing a tenant ends its memberships, in the accounts every edge shares.
+    site.write_config(cluster={"etcd_endpoints": etcd_cluster.endpoints, "node": "e1",
                                "role": "edge"})
     config = ["--config", str(site.config_path)]
     added = CliRunner().invoke(cli, [*config, "tenant", "add", "carol"])

@@ -1,9 +1,11 @@
 """Shared login: one account system on the apex domain, used by every tenant.
 
     store.py      the accounts database (SQLite in the state folder): users, memberships,
-                  sessions, API tokens, invitations, sign-in tickets
+                  sessions, API tokens, invitations, sign-in tickets (in a cluster, a replica:
+                  cluster/accounts.py)
     passwords.py  argon2id hashing, password and email rules
-    throttle.py   sign-in back-off per account and per client address (pure)
+    throttle.py   sign-in back-off per account and per client address (pure; in a cluster,
+                  cluster/throttle.py)
     csrf.py       tokens for the gateway's forms (pure)
     cookies.py    the cookies the gateway owns (pure)
     urls.py       the open-redirect check and the URLs the pages build (pure)

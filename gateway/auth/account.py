@@ -28,13 +28,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import AccountError
+from ..errors import AccountError, RequestError
 from ..mail import Mailer, MailError
 from ..words import plural
 from .accounts import new_token
 from .passwords import normalise_email
 from .store import Principal, digest
-from .throttle import Throttle
 from .urls import host_port, origin
 from .web import _EXPIRED_FORM, _Form, _read_form, _redirect, _session_cookie
 
@@ -62,7 +61,7 @@ class AccountPages:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.auth: Auth = gateway.auth
-        self.reset_throttle = Throttle(self.auth.settings)
+        self.reset_throttle = self.auth.new_throttle("reset")
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -143,15 +142,14 @@ class AccountPages:
                                address: str) -> None:
         auth = self.auth
         throttle = auth.throttle
-        wait_s = throttle.wait_s(principal.email, address, time.time())
+        wait_s = await throttle.admit(principal.email, address, time.time())
         if wait_s > 0:
             raise AccountError("Too many wrong passwords. Try again in"
                                f" {plural(math.ceil(wait_s), 'second')}.")
-        throttle.attempt(principal.email, address, time.time())
         stored = await asyncio.to_thread(auth.store.credentials, principal.email)
         if not await auth._hash(auth.passwords.verify, stored[1] if stored else None, current):
             raise AccountError("Your current password is not right.")
-        throttle.succeeded(principal.email, address)
+        await throttle.forgive(principal.email, address)
         settings = auth.settings
         others = await asyncio.to_thread(auth.store.sessions, principal.user_id, time.time(),
                                          settings.session_idle_s, settings.session_max_s)
@@ -219,14 +217,15 @@ class AccountPages:
         if not form.accepts(fields):
             return form.render("forgot.html", 403, title="Forgot your password?", mail=True,
                                email=email, sent=False, error=_EXPIRED_FORM)
-        try:
-            email = normalise_email(email)
-        except AccountError as exc:
-            return form.render("forgot.html", 400, title="Forgot your password?", mail=True,
-                               email=email, sent=False, error=str(exc))
         address = request.client.host if request.client else ""
         self.reset_throttle.settings = self.auth.settings  # as reloaded
-        wait_s = self.reset_throttle.wait_s(email, address, time.time())
+        try:
+            email = normalise_email(email)
+            wait_s = await self.reset_throttle.admit(email, address, time.time())
+        except AccountError as exc:  # not an email address; a cluster's store not answering
+            return form.render("forgot.html", 503 if isinstance(exc, RequestError) else 400,
+                               title="Forgot your password?", mail=True, email=email,
+                               sent=False, error=str(exc))
         if wait_s > 0:
             seconds = math.ceil(wait_s)
             response = form.render(
@@ -235,7 +234,6 @@ class AccountPages:
                 f" {plural(seconds, 'second')}.")
             response.headers["retry-after"] = str(seconds)
             return response
-        self.reset_throttle.attempt(email, address, time.time())
         self._in_background(self._send_reset(mailer, email, self.apex(request)))
         return form.render("forgot.html", title="Check your email", mail=True, email=email,
                            sent=True)

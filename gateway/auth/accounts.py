@@ -14,7 +14,7 @@ from ..config import Config
 from ..errors import AccountError
 from .passwords import Passwords, normalise_email
 from .service import TOKEN_PREFIX
-from .store import ACCOUNTS_FILE, AccountStore, TokenInfo, UserInfo, digest
+from .store import TokenInfo, UserInfo, digest, open_store
 from .urls import public_origin
 
 
@@ -26,8 +26,11 @@ def new_token() -> tuple[str, str]:
 class Accounts:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = AccountStore(config.gateway.paths.state_dir / ACCOUNTS_FILE)
+        self.store = open_store(config)
         self.passwords = Passwords(config.gateway.auth)
+
+    def close(self) -> None:
+        self.store.close()
 
     def add_user(self, email: str, password: str) -> str:
         email = normalise_email(email)

@@ -84,8 +84,8 @@ from .cookies import CHECKED_COOKIE, SESSION_COOKIE, cookie_values
 from .csrf import Csrf
 from .handoff import Passes
 from .passwords import Passwords, normalise_email
-from .store import ACCOUNTS_FILE, AccountStore, Invite, Principal, digest
-from .throttle import Throttle
+from .store import Invite, Principal, digest, open_store
+from .throttle import Admission, Throttle
 from .urls import public_origin
 
 T = TypeVar("T")
@@ -124,11 +124,12 @@ class _Cached:
 class Auth:
     def __init__(self, config: Config, master_key: bytes) -> None:
         self.master_key = master_key
-        self.store = AccountStore(config.gateway.paths.state_dir / ACCOUNTS_FILE)
+        self.store = open_store(config)
         self.csrf = Csrf(master_key)
         self.passes = Passes(master_key)
         self.bound_ports: dict[str, int] = {}
-        self.throttle = Throttle(config.gateway.auth)
+        self.config, self.settings = config, config.gateway.auth
+        self.throttle = self.new_throttle("sign-in")
         self.configure(config)
         self._cache: dict[str, _Cached] = {}
         self._loading: dict[str, asyncio.Future[Principal | None]] = {}
@@ -151,8 +152,17 @@ class Auth:
         self.throttle.settings = settings
         self.passwords = Passwords(settings)
 
+    def new_throttle(self, kind: str) -> Admission:
+        """Failures counted by this process; in a cluster, by every edge together."""
+        if self.config.gateway.cluster.etcd_endpoints:
+            from ..cluster.throttle import SharedThrottle
+
+            return SharedThrottle.for_store(self.store, self.settings, kind)
+        return Throttle(self.settings)
+
     def close(self) -> None:
         self._hashing.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     def listening(self, ports: dict[str, int]) -> None:
         """The ports the listeners got (by name), for a configured port 0."""
@@ -343,7 +353,10 @@ class Auth:
             email = normalise_email(email)
         except AccountError:
             email = email.strip().lower()  # still throttled, and answered like a wrong password
-        wait_s = self.throttle.wait_s(email, address, time.time())
+        try:  # counted now (unless it must wait): parallel guesses too
+            wait_s = await self.throttle.admit(email, address, time.time())
+        except AccountError as exc:  # a cluster's store that does not answer
+            raise SignInRefused(str(exc), status=503) from exc
         if wait_s > 0:
             seconds = math.ceil(wait_s)
             log.info("sign_in_throttled", extra={"email": email, "address": address,
@@ -352,15 +365,17 @@ class Auth:
                 f"Too many failed attempts to sign in. Try again in {plural(seconds, 'second')}.",
                 status=429, retry_after_s=seconds,
             )
-        self.throttle.attempt(email, address, time.time())  # counted now: parallel guesses too
         session_id = secrets.token_urlsafe(32)
         replaced = [digest(value) for value in previous_sessions]
-        signed_in = await self._hash(self._open_session, email, password, digest(session_id),
-                                     replaced)
+        try:
+            signed_in = await self._hash(self._open_session, email, password,
+                                         digest(session_id), replaced)
+        except AccountError as exc:  # a cluster's store that stopped answering meanwhile
+            raise SignInRefused(str(exc), status=503) from exc
         if not signed_in:
             log.info("sign_in_failed", extra={"email": email, "address": address})
             raise SignInRefused("The email address or the password is not right.", status=400)
-        self.throttle.succeeded(email, address)
+        await self.throttle.forgive(email, address)
         log.info("signed_in", extra={"email": email, "address": address})
         for root_hash in replaced:
             self.forget_session(root_hash)

@@ -27,9 +27,13 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import AccountError
 from .schema import migrate
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 ACCOUNTS_FILE = "accounts.db"
 # last_seen is written at most this often per session (a write per request would be wasteful),
@@ -93,10 +97,25 @@ class Invite:
     expires: float
 
 
+def open_store(config: Config) -> AccountStore:
+    """The accounts database in the state folder; in a cluster, its replica of the accounts
+    every edge shares (cluster/accounts.py)."""
+    path = config.gateway.paths.state_dir / ACCOUNTS_FILE
+    endpoints = config.gateway.cluster.etcd_endpoints
+    if not endpoints:
+        return AccountStore(path)
+    from ..cluster.accounts import ReplicatedStore
+
+    return ReplicatedStore(path, endpoints)
+
+
 class AccountStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._create()
+
+    def close(self) -> None:
+        """Nothing to release here: each call opens its own connection."""
 
     def _create(self) -> None:
         if not self.path.exists():
@@ -264,20 +283,25 @@ class AccountStore:
             user_id, email, parent, tenant, created, last_seen = row
             if now > created + max_s or now > last_seen + idle_s:
                 return None  # purge_expired deletes it
-            if now - last_seen > min(TOUCH_EVERY_S, idle_s / 4):
-                db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash IN (?, ?)",
-                           (now, id_hash, parent or id_hash))
-                last_seen = now
             tenants, owner_of = _tenants_of(db, user_id)
-            return Principal(
-                user_id=user_id,
-                email=email,
-                tenants=tenants,
-                session_root=parent or id_hash,
-                only_tenant=tenant,
-                expires=min(created + max_s, last_seen + idle_s),
-                owner_of=owner_of,
-            )
+        if now - last_seen > min(TOUCH_EVERY_S, idle_s / 4):
+            self.touch_session(id_hash, parent or id_hash, now)
+            last_seen = now
+        return Principal(
+            user_id=user_id,
+            email=email,
+            tenants=tenants,
+            session_root=parent or id_hash,
+            only_tenant=tenant,
+            expires=min(created + max_s, last_seen + idle_s),
+            owner_of=owner_of,
+        )
+
+    def touch_session(self, id_hash: str, root_hash: str, now: float) -> None:
+        """The session (and the sign-in it belongs to) was used at `now`."""
+        with self._transaction() as db:
+            db.execute("UPDATE sessions SET last_seen = ? WHERE id_hash IN (?, ?)",
+                       (now, id_hash, root_hash))
 
     def sessions(self, user_id: int, now: float, idle_s: float, max_s: float
                  ) -> list[SessionInfo]:
@@ -358,11 +382,15 @@ class AccountStore:
             token_id, user_id, email, last_used, expires = row
             if expires is not None and now >= expires:
                 return None
-            if last_used is None or now - last_used > TOUCH_EVERY_S:
-                db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
             tenants, owner_of = _tenants_of(db, user_id)
-            return Principal(user_id=user_id, email=email, tenants=tenants, owner_of=owner_of,
-                             expires=float("inf") if expires is None else expires)
+        if last_used is None or now - last_used > TOUCH_EVERY_S:
+            self.touch_token(token_id, now)
+        return Principal(user_id=user_id, email=email, tenants=tenants, owner_of=owner_of,
+                         expires=float("inf") if expires is None else expires)
+
+    def touch_token(self, token_id: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
 
     def tokens(self, email: str | None = None) -> list[TokenInfo]:
         query = ("SELECT t.id, u.email, t.name, t.created, t.last_used, t.expires FROM tokens t"

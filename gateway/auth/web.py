@@ -155,7 +155,10 @@ def auth_routes(auth: Auth) -> list[Route]:
         if not form.accepts(await _read_form(request)):
             return form.render("logout.html", 403, error=_EXPIRED_FORM)
         if form.principal is not None:
-            await auth.sign_out(form.principal)
+            try:
+                await auth.sign_out(form.principal)
+            except AccountError as exc:  # a cluster's store that does not answer
+                return form.render("logout.html", 503, error=str(exc))
         response = _redirect("/-/login?signed_out=1")
         response.raw_headers.append(_session_cookie(auth, ""))
         return response

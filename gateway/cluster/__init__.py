@@ -10,4 +10,8 @@ Nothing here runs unless gateway.toml has a [cluster] table; one machine is unch
     forward.py    a host's mutual-TLS door to one tenant's Unix socket
     replicas.py   where a tenant's replica is, and restoring it on its next host
     tls.py        the cluster CA, node certificates, the mutual-TLS contexts
+    accounts.py   the accounts database every edge shares: a replica per node, writes ordered
+                  by a log in etcd
+    throttle.py   sign-in throttling counted by every edge together
+    etcd_thread.py  etcd's client on a thread of its own, for the synchronous accounts store
 """

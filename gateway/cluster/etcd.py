@@ -126,6 +126,17 @@ class Etcd:
         revision = int(reply["header"]["revision"])
         return [_key_value(raw) for raw in reply.get("kvs", [])], revision
 
+    async def get_from(self, key: str, prefix: str, *, limit: int = 0) -> list[KeyValue]:
+        """The keys under `prefix` from `key` on, in key order (at most `limit`; 0: all)."""
+        body: dict[str, Any] = {"key": _b64(key), "range_end": prefix_end(prefix)}
+        if limit:
+            body["limit"] = str(limit)
+        return [_key_value(raw) for raw in (await self.call("/v3/kv/range", body)).get("kvs", [])]
+
+    async def delete_below(self, key: str, prefix: str) -> None:
+        """Delete the keys under `prefix` that sort before `key`."""
+        await self.call("/v3/kv/deleterange", {"key": _b64(prefix), "range_end": _b64(key)})
+
     async def put(self, key: str, value: str, *, lease: int = 0) -> int:
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
