@@ -386,8 +386,12 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
         gateway tenant remove carol && gateway reload
     """
     config = _config(ctx)
-    moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
+    tenant_files.existing_tenant(config.gateway.paths.tenants_dir, name)
+    # Memberships first: when the accounts cannot be reached (a cluster without etcd) nothing
+    # has changed yet, and a folder is never moved away leaving its members to a later tenant
+    # of the same name.
     former = _accounts_for(config).forget_tenant(name)
+    moved = tenant_files.remove_tenant(config.gateway.paths.tenants_dir, name)
     if config.gateway.cluster.etcd_endpoints:
         click.echo(f"Moved to {moved}. Remove it on every node, then run"
                    " `gateway reload --cluster` to stop it.")

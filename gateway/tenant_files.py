@@ -47,11 +47,17 @@ def create_tenant(tenants_dir: Path, name: str, *, public: bool = False) -> Path
     return directory
 
 
-def remove_tenant(tenants_dir: Path, name: str) -> Path:
-    """Move tenants/NAME aside to tenants/.removed/NAME.<time>; nothing is deleted."""
+def existing_tenant(tenants_dir: Path, name: str) -> Path:
+    """tenants/NAME, which must exist."""
     directory = tenants_dir / name
     if not directory.is_dir():
         raise GatewayError(f"no tenant {name!r} in {tenants_dir}")
+    return directory
+
+
+def remove_tenant(tenants_dir: Path, name: str) -> Path:
+    """Move tenants/NAME aside to tenants/.removed/NAME.<time>; nothing is deleted."""
+    directory = existing_tenant(tenants_dir, name)
     trash = tenants_dir / TRASH_DIR
     trash.mkdir(mode=0o700, exist_ok=True)
     destination = trash / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}"
