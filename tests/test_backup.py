@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -452,3 +454,46 @@ def test_serve_on_an_empty_machine_restores_the_site(site: Site, backed_up: Runn
             new.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def bucket_keys(endpoint: str, prefix: str) -> list[str]:
+    """The bucket's keys under `prefix`, listed with curl (not the gateway's own S3 client)."""
+    result = subprocess.run(
+        ["curl", "-s", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3",
+         "--user", f"{ACCESS_KEY}:{SECRET_KEY}",
+         f"{endpoint}/{BUCKET}?list-type=2&prefix={urllib.parse.quote(prefix, safe='')}"],
+        capture_output=True, text=True, check=True)
+    return re.findall(r"<Key>([^<]+)</Key>", result.stdout)
+
+
+@pytest.mark.root
+def test_a_removed_tenants_replica_is_kept_for_the_retention_time_then_deleted(
+        site: Site, seaweed: SeaweedFS, start_gateway: Any) -> None:
+    """1. alice and bob replicate, with backup.retention_h of 15 s. 2. bob is removed: his
+    replica is still in the bucket. 3. Once the retention time has passed it is deleted (an
+    event says so), alice's is not, and a site restored from the bucket has no bob."""
+    settings = {**backup_settings(site, seaweed.endpoint), "retention_h": 15 / 3600}
+    site.write_config(auth=FAST_HASHING, backup=settings)
+    site.add_tenant("alice")
+    site.add_tenant("bob")
+    gateway: RunningGateway = start_gateway()
+    gateway.wait_running("alice", "bob")
+    wait_replicated(gateway)
+    bob_prefix, alice_prefix = (f"{settings['prefix']}/tenants/{name}/" for name in ("bob",
+                                                                                      "alice"))
+    assert bucket_keys(seaweed.endpoint, bob_prefix)
+
+    gateway.cli("tenant", "remove", "bob")
+    gateway.cli("reload")
+    removed = gateway.wait_for_event("backup_tenant_removed", tenant="bob")
+    assert removed["kept_h"] == 15 / 3600
+    assert bucket_keys(seaweed.endpoint, bob_prefix)
+    deleted = gateway.wait_for_event("backup_replica_deleted", tenant="bob", timeout=60)
+    assert deleted["replica"] == f"{bob_prefix}g1/data.db" and deleted["objects"] >= 1
+    waited = (datetime.fromisoformat(deleted["time"]) - datetime.fromisoformat(removed["time"]))
+    assert waited.total_seconds() >= 15
+    assert bucket_keys(seaweed.endpoint, bob_prefix) == []
+    assert bucket_keys(seaweed.endpoint, alice_prefix)
+    restored = site.root / "restored"
+    assert restore_all(gateway, restored).startswith("Restored 1 tenants (1 databases)")
+    assert sorted(os.listdir(restored / "tenants")) == ["alice"]
