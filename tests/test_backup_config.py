@@ -56,7 +56,8 @@ def test_litestream_config_has_no_credentials() -> None:
     assert litestream.config(settings, [replica]) == {
         "logging": {"level": "debug"},
         "snapshot": {"interval": "1h", "retention": "7200000ms"},
-        "dbs": [{"path": "/t/alice/data/a.db", "meta-path": "/s/meta", "replica": {
+        "dbs": [{"path": "/t/alice/data/a.db", "meta-path": "/s/meta",
+                 "monitor-interval": "500ms", "replica": {
             "type": "s3", "bucket": "b", "path": "p/tenants/alice/g3/a.db",
             "endpoint": "http://127.0.0.1:9000", "region": "us-east-1",
             "force-path-style": True, "sync-interval": "500ms"}}],

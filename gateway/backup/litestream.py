@@ -99,6 +99,7 @@ def config(settings: BackupSettings, replicas: list[Replica]) -> dict[str, Any]:
             {
                 "path": str(replica.database),
                 "meta-path": str(replica.meta_dir),
+                "monitor-interval": duration(settings.monitor_interval_s),
                 "replica": replica_block(settings, replica.object_path),
             }
             for replica in replicas
