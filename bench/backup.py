@@ -110,6 +110,7 @@ def make_site(root: Path, endpoint: str | None, big: Path, tenants: int, uid_bas
     lines = ['domain = "bench.test"', "[listen]", 'host = "127.0.0.1"', "http_port = 0",
              "[paths]", f'run_dir = "{root / "run"}"', "[sandbox]",
              f"uid_min = {uid_base}", f"uid_max = {uid_base + 99}",
+             "[metrics]", 'listen = ""',  # two gateways: not both on the default port
              "[auth]", "password_time_cost = 1", "password_memory_kib = 8",
              "password_parallelism = 1"]
     if endpoint:
@@ -150,7 +151,10 @@ class Gateway:
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert self.process.stderr is not None
         for raw in self.process.stderr:
-            event = json.loads(raw)
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                raise SystemExit(f"gateway: {raw.decode(errors='replace')}") from None
             if event.get("event") == "gateway_listening":
                 self.url = "http://127.0.0.1:" + event["http"].rpartition(":")[2]
                 break
