@@ -20,8 +20,9 @@ probed every few seconds: `backup_storage_unreachable` and `backup_storage_reach
 tell the operator when it is down and for how long (Litestream keeps what it could not send and
 sends it when the storage is back). Each Litestream's log tells, per database, when the replica
 was last complete and when syncs fail (progress.py: `backup_disk_full`, `backup_sync_failing`,
-`backup_sync_resumed`, and the metrics). The probe also deletes the replica folders of tenants
-removed more than `backup.retention_h` ago.
+`backup_sync_resumed`, and the metrics); the probe also says when a replica has gone unconfirmed
+too long (`backup_replica_behind`, `backup_replica_caught_up`), and deletes the replica folders
+of tenants removed more than `backup.retention_h` ago.
 """
 
 from __future__ import annotations
