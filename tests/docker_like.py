@@ -88,7 +88,10 @@ def setup_rootfs(rootfs: str, image: str | None, volumes: list[str], masks: bool
     mount("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", f"{rootfs}/sys")
     for volume in volumes:
         source, _, target = volume.partition(":")
-        os.makedirs(f"{rootfs}{target}", exist_ok=True)
+        if os.path.isdir(source):
+            os.makedirs(f"{rootfs}{target}", exist_ok=True)
+        elif not os.path.exists(f"{rootfs}{target}"):  # a file over a file, as Docker's -v
+            open(f"{rootfs}{target}", "a").close()
         mount("--bind", source, f"{rootfs}{target}")
     with open(f"{rootfs}/etc/hosts", "w") as hosts:  # what Docker writes there
         hosts.write("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -324,43 +326,6 @@ def test_point_in_time_restore_is_a_hot_swap(site: Site, backed_up: RunningGatew
     assert "/g2/" in alice["replica"]
 
 
-@pytest.mark.root
-def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
-    """1. A gateway replicating to its own SeaweedFS. 2. The storage goes away: an event says
-    so; uploads and reads go on. 3. It comes back: an event says so, and the replica catches up
-    with everything written while it was away."""
-    (site.root / "s3").mkdir()
-    storage = SeaweedFS(site.root / "s3")
-    try:
-        storage.start()
-        site.write_config(auth=FAST_HASHING, backup=backup_settings(site, storage.endpoint))
-        site.add_tenant("alice")
-        gateway: RunningGateway = start_gateway()
-        gateway.wait_running("alice")
-        gateway.wait_for_event("backup_started", tenant="alice")
-        uploader = Uploader(gateway, add_user(gateway, "ann@example.com", "alice"))
-        wait_replicated(gateway)
-        storage.stop()
-        gateway.wait_for_event("backup_storage_unreachable", timeout=30)
-        for i in range(5):
-            response = uploader.post(f"n\n{i}\n".encode(), database="data", table="during",
-                                     mode="append" if i else "create")
-            assert response.status_code == 200, response.text
-            assert gateway.get("alice", "/data/items.json").status_code == 200
-            time.sleep(4)
-        storage.start()
-        event = gateway.wait_for_event("backup_storage_reachable", timeout=60)
-        assert event["down_s"] >= 20
-        wait_replicated(gateway, timeout=120)
-        restored = site.root / "restored"
-        restore_all(gateway, restored)
-        assert read_rows(restored / "tenants/alice/data/data.db",
-                         "SELECT n FROM during ORDER BY n") == [(i,) for i in range(5)]
-        gateway.stop()
-    finally:
-        storage.stop()
-
-
 def _kill_everything(gateway: RunningGateway) -> None:
     """SIGKILL the gateway's master, its worker, and every process of the test's tenants."""
     litestreams = [p["pid"] for p in gateway.status()["backup"]["processes"] if p["pid"]]
@@ -393,6 +358,7 @@ def test_sigkill_mid_upload_loses_no_answered_upload(site: Site, backed_up: Runn
     _kill_everything(backed_up)
     in_flight.join()
     backed_up.process.wait(10)
+    backed_up.client.close()  # the fixture stops (and closes) only gateways still running
 
     restored = site.root / "after-kill"
     result = subprocess.run([str(BIN / "gateway"), "--config", str(site.config_path), "restore",
@@ -488,3 +454,46 @@ def test_serve_on_an_empty_machine_restores_the_site(site: Site, backed_up: Runn
             new.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def bucket_keys(endpoint: str, prefix: str) -> list[str]:
+    """The bucket's keys under `prefix`, listed with curl (not the gateway's own S3 client)."""
+    result = subprocess.run(
+        ["curl", "-s", "--fail", "--aws-sigv4", "aws:amz:us-east-1:s3",
+         "--user", f"{ACCESS_KEY}:{SECRET_KEY}",
+         f"{endpoint}/{BUCKET}?list-type=2&prefix={urllib.parse.quote(prefix, safe='')}"],
+        capture_output=True, text=True, check=True)
+    return re.findall(r"<Key>([^<]+)</Key>", result.stdout)
+
+
+@pytest.mark.root
+def test_a_removed_tenants_replica_is_kept_for_the_retention_time_then_deleted(
+        site: Site, seaweed: SeaweedFS, start_gateway: Any) -> None:
+    """1. alice and bob replicate, with backup.retention_h of 15 s. 2. bob is removed: his
+    replica is still in the bucket. 3. Once the retention time has passed it is deleted (an
+    event says so), alice's is not, and a site restored from the bucket has no bob."""
+    settings = {**backup_settings(site, seaweed.endpoint), "retention_h": 15 / 3600}
+    site.write_config(auth=FAST_HASHING, backup=settings)
+    site.add_tenant("alice")
+    site.add_tenant("bob")
+    gateway: RunningGateway = start_gateway()
+    gateway.wait_running("alice", "bob")
+    wait_replicated(gateway)
+    bob_prefix, alice_prefix = (f"{settings['prefix']}/tenants/{name}/" for name in ("bob",
+                                                                                      "alice"))
+    assert bucket_keys(seaweed.endpoint, bob_prefix)
+
+    gateway.cli("tenant", "remove", "bob")
+    gateway.cli("reload")
+    removed = gateway.wait_for_event("backup_tenant_removed", tenant="bob")
+    assert removed["kept_h"] == 15 / 3600
+    assert bucket_keys(seaweed.endpoint, bob_prefix)
+    deleted = gateway.wait_for_event("backup_replica_deleted", tenant="bob", timeout=60)
+    assert deleted["replica"] == f"{bob_prefix}g1/data.db" and deleted["objects"] >= 1
+    waited = (datetime.fromisoformat(deleted["time"]) - datetime.fromisoformat(removed["time"]))
+    assert waited.total_seconds() >= 15
+    assert bucket_keys(seaweed.endpoint, bob_prefix) == []
+    assert bucket_keys(seaweed.endpoint, alice_prefix)
+    restored = site.root / "restored"
+    assert restore_all(gateway, restored).startswith("Restored 1 tenants (1 databases)")
+    assert sorted(os.listdir(restored / "tenants")) == ["alice"]

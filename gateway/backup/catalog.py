@@ -5,7 +5,12 @@ can find everything from the bucket alone:
 
     databases   tenant, name, lineage, added_at, removed_at: one row per replica folder
                 (litestream.tenant_object_path); removed_at is set when the database or its
-                tenant goes away, or a restore starts a new lineage. Replicas are never deleted.
+                tenant goes away, or a restore starts a new lineage.
+    removals    tenant, removed_at: tenants removed from this site. Their replica folders
+                (the ones this site wrote) are deleted `backup.retention_h` after that
+                (`expired`); nothing else is ever deleted by the gateway.
+    site        key, value: `epoch_started_at`, when a `restore --all` made this site (folders
+                from before belong to the site it came from, which may still run).
     files       the gateway's key and every tenant's operator files (tenant.toml, metadata,
                 plugins/): what is not a database but is needed to serve the site again.
 
@@ -35,6 +40,14 @@ CREATE TABLE IF NOT EXISTS databases (
     added_at REAL NOT NULL,
     removed_at REAL,
     PRIMARY KEY (tenant, name, lineage)
+);
+CREATE TABLE IF NOT EXISTS removals (
+    tenant TEXT PRIMARY KEY,
+    removed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS site (
+    key TEXT PRIMARY KEY,
+    value
 );
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
@@ -108,6 +121,39 @@ class Catalog:
         with self._transaction() as db:
             db.execute("UPDATE databases SET removed_at = ? WHERE tenant = ? AND"
                        " removed_at IS NULL", (time.time(), tenant))
+
+    def remove_tenant(self, tenant: str) -> None:
+        """The tenant is gone from this site: its lineages end, its replica folders expire
+        after the retention time, and a restored site will not have its files."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("UPDATE databases SET removed_at = ? WHERE tenant = ? AND"
+                       " removed_at IS NULL", (now, tenant))
+            db.execute("INSERT OR REPLACE INTO removals VALUES (?, ?)", (tenant, now))
+            db.execute("DELETE FROM files WHERE path LIKE ?", (f"tenants/{tenant}/%",))
+
+    def expired(self, cutoff: float) -> list[Lineage]:
+        """The replica folders of tenants removed before `cutoff` that this site wrote."""
+        return [Lineage(*row) for row in self.connection.execute(
+            "SELECT d.* FROM databases d JOIN removals r USING (tenant) WHERE r.removed_at < ?"
+            " AND d.removed_at IS NOT NULL AND d.removed_at <= r.removed_at"
+            " AND d.added_at >= coalesce((SELECT value FROM site WHERE key ="
+            " 'epoch_started_at'), 0) ORDER BY d.tenant, d.name, d.lineage", (cutoff,))]
+
+    def drop_lineage(self, line: Lineage) -> None:
+        """Its replica folder was deleted; the removal is done when nothing is left of it."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM databases WHERE tenant = ? AND name = ? AND lineage = ?",
+                       (line.tenant, line.name, line.lineage))
+            db.execute("DELETE FROM removals WHERE tenant = ? AND NOT EXISTS (SELECT 1 FROM"
+                       " databases WHERE tenant = ? AND removed_at IS NOT NULL AND removed_at"
+                       " <= removals.removed_at)", (line.tenant, line.tenant))
+
+    def start_epoch(self) -> None:
+        """A `restore --all` made this site from the catalog of another."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO site VALUES ('epoch_started_at', ?)",
+                       (time.time(),))
 
     def put_file(self, path: str, content: bytes, mode: int) -> None:
         with self._transaction() as db:

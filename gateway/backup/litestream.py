@@ -92,11 +92,14 @@ def replica_block(settings: BackupSettings, path: str) -> dict[str, Any]:
 def config(settings: BackupSettings, replicas: list[Replica]) -> dict[str, Any]:
     """Litestream's config (JSON is YAML): no credentials, they come in the environment."""
     return {
+        # Debug: the only lines that say each sync went through (progress.py reads them).
+        "logging": {"level": "debug"},
         "snapshot": {"interval": "1h", "retention": duration(settings.retention_h * 3600)},
         "dbs": [
             {
                 "path": str(replica.database),
                 "meta-path": str(replica.meta_dir),
+                "monitor-interval": duration(settings.monitor_interval_s),
                 "replica": replica_block(settings, replica.object_path),
             }
             for replica in replicas

@@ -18,7 +18,11 @@ if the gateway dies.
 A process that exits is restarted with the supervisor's backoff. The object storage itself is
 probed every few seconds: `backup_storage_unreachable` and `backup_storage_reachable` events
 tell the operator when it is down and for how long (Litestream keeps what it could not send and
-sends it when the storage is back).
+sends it when the storage is back). Each Litestream's log tells, per database, when the replica
+was last complete and when syncs fail (progress.py: `backup_disk_full`, `backup_sync_failing`,
+`backup_sync_resumed`, and the metrics); the probe also says when a replica has gone unconfirmed
+too long (`backup_replica_behind`, `backup_replica_caught_up`), and deletes the replica folders
+of tenants removed more than `backup.retention_h` ago.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from ..errors import ConfigError, GatewayError
 from ..keys import MASTER_KEY_FILE
 from . import litestream
 from .catalog import CATALOG_FILE, Catalog
+from .progress import Progress
+from .s3 import Bucket, StorageError
 
 if TYPE_CHECKING:
     from ..spawner import Spawner
@@ -81,6 +87,7 @@ class Replication:
         self._probe: asyncio.Task[None] | None = None
         self._paused = False
         self.storage_down_since: float | None = None
+        self._bucket: Bucket | None = None
 
     @property
     def settings(self) -> BackupSettings:
@@ -109,6 +116,7 @@ class Replication:
                 # Never fails what called it (a reload, a restart, an upload's hot swap).
                 log.error("backup_not_started", extra={"error": str(exc)})
                 return
+            self._bucket = Bucket(self.settings, credentials)
             for name in set(self.streams) - set(plans):
                 await self.streams.pop(name).stop()
                 if name != STATE:
@@ -164,14 +172,38 @@ class Replication:
         return _Plan(tenant.name, replicas, uid, tenant_uid, directory)
 
     def _forget(self, tenant: str) -> None:
-        """A removed tenant: its replica stays in the bucket; its lineage ends here."""
+        """A removed tenant: its lineage ends here; its replica stays in the bucket for
+        backup.retention_h (`_expire`)."""
         catalog = Catalog(self.state_dir / CATALOG_FILE)
         try:
-            catalog.end_lineages(tenant)
+            catalog.remove_tenant(tenant)
         finally:
             catalog.close()
         shutil.rmtree(self.state_dir / REPLICATION_DIR / tenant, ignore_errors=True)
-        log.info("backup_tenant_removed", extra={"tenant": tenant})
+        log.info("backup_tenant_removed", extra={"tenant": tenant,
+                                                 "kept_h": self.settings.retention_h})
+
+    def _expire(self) -> None:
+        """Delete the replica folders of tenants removed more than retention_h ago."""
+        if self._bucket is None:
+            return
+        catalog = Catalog(self.state_dir / CATALOG_FILE)
+        try:
+            for line in catalog.expired(time.time() - self.settings.retention_h * 3600):
+                path = litestream.tenant_object_path(self.settings, line.tenant, line.lineage,
+                                                     line.name)
+                try:
+                    objects = self._bucket.delete_folder(path)
+                except StorageError as exc:
+                    log.warning("backup_replica_not_deleted", extra={
+                        "tenant": line.tenant, "replica": path, "error": str(exc)})
+                    return  # tried again at the next probe
+                catalog.drop_lineage(line)
+                log.info("backup_replica_deleted", extra={
+                    "tenant": line.tenant, "database": line.name, "replica": path,
+                    "objects": objects})
+        finally:
+            catalog.close()
 
     async def _watch_storage(self) -> None:
         """Tell the operator when the object storage stops answering, and when it is back."""
@@ -191,7 +223,22 @@ class Replication:
                             "endpoint": endpoint,
                             "down_s": round(time.time() - self.storage_down_since, 1)})
                         self.storage_down_since = None
+                    await self._expire_quietly()
+                self._check_progress()
                 await asyncio.sleep(_PROBE_EVERY_S)
+
+    def _check_progress(self) -> None:
+        now = time.time()
+        for stream in list(self.streams.values()):
+            for name, fields in stream.progress.check(now):
+                level = logging.ERROR if name == "backup_replica_behind" else logging.WARNING
+                log.log(level, name, extra={"tenant": stream.plan.name, **fields})
+
+    async def _expire_quietly(self) -> None:
+        try:
+            await asyncio.to_thread(self._expire)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("backup_replica_not_deleted", extra={"error": str(exc)})
 
     async def pause(self) -> None:
         """Stop every Litestream (each sends what it has first), for a hand-over."""
@@ -252,6 +299,8 @@ class _Stream:
         self.supervisor = config.gateway.supervisor
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.progress = Progress([replica.database.name for replica in plan.replicas],
+                                 time.time())
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -295,14 +344,23 @@ class _Stream:
         )
 
     async def _read_output(self, process: asyncio.subprocess.Process) -> str:
-        """Litestream's warnings and errors become events; the rest is debug."""
+        """Litestream's warnings and errors become events, its info lines debug ones; its
+        debug lines (several a second) only feed the progress (progress.py)."""
         assert process.stdout is not None
         last = ""
         while line := await process.stdout.readline():
-            level = _LEVEL.search(line)
+            found = self.progress.read(line, time.time())
+            if found is not None:
+                name, fields = found
+                level = logging.WARNING if name == "backup_sync_resumed" else logging.ERROR
+                log.log(level, name, extra={"tenant": self.plan.name, **fields})
+            level_match = _LEVEL.search(line)
+            level_name = level_match.group(1) if level_match else b""
+            if level_name == b"DEBUG":
+                continue
             last = line.decode("utf-8", "replace").rstrip()
             event = {"tenant": self.plan.name, "line": last}
-            if level is not None and level.group(1) in (b"ERROR", b"WARN"):
+            if level_name in (b"ERROR", b"WARN"):
                 log.warning("backup_litestream", extra=event)
             else:
                 log.debug("backup_litestream", extra=event)
@@ -353,4 +411,5 @@ class _Stream:
             "uid": self.plan.uid,
             "databases": [replica.database.name for replica in self.plan.replicas],
             "restarts": self.restarts,
+            "progress": self.progress.status(time.time()),
         }

@@ -258,6 +258,7 @@ def restore_site(config: Config, tenants_dir: Path, state_dir: Path) -> dict[str
             files, lines = catalog.files(), lineage_at(catalog.lineages(), None)
             for tenant in {line.tenant for line in lines}:
                 catalog.end_lineages(tenant)  # this site replicates into new folders
+            catalog.start_epoch()  # and never deletes the old site's folders
         finally:
             catalog.close()
         for relative, mode, content in files:

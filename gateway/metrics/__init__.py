@@ -4,6 +4,7 @@
     events.py     counts of log events: sign-ins, uploads, certificates, reloads
     tenants.py    per-tenant metrics, read and written at scrape time
     collector.py  gateway-wide metrics, a prometheus_client collector
+    backup.py     replication's: lag, failed syncs, the object storage
 
 The master binds the listener (master.py), so it survives upgrades like the public ones; each
 worker serves it with a small uvicorn server of its own.
@@ -23,6 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from ..asgi import Receive, Scope, Send
 from ..http_server import uvicorn_server
+from .backup import BackupCollector
 from .collector import GatewayCollector
 from .tenants import render_tenants
 
@@ -43,6 +45,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # the gateway's own CPU, memory, open files
         self.registry.register(GatewayCollector(gateway, self.events, connections))
+        self.registry.register(BackupCollector(gateway.backups))
 
     def render(self) -> bytes:
         tenants = render_tenants(self.gateway, self.gateway.request_metrics, self.events)

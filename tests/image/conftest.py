@@ -79,8 +79,10 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.init_pid = 0  # PID 1 of the container, as the host sees it
 
-    def start(self, confinement: str, volumes: dict[str, Path]) -> None:
-        """`docker run` with the image's own command, `volumes` as {container path: host dir}."""
+    def start(self, confinement: str, volumes: dict[str, Path], network: str = "private"
+              ) -> None:
+        """`docker run` with the image's own command, `volumes` as {container path: host dir};
+        `network="host"` is `--network host` (the host's loopback: servers the test runs)."""
         options = [*CONFINEMENTS[confinement], f"--rootfs={self.rootfs}", f"--image={self.image}",
                    f"--workdir={self.config['WorkingDir'] or '/'}"]
         options += [f"--volume={host}:{path}" for path, host in volumes.items()]
@@ -88,7 +90,8 @@ class Container:
         command = [*(self.config["Entrypoint"] or []), *(self.config["Cmd"] or [])]
         with open(self.output, "wb") as output:
             self.process = process = subprocess.Popen(
-                ["unshare", "--mount", "--pid", "--net", "--fork", "--kill-child", "--",
+                ["unshare", "--mount", "--pid", *(["--net"] if network != "host" else []),
+                 "--fork", "--kill-child", "--",
                  "/usr/bin/python3", str(DOCKER_LIKE), *options, "--", *command],
                 stdout=output, stderr=subprocess.STDOUT,
             )
