@@ -2,11 +2,14 @@
 
 Keys in etcd (all under /gateway/):
 
-    nodes/<node>        {"capacity": N, "advertise": IP} on the host's lease: it is alive
+    nodes/<node>        {"capacity": N, "advertise": IP, "backup": bool} on the host's lease: it
+                        is alive
     leader              "<node> <lease>" on the leader's lease (lease.Election)
     placement/<tenant>  the host that runs it, written by the leader only
     endpoints/<tenant>  {"node": ..., "address": "tcp:IP:PORT"} on the host's lease, once serving
-    replicas/<tenant>   {"node": ..., "databases": {db: object path}}: where to restore it from
+    replicas/<tenant>   {"node": ..., "databases": {db: object path}, "txids": {db: txid}}: where
+                        to restore it from, and a position its replica holds at least
+    moves/<tenant>      a planned move in progress (moves.py)
 
 Every node campaigns; the leader re-places whenever nodes/ changes. A host runs the tenants
 placed on it and announces each one's address once it serves; an edge routes each tenant to the
@@ -37,9 +40,11 @@ from . import replicas, tls
 from .etcd import Etcd, EtcdUnavailable
 from .forward import TenantDoor
 from .lease import Election, Lease
+from .moves import MOVES, check_move, read_state
 from .placement import changes, place
 
 if TYPE_CHECKING:
+    from ..config import TenantConfig
     from ..runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ ROOT = "/gateway/"
 NODES, PLACEMENT, ENDPOINTS = ROOT + "nodes/", ROOT + "placement/", ROOT + "endpoints/"
 REPLICAS = ROOT + "replicas/"
 LEADER = ROOT + "leader"
+_POLL_S = 0.1
 
 
 async def follow(etcd: Etcd, prefix: str,
@@ -79,7 +85,9 @@ class ClusterNode:
         self.etcd = Etcd(self.settings.etcd_endpoints)
         self.lease = Lease(self.etcd, self.settings.lease_ttl_s)
         self.leading = False
-        self.doors: dict[str, TenantDoor] = {}
+        self.doors: dict[str, TenantDoor] = {}  # tenants this host serves
+        self._taking: dict[str, asyncio.Task[None]] = {}  # being restored and started here
+        self._releasing: dict[str, asyncio.Task[None]] = {}  # being stopped here
         self.placement: dict[str, str] = {}
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
@@ -110,7 +118,8 @@ class ClusterNode:
     async def _register(self) -> None:
         if self.is_host:
             await self.etcd.put(NODES + self.name, json.dumps(
-                {"capacity": self.settings.capacity, "advertise": self.settings.advertise}),
+                {"capacity": self.settings.capacity, "advertise": self.settings.advertise,
+                 "backup": bool(self.gateway.config.gateway.backup.endpoint)}),
                 lease=self.lease.id)
 
     async def _rejoin(self) -> None:
@@ -140,6 +149,7 @@ class ClusterNode:
     async def stop(self) -> None:
         if self._leading_task is not None:
             self._tasks.append(self._leading_task)
+        self._tasks += [*self._taking.values(), *self._releasing.values()]
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -166,7 +176,8 @@ class ClusterNode:
         election = Election(self.etcd, self.lease, f"{self.name} {self.lease.id}", LEADER)
         await election.campaign()
         self.leading = True
-        await follow(self.etcd, NODES, self._place)
+        await asyncio.gather(follow(self.etcd, NODES, self._place),
+                             follow(self.etcd, MOVES, self._moves))
 
     async def _place(self, nodes: dict[str, str]) -> None:
         capacity = {name: int(json.loads(value)["capacity"]) for name, value in nodes.items()}
@@ -186,6 +197,30 @@ class ClusterNode:
         if decided.unplaced:
             log.error("cluster_no_capacity", extra={"tenants": list(decided.unplaced)})
 
+    async def _moves(self, moves: dict[str, str]) -> None:
+        """Moves asked for (moves.py): place the tenant on its new host with a "moving"
+        marker naming the old one (one fenced transaction), or say why not."""
+        fence = f"{self.name} {self.lease.id}"
+        for tenant, value in moves.items():
+            move = json.loads(value)
+            if move.get("state") != "asked":
+                continue
+            nodes, placement, _ = await read_state(self.etcd)
+            reason = check_move(tenant, move["to"], nodes, placement)
+            if tenant not in self.gateway.config.tenants:
+                reason = f"no tenant {tenant!r} on the leader ({self.name})"
+            if reason is not None:
+                log.warning("cluster_move_refused", extra={"tenant": tenant, "reason": reason})
+                await self.etcd.put(MOVES + tenant, json.dumps(
+                    {**move, "state": "refused", "reason": reason}))
+                continue
+            moving = {"to": move["to"], "from": placement[tenant], "state": "moving"}
+            if not await self.etcd.put_all_if_owner(LEADER, fence, {
+                    PLACEMENT + tenant: move["to"], MOVES + tenant: json.dumps(moving)}):
+                log.warning("cluster_leadership_lost", extra={"node": self.name})
+                return
+            log.info("cluster_move_started", extra={"tenant": tenant, **moving})
+
     # A host -------------------------------------------------------------------------------
 
     async def _host(self, placement: dict[str, str]) -> None:
@@ -193,25 +228,71 @@ class ClusterNode:
             return  # not a host
         self.placement = placement
         mine = {t for t, host in placement.items() if host == self.name}
-        for name in sorted(set(self.doors) - mine):
-            await self.etcd.delete(ENDPOINTS + name)
-            await self.doors.pop(name).stop()
-            self.gateway.remove_tenant(name)
-            log.info("cluster_tenant_released", extra={"tenant": name})
-        for name in sorted(mine - set(self.doors)):
+        for name in sorted((set(self.doors) | set(self._taking)) - mine):
+            taking = self._taking.pop(name, None)
+            if taking is not None:
+                taking.cancel()
+            if name in self.doors:
+                self._releasing[name] = asyncio.ensure_future(self._release(name))
+        for name in sorted(mine - set(self.doors) - set(self._taking)):
             tenant = self.gateway.config.tenants.get(name)
             if tenant is None:
                 log.error("cluster_tenant_unknown", extra={"tenant": name})
                 continue
-            await self._restore(name)
-            route = self.gateway.add_tenant(tenant)
-            door = TenantDoor(route, self.settings.advertise, self._server_tls)
-            await door.start()
-            self.doors[name] = door
-            self._spawn(self._announce(name, route, door))
+            # Each tenant its own task: one slow restore does not hold the others back.
+            self._taking[name] = asyncio.ensure_future(self._take(tenant))
+
+    async def _take(self, tenant: TenantConfig) -> None:
+        """Restore the tenant (waiting for a planned move's hand-off), start it, announce it.
+        A failed restore is retried with backoff; the tenant stays unavailable meanwhile: a
+        stale local copy is never served in place of the replica."""
+        name = tenant.name
+        releasing = self._releasing.get(name)
+        if releasing is not None:  # placed back here while it was leaving
+            await releasing
+        supervisor = self.gateway.config.gateway.supervisor
+        backoff = supervisor.restart_backoff_initial_s
+        for attempt in itertools.count(1):
+            try:
+                await self._wait_for_hand_off(name)
+                await self._restore(name)
+                break
+            except (GatewayError, OSError) as exc:
+                log.error("cluster_restore_failed", extra={
+                    "tenant": name, "attempt": attempt, "error": str(exc),
+                    "retry_in_s": backoff, "serving": False})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
+        route = self.gateway.add_tenant(tenant)
+        assert self._server_tls is not None  # _host runs only on a host
+        door = TenantDoor(route, self.settings.advertise, self._server_tls)
+        await door.start()
+        self.doors[name] = door
+        self._taking.pop(name, None)
+        self._spawn(self._announce(name, route, door))
+
+    async def _move(self, name: str) -> dict[str, Any] | None:
+        found = await self.etcd.get(MOVES + name)
+        return None if found is None else dict(json.loads(found.value))
+
+    async def _wait_for_hand_off(self, name: str) -> None:
+        """A planned move to this host: wait until the old host has stopped the tenant and its
+        replica has every write (or the old host died: its replica is all there is)."""
+        waiting = False
+        while (move := await self._move(name)) is not None and move.get("to") == self.name \
+                and move.get("state") == "moving":
+            if await self.etcd.get(NODES + move["from"]) is None:
+                log.warning("cluster_move_source_gone", extra={"tenant": name,
+                                                               "from": move["from"]})
+                return
+            if not waiting:
+                log.info("cluster_move_waiting", extra={"tenant": name, "from": move["from"]})
+                waiting = True
+            await asyncio.sleep(_POLL_S)
 
     async def _restore(self, name: str) -> None:
-        """The tenant ran on another host: start from its replica (replicas.py)."""
+        """The tenant ran on another host: start from its replica (replicas.py), holding at
+        least the position recorded for it. Raises if it cannot."""
         config = self.gateway.config
         if not config.gateway.backup.endpoint:
             return
@@ -222,32 +303,82 @@ class ClusterNode:
         if replica["node"] == self.name:
             return  # ours: the local files are as new as the replica, or newer
         started = time.monotonic()
-        try:
-            await asyncio.to_thread(replicas.restore_replicas, config, name,
-                                    replica["databases"])
-        except GatewayError as exc:  # serve what this host has rather than nothing
-            log.error("cluster_restore_failed", extra={"tenant": name, "error": str(exc)})
-            return
+        await asyncio.to_thread(replicas.restore_replicas, config, name, replica["databases"],
+                                replica.get("txids", {}))
         log.info("cluster_tenant_restored", extra={
-            "tenant": name, "from": replica["node"],
+            "tenant": name, "from": replica["node"], "txids": replica.get("txids", {}),
             "duration_s": round(time.monotonic() - started, 2)})
 
+    async def _release(self, name: str) -> None:
+        """The tenant is placed elsewhere: withdraw it (edges hold its requests), let in-flight
+        requests finish, stop it; on a planned move, hand its replica over first."""
+        door = self.doors.pop(name)
+        try:
+            with contextlib.suppress(EtcdUnavailable):
+                await self.etcd.delete(ENDPOINTS + name)
+            move = await self._move(name)
+            handing_off = (move is not None and move.get("from") == self.name
+                           and move.get("state") == "moving")
+            paths = {}
+            if handing_off:  # before its stream stops: that ends its lineage here
+                paths = await asyncio.to_thread(replicas.replica_paths, self.gateway.config,
+                                                name)
+            await self.gateway.remove_tenant(name)
+            await door.stop()
+            if handing_off and move is not None:
+                await self._hand_off(name, paths, move)
+            await self.gateway.track_backups()  # its Litestream stops (after a last sync)
+            log.info("cluster_tenant_released", extra={"tenant": name})
+        finally:
+            self._releasing.pop(name, None)
+
+    async def _hand_off(self, name: str, paths: dict[str, str], move: dict[str, Any]) -> None:
+        """Wait until the stopped tenant's replica has every write, record that position for
+        the next host, and tell it to go on."""
+        config = self.gateway.config
+        while True:
+            try:
+                txids = await asyncio.to_thread(replicas.caught_up, config, name, paths)
+            except GatewayError as exc:
+                log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc)})
+                txids = None
+            if txids is not None:
+                break
+            await asyncio.sleep(_POLL_S)
+        record = json.dumps({"node": self.name, "databases": paths,
+                             "txids": {db: txid for db, txid in txids.items()}})
+        while True:
+            try:
+                await self.etcd.put(REPLICAS + name, record)
+                await self.etcd.put(MOVES + name, json.dumps({**move, "state": "synced"}))
+                break
+            except EtcdUnavailable:
+                await asyncio.sleep(1)
+        log.info("cluster_tenant_handed_off", extra={"tenant": name, "to": move.get("to"),
+                                                     "txids": txids})
+
     async def _record_replica(self, name: str) -> None:
-        """Where this host replicates the tenant, for the host it moves to next."""
+        """Where this host replicates the tenant, and a position its replica holds, for the
+        host it moves to next (recorded once the replica has every write seen so far)."""
         config = self.gateway.config
         if not config.gateway.backup.endpoint:
             return
-        for _ in range(50):  # replication starts just after the tenant (Gateway.add_tenant)
+        for _ in range(120):  # replication starts just after the tenant (Gateway.add_tenant)
             paths = await asyncio.to_thread(replicas.replica_paths, config, name)
+            txids = None
             if paths:
+                with contextlib.suppress(GatewayError):
+                    txids = await asyncio.to_thread(replicas.caught_up, config, name, paths)
+            if txids is not None:
                 with contextlib.suppress(EtcdUnavailable):  # the next start records it
-                    await self.etcd.put(REPLICAS + name,
-                                        json.dumps({"node": self.name, "databases": paths}))
+                    await self.etcd.put(REPLICAS + name, json.dumps(
+                        {"node": self.name, "databases": paths, "txids": txids}))
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
 
     async def _announce(self, name: str, route: TenantRoute, door: TenantDoor) -> None:
-        """Once the tenant serves, tell the edges where (on this host's lease)."""
+        """Once the tenant serves, tell the edges where (on this host's lease); a planned move
+        to here is then done."""
         while route.backend is None and self.doors.get(name) is door:
             await route.wait_for_change(5)
         if self.doors.get(name) is not door:
@@ -256,6 +387,12 @@ class ClusterNode:
         while True:
             try:
                 await self.etcd.put(ENDPOINTS + name, value, lease=self.lease.id)
+                move = await self._move(name)
+                if move is not None and move.get("to") == self.name \
+                        and move.get("state") != "asked":
+                    await self.etcd.delete(MOVES + name)
+                    log.info("cluster_tenant_moved", extra={"tenant": name,
+                                                            "from": move.get("from")})
                 break
             except EtcdUnavailable:
                 await asyncio.sleep(1)
@@ -296,9 +433,9 @@ class ClusterNode:
             if current is not None and str(current.address) == address:
                 continue
             if address is None:
-                if current is not None:  # its host is gone: hold requests until the next one
-                    route.withdraw(current, "restarting")
-                    current.pool.close()
+                if current is not None:  # its host is gone or moving it: hold requests
+                    route.withdraw(current, "restarting")  # until the next one serves it
+                    self._spawn(current.drain(proxy.drain_timeout_s))
                 continue
             backend = Backend(BackendAddress.parse(address), generation=next(self._generations),
                               connect_timeout=proxy.connect_timeout_s, tls=self._client_tls)

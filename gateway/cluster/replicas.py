@@ -6,6 +6,10 @@ serves, its host records in etcd where the tenant's databases are replicated
 (/gateway/replicas/<tenant>, not on a lease: it must outlive the host). A host the tenant is
 placed on next restores from there before starting it; at most [backup].sync_interval_s of the
 latest writes is lost with a dead host.
+
+A planned move also records the replica's position (per database, the last transaction in the
+bucket once it had every local one: `caught_up`). The next host checks the replica holds at
+least that much before restoring, so it never starts from a copy older than the one recorded.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import time
 
 from ..backup import litestream
 from ..backup.catalog import CATALOG_FILE, Catalog, lineage_at
-from ..backup.restore import RESTORED_DIR, storage
+from ..backup.replicator import REPLICATION_DIR
+from ..backup.restore import RESTORED_DIR, RestoreError, Storage, _local_txid, storage
 from ..config import DATA_DIR, Config
 
 
@@ -32,8 +37,30 @@ def replica_paths(config: Config, tenant: str) -> dict[str, str]:
             for line in lines}
 
 
-def restore_replicas(config: Config, name: str, paths: dict[str, str]) -> None:
-    """Replace tenant `name`'s data/ with its replicas (the old folder kept in .restored/)."""
+def _replica_txid(bucket: Storage, object_path: str) -> int:
+    """The last transaction the replica holds (0: none)."""
+    return max((int(f["max_txid"], 16) for f in bucket.files(object_path)), default=0)
+
+
+def caught_up(config: Config, name: str, paths: dict[str, str]) -> dict[str, int] | None:
+    """database -> the replica's last transaction, once each replica has every transaction
+    Litestream has seen locally (None: not yet, or Litestream has not looked yet)."""
+    litestream_config = (config.gateway.paths.state_dir / REPLICATION_DIR / name
+                         / "litestream.json")
+    local = {database: _local_txid(litestream_config, database) for database in paths}
+    if any(txid is None for txid in local.values()):
+        return None
+    with storage(config) as bucket:
+        replica = {database: _replica_txid(bucket, path) for database, path in paths.items()}
+    if any(replica[database] < (local[database] or 0) for database in paths):
+        return None
+    return replica
+
+
+def restore_replicas(config: Config, name: str, paths: dict[str, str],
+                     txids: dict[str, int]) -> None:
+    """Replace tenant `name`'s data/ with its replicas (the old folder kept in .restored/).
+    Each must hold at least the transaction `txids` records for it, else RestoreError."""
     tenant = config.tenants[name]
     staging = tenant.directory / f".{DATA_DIR}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
@@ -41,6 +68,12 @@ def restore_replicas(config: Config, name: str, paths: dict[str, str]) -> None:
     try:
         with storage(config) as bucket:
             for database, object_path in paths.items():
+                held, wanted = _replica_txid(bucket, object_path), txids.get(database, 0)
+                if held < wanted:
+                    raise RestoreError(
+                        f"the replica of {name}/{database} ({object_path}) ends at transaction"
+                        f" {held:x}, older than the {wanted:x} its last host recorded: not"
+                        " restored from it")
                 bucket.restore(object_path, staging / database)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
