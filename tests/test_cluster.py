@@ -7,9 +7,12 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +352,90 @@ def test_a_tenant_whose_restore_fails_is_refused_not_served_from_a_stale_copy(
     second.wait_for_event("cluster_tenant_restored", tenant="alice", timeout=90)
     wait_until(lambda: edge.get("alice", "/data/items.json?_shape=array&id=99").json() == [
         {"id": 99, "name": "written on the first host"}], message="row 99 served from h2")
+
+
+def _steady_gets(edge: RunningGateway, stop: threading.Event,
+                 answers: list[tuple[float, int]]) -> None:
+    """One client, one GET after another: when each was sent, its status (0: no answer)."""
+    with httpx.Client(base_url=str(edge.client.base_url), timeout=30) as client:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                response = client.get("/data/items.json?_shape=array&id=3",
+                                      headers={"host": edge.host("alice")})
+                answers.append((sent, response.status_code))
+            except httpx.HTTPError:
+                answers.append((sent, 0))
+
+
+@pytest.mark.slow
+def test_a_tenant_moved_on_purpose_fails_no_request_and_keeps_every_write(
+        cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
+    from .test_backup import write_rows
+
+    first = cluster.start_backed_up("h1", "127.0.0.2", seaweed.endpoint)
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    second = cluster.start_backed_up("h2", "127.0.0.3", seaweed.endpoint)
+    edge = cluster.start("e1", "edge")
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    # Acknowledged just before the move, not waited for: the move must carry it.
+    write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
+               [(99, "written on h1 just before the move")])
+    stop, answers = threading.Event(), list[tuple[float, int]]()
+    load = threading.Thread(target=_steady_gets, args=(edge, stop, answers))
+    load.start()
+    try:
+        time.sleep(1)
+        asked = time.monotonic()
+        moved = edge.cli("tenant", "move", "alice", "h2").stdout  # from an edge: any node
+        done = time.monotonic()
+        time.sleep(1)
+    finally:
+        stop.set()
+        load.join()
+    assert re.fullmatch(r"Moved alice from h1 to h2 in \d+\.\d s\.\n", moved), moved
+    assert [status for _, status in answers if status != 200] == []
+    assert any(asked < sent < done for sent, _ in answers)  # the load ran during the move
+    assert cluster.placement("alice") == "h2"
+    assert second.status()["cluster"]["hosting"] == ["alice"]
+    assert first.status()["cluster"]["hosting"] == []
+    assert first.status()["tenants"] == []
+    response = edge.get("alice", "/data/items.json?_shape=array&id=99")
+    assert response.json() == [{"id": 99, "name": "written on h1 just before the move"}]
+    handed = first.wait_for_event("cluster_tenant_handed_off", tenant="alice")
+    restored = second.wait_for_event("cluster_tenant_restored", tenant="alice")
+    assert restored["txids"] == handed["txids"]
+    assert _etcd_get(cluster.etcd.endpoints[0], "/gateway/moves/alice") is None
+    # And back: h1 restores the replica h2 made.
+    assert "Moved alice from h2 to h1" in edge.cli("tenant", "move", "alice", "h1").stdout
+    response = edge.get("alice", "/data/items.json?_shape=array&id=99")
+    assert response.json() == [{"id": 99, "name": "written on h1 just before the move"}]
+
+
+def test_a_move_that_cannot_be_made_says_why(cluster: Cluster) -> None:
+    cluster.start("h1", "host", advertise="127.0.0.2")
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    cluster.start("h2", "host", advertise="127.0.0.3")  # no [backup]
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: _etcd_get(cluster.etcd.endpoints[0], "/gateway/nodes/h2") is not None,
+               message="h2 registered")
+
+    def refused(*args: str) -> str:
+        result = edge.cli("tenant", "move", *args, check=False)
+        assert result.returncode == 1, result
+        return result.stderr
+
+    assert refused("zed", "h2") == f"Error: no tenant 'zed' in {cluster.sites['e1'].tenants_dir}\n"
+    assert refused("alice", "h9") == (
+        "Error: no live host named 'h9' (live hosts: h1, h2)\n")
+    assert refused("alice", "e1") == (
+        "Error: no live host named 'e1' (live hosts: h1, h2)\n")
+    assert refused("alice", "h1") == "Error: alice already runs on h1\n"
+    assert refused("alice", "h2") == (
+        "Error: host h1 has no [backup]: a tenant moves by its replica, so both hosts need"
+        " one\n")
+    _etcd_put(cluster.etcd.endpoints[0], "/gateway/moves/alice",
+              json.dumps({"to": "h2", "from": "h1", "state": "moving"}))
+    assert refused("alice", "h2") == "Error: a move of alice to h2 is already in progress\n"
+    _etcd_delete_prefix(cluster.etcd.endpoints[0], "/gateway/moves/")
+    assert cluster.placement("alice") == "h1"

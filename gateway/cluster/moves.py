@@ -9,6 +9,7 @@ One key per move, /gateway/moves/<tenant>, passed along:
                                                     replica has every write, the position is in
                                                     replicas/<tenant>
     (deleted)                                       the new host, once the tenant serves there
+                                                    (or any host serving it, if the new one died)
     {"to": HOST, "state": "refused", "reason": …}   the leader, when the move cannot be made
 
 Edges hold the tenant's requests (proxy.retry_budget_s) from the old host's withdrawal until the
@@ -112,8 +113,12 @@ async def _wait_done(etcd: Etcd, tenant: str, host: str, deadline: float) -> Non
         found = await etcd.get(MOVES + tenant)
         if found is None:
             endpoint = await etcd.get(ROOT + "endpoints/" + tenant)
-            if endpoint is not None and json.loads(endpoint.value)["node"] == host:
+            node = json.loads(endpoint.value)["node"] if endpoint is not None else None
+            if node == host:
                 return
+            if node is not None:
+                raise MoveError(f"the move of {tenant} to {host} was abandoned ({host} went"
+                                f" away); {tenant} serves from {node}")
         elif (state := json.loads(found.value)).get("state") == "refused":
             await etcd.delete(MOVES + tenant)
             raise MoveError(f"the leader refused to move {tenant}: {state.get('reason')}")

@@ -336,14 +336,18 @@ class ClusterNode:
         """Wait until the stopped tenant's replica has every write, record that position for
         the next host, and tell it to go on."""
         config = self.gateway.config
+        previous: dict[str, int] | None = None
         while True:
             try:
                 txids = await asyncio.to_thread(replicas.caught_up, config, name, paths)
             except GatewayError as exc:
                 log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc)})
                 txids = None
-            if txids is not None:
+            # Twice the same, _POLL_S apart (Litestream reads the WAL every 10 ms): a last
+            # write it had not read yet at the first look is not left behind.
+            if txids is not None and txids == previous:
                 break
+            previous = txids
             await asyncio.sleep(_POLL_S)
         record = json.dumps({"node": self.name, "databases": paths,
                              "txids": {db: txid for db, txid in txids.items()}})
@@ -388,11 +392,15 @@ class ClusterNode:
             try:
                 await self.etcd.put(ENDPOINTS + name, value, lease=self.lease.id)
                 move = await self._move(name)
-                if move is not None and move.get("to") == self.name \
-                        and move.get("state") != "asked":
-                    await self.etcd.delete(MOVES + name)
-                    log.info("cluster_tenant_moved", extra={"tenant": name,
-                                                            "from": move.get("from")})
+                if move is not None and move.get("state") in ("moving", "synced"):
+                    if move["to"] == self.name:
+                        await self.etcd.delete(MOVES + name)
+                        log.info("cluster_tenant_moved", extra={"tenant": name,
+                                                                "from": move["from"]})
+                    elif await self.etcd.get(NODES + move["to"]) is None:
+                        await self.etcd.delete(MOVES + name)  # its new host died meanwhile
+                        log.warning("cluster_move_abandoned", extra={"tenant": name,
+                                                                     "to": move["to"]})
                 break
             except EtcdUnavailable:
                 await asyncio.sleep(1)
