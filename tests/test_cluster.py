@@ -329,8 +329,8 @@ def test_a_tenant_whose_restore_fails_is_refused_not_served_from_a_stale_copy(
     write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
                [(99, "written on the first host")])
     wait_replicated(first, since=before)
-    wait_until(lambda: "txids" in (_etcd_get(etcd, "/gateway/replicas/alice") or ""),
-               message="alice's replica and its position recorded")
+    wait_until(lambda: json.loads(_etcd_get(etcd, "/gateway/replicas/alice") or "{}").get(
+        "txids"), message="alice's replica and its position recorded")
     recorded = json.loads(_etcd_get(etcd, "/gateway/replicas/alice") or "{}")
     first.stop()
     del cluster.nodes["h1"]
@@ -439,3 +439,31 @@ def test_a_move_that_cannot_be_made_says_why(cluster: Cluster) -> None:
     assert refused("alice", "h2") == "Error: a move of alice to h2 is already in progress\n"
     _etcd_delete_prefix(cluster.etcd.endpoints[0], "/gateway/moves/")
     assert cluster.placement("alice") == "h1"
+
+
+@pytest.mark.drill
+def test_a_moved_tenants_new_host_killed_at_once_its_old_host_restores_not_its_own_copy(
+        cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
+    """The old host still has the tenant's files from before the move. The new host claimed the
+    replica record before serving, so when it dies before its replica has anything (killed
+    right after the move), the old host restores (here from the hand-off, the claim's
+    `previous`) rather than start its own copy as if nothing had been served since."""
+    from .test_backup import write_rows
+
+    first = cluster.start_backed_up("h1", "127.0.0.2", seaweed.endpoint)
+    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
+    second = cluster.start_backed_up("h2", "127.0.0.3", seaweed.endpoint)
+    edge = cluster.start("e1", "edge")
+    write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
+               [(66, "written on h1 before the move")])
+    edge.cli("tenant", "move", "alice", "h2")
+    tenant_pids = {t["pid"] for t in second.status()["tenants"] if t["pid"]}
+    for pid in (second.pid, second.worker_pid, *tenant_pids):
+        os.kill(pid, signal.SIGKILL)
+    response = edge.get("alice", "/data/items.json?_shape=array&id=66")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 66, "name": "written on h1 before the move"}]
+    first.wait_for_event("cluster_tenant_restored", tenant="alice", **{"from": "h2"})
+    second.process.wait(10)
+    second.client.close()
+    del cluster.nodes["h2"]

@@ -27,9 +27,8 @@ from typing import Any
 from ..config import Config
 from ..errors import GatewayError
 from .etcd import Etcd
+from .keys import ENDPOINTS, MOVES, ROOT
 
-ROOT = "/gateway/"
-MOVES = ROOT + "moves/"
 _POLL_S = 0.2
 
 
@@ -112,7 +111,7 @@ async def _wait_done(etcd: Etcd, tenant: str, host: str, deadline: float) -> Non
     while time.monotonic() < deadline:
         found = await etcd.get(MOVES + tenant)
         if found is None:
-            endpoint = await etcd.get(ROOT + "endpoints/" + tenant)
+            endpoint = await etcd.get(ENDPOINTS + tenant)
             node = json.loads(endpoint.value)["node"] if endpoint is not None else None
             if node == host:
                 return

@@ -7,8 +7,9 @@ Keys in etcd (all under /gateway/):
     leader              "<node> <lease>" on the leader's lease (lease.Election)
     placement/<tenant>  the host that runs it, written by the leader only
     endpoints/<tenant>  {"node": ..., "address": "tcp:IP:PORT"} on the host's lease, once serving
-    replicas/<tenant>   {"node": ..., "databases": {db: object path}, "txids": {db: txid}}: where
-                        to restore it from, and a position its replica holds at least
+    replicas/<tenant>   {"node": ..., "databases": {db: object path}, "txids": {db: txid},
+                        "previous": {...}}: where to restore it from, and a position its replica
+                        holds at least (hosting.py, replicas.py)
     moves/<tenant>      a planned move in progress (moves.py)
 
 Every node campaigns; the leader re-places whenever nodes/ changes. A host runs the tenants
@@ -29,31 +30,24 @@ import contextlib
 import itertools
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
-from ..errors import ConfigError, GatewayError
-from . import replicas, tls
+from ..errors import ConfigError
+from . import tls
 from .etcd import Etcd, EtcdUnavailable
-from .forward import TenantDoor
+from .hosting import Hosting
+from .keys import ENDPOINTS, LEADER, MOVES, NODES, PLACEMENT
 from .lease import Election, Lease
-from .moves import MOVES, check_move, read_state
+from .moves import check_move, read_state
 from .placement import changes, place
 
 if TYPE_CHECKING:
-    from ..config import TenantConfig
     from ..runtime import Gateway
 
 log = logging.getLogger(__name__)
-
-ROOT = "/gateway/"
-NODES, PLACEMENT, ENDPOINTS = ROOT + "nodes/", ROOT + "placement/", ROOT + "endpoints/"
-REPLICAS = ROOT + "replicas/"
-LEADER = ROOT + "leader"
-_POLL_S = 0.1
 
 
 async def follow(etcd: Etcd, prefix: str,
@@ -85,9 +79,6 @@ class ClusterNode:
         self.etcd = Etcd(self.settings.etcd_endpoints)
         self.lease = Lease(self.etcd, self.settings.lease_ttl_s)
         self.leading = False
-        self.doors: dict[str, TenantDoor] = {}  # tenants this host serves
-        self._taking: dict[str, asyncio.Task[None]] = {}  # being restored and started here
-        self._releasing: dict[str, asyncio.Task[None]] = {}  # being stopped here
         self.placement: dict[str, str] = {}
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
@@ -96,7 +87,7 @@ class ClusterNode:
         tls_dir = self.settings.tls_dir
         if tls_dir is None:  # config.load_config always resolves it
             raise ConfigError("cluster.tls_dir: not set")
-        self._server_tls = tls.server_context(tls_dir) if self.is_host else None
+        self.hosting = Hosting(self, tls.server_context(tls_dir)) if self.is_host else None
         self._client_tls = tls.client_context(tls_dir) if self.is_edge else None
 
     async def start(self) -> None:
@@ -107,11 +98,11 @@ class ClusterNode:
             for tenant in self.gateway.config.tenants.values():
                 self._remote_route(tenant.name)
         self._leading_task = asyncio.ensure_future(self._lead())
-        self._spawn(self._rejoin())
+        self.spawn(self._rejoin())
         if self.is_host:
-            self._spawn(follow(self.etcd, PLACEMENT, self._host))
+            self.spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
-            self._spawn(follow(self.etcd, ENDPOINTS, self._route))
+            self.spawn(follow(self.etcd, ENDPOINTS, self._route))
         log.info("cluster_joined", extra={"node": self.name, "role": self.settings.role,
                                           "lease": self.lease.id})
 
@@ -138,25 +129,24 @@ class ClusterNode:
                 except EtcdUnavailable:
                     await asyncio.sleep(1)
             log.warning("cluster_rejoined", extra={"node": self.name, "lease": self.lease.id})
-            for name, door in self.doors.items():
-                self._spawn(self._announce(name, door.route, door))
+            if self.hosting is not None:
+                self.hosting.announce_all()
             self._leading_task = asyncio.ensure_future(self._lead())
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def spawn(self, work: Awaitable[Any]) -> None:
         self._tasks.append(asyncio.ensure_future(work))
         self._tasks = [task for task in self._tasks if not task.done()]
 
     async def stop(self) -> None:
         if self._leading_task is not None:
             self._tasks.append(self._leading_task)
-        self._tasks += [*self._taking.values(), *self._releasing.values()]
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for door in self.doors.values():
-            await door.stop()
+        if self.hosting is not None:
+            await self.hosting.stop()
         await self.lease.stop()  # revoked: our keys go now, not after the TTL
         await self.etcd.close()
 
@@ -224,194 +214,15 @@ class ClusterNode:
     # A host -------------------------------------------------------------------------------
 
     async def _host(self, placement: dict[str, str]) -> None:
-        if self._server_tls is None:
-            return  # not a host
         self.placement = placement
-        mine = {t for t, host in placement.items() if host == self.name}
-        for name in sorted((set(self.doors) | set(self._taking)) - mine):
-            taking = self._taking.pop(name, None)
-            if taking is not None:
-                taking.cancel()
-            if name in self.doors:
-                self._releasing[name] = asyncio.ensure_future(self._release(name))
-        for name in sorted(mine - set(self.doors) - set(self._taking)):
-            tenant = self.gateway.config.tenants.get(name)
-            if tenant is None:
-                log.error("cluster_tenant_unknown", extra={"tenant": name})
-                continue
-            # Each tenant its own task: one slow restore does not hold the others back.
-            self._taking[name] = asyncio.ensure_future(self._take(tenant))
-
-    async def _take(self, tenant: TenantConfig) -> None:
-        """Restore the tenant (waiting for a planned move's hand-off), start it, announce it.
-        A failed restore is retried with backoff; the tenant stays unavailable meanwhile: a
-        stale local copy is never served in place of the replica."""
-        name = tenant.name
-        releasing = self._releasing.get(name)
-        if releasing is not None:  # placed back here while it was leaving
-            await releasing
-        supervisor = self.gateway.config.gateway.supervisor
-        backoff = supervisor.restart_backoff_initial_s
-        for attempt in itertools.count(1):
-            try:
-                await self._wait_for_hand_off(name)
-                await self._restore(name)
-                break
-            except (GatewayError, OSError) as exc:
-                log.error("cluster_restore_failed", extra={
-                    "tenant": name, "attempt": attempt, "error": str(exc),
-                    "retry_in_s": backoff, "serving": False})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
-        route = self.gateway.add_tenant(tenant)
-        assert self._server_tls is not None  # _host runs only on a host
-        door = TenantDoor(route, self.settings.advertise, self._server_tls)
-        await door.start()
-        self.doors[name] = door
-        self._taking.pop(name, None)
-        self._spawn(self._announce(name, route, door))
-
-    async def _move(self, name: str) -> dict[str, Any] | None:
-        found = await self.etcd.get(MOVES + name)
-        return None if found is None else dict(json.loads(found.value))
-
-    async def _wait_for_hand_off(self, name: str) -> None:
-        """A planned move to this host: wait until the old host has stopped the tenant and its
-        replica has every write (or the old host died: its replica is all there is)."""
-        waiting = False
-        while (move := await self._move(name)) is not None and move.get("to") == self.name \
-                and move.get("state") == "moving":
-            if await self.etcd.get(NODES + move["from"]) is None:
-                log.warning("cluster_move_source_gone", extra={"tenant": name,
-                                                               "from": move["from"]})
-                return
-            if not waiting:
-                log.info("cluster_move_waiting", extra={"tenant": name, "from": move["from"]})
-                waiting = True
-            await asyncio.sleep(_POLL_S)
-
-    async def _restore(self, name: str) -> None:
-        """The tenant ran on another host: start from its replica (replicas.py), holding at
-        least the position recorded for it. Raises if it cannot."""
-        config = self.gateway.config
-        if not config.gateway.backup.endpoint:
-            return
-        recorded = await self.etcd.get(REPLICAS + name)
-        if recorded is None:
-            return
-        replica = json.loads(recorded.value)
-        if replica["node"] == self.name:
-            return  # ours: the local files are as new as the replica, or newer
-        started = time.monotonic()
-        await asyncio.to_thread(replicas.restore_replicas, config, name, replica["databases"],
-                                replica.get("txids", {}))
-        log.info("cluster_tenant_restored", extra={
-            "tenant": name, "from": replica["node"], "txids": replica.get("txids", {}),
-            "duration_s": round(time.monotonic() - started, 2)})
-
-    async def _release(self, name: str) -> None:
-        """The tenant is placed elsewhere: withdraw it (edges hold its requests), let in-flight
-        requests finish, stop it; on a planned move, hand its replica over first."""
-        door = self.doors.pop(name)
-        try:
-            with contextlib.suppress(EtcdUnavailable):
-                await self.etcd.delete(ENDPOINTS + name)
-            move = await self._move(name)
-            handing_off = (move is not None and move.get("from") == self.name
-                           and move.get("state") == "moving")
-            paths = {}
-            if handing_off:  # before its stream stops: that ends its lineage here
-                paths = await asyncio.to_thread(replicas.replica_paths, self.gateway.config,
-                                                name)
-            await self.gateway.remove_tenant(name)
-            await door.stop()
-            if handing_off and move is not None:
-                await self._hand_off(name, paths, move)
-            await self.gateway.track_backups()  # its Litestream stops (after a last sync)
-            log.info("cluster_tenant_released", extra={"tenant": name})
-        finally:
-            self._releasing.pop(name, None)
-
-    async def _hand_off(self, name: str, paths: dict[str, str], move: dict[str, Any]) -> None:
-        """Wait until the stopped tenant's replica has every write, record that position for
-        the next host, and tell it to go on."""
-        config = self.gateway.config
-        previous: dict[str, int] | None = None
-        while True:
-            try:
-                txids = await asyncio.to_thread(replicas.caught_up, config, name, paths)
-            except GatewayError as exc:
-                log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc)})
-                txids = None
-            # Twice the same, _POLL_S apart (Litestream reads the WAL every 10 ms): a last
-            # write it had not read yet at the first look is not left behind.
-            if txids is not None and txids == previous:
-                break
-            previous = txids
-            await asyncio.sleep(_POLL_S)
-        record = json.dumps({"node": self.name, "databases": paths,
-                             "txids": {db: txid for db, txid in txids.items()}})
-        while True:
-            try:
-                await self.etcd.put(REPLICAS + name, record)
-                await self.etcd.put(MOVES + name, json.dumps({**move, "state": "synced"}))
-                break
-            except EtcdUnavailable:
-                await asyncio.sleep(1)
-        log.info("cluster_tenant_handed_off", extra={"tenant": name, "to": move.get("to"),
-                                                     "txids": txids})
-
-    async def _record_replica(self, name: str) -> None:
-        """Where this host replicates the tenant, and a position its replica holds, for the
-        host it moves to next (recorded once the replica has every write seen so far)."""
-        config = self.gateway.config
-        if not config.gateway.backup.endpoint:
-            return
-        for _ in range(120):  # replication starts just after the tenant (Gateway.add_tenant)
-            paths = await asyncio.to_thread(replicas.replica_paths, config, name)
-            txids = None
-            if paths:
-                with contextlib.suppress(GatewayError):
-                    txids = await asyncio.to_thread(replicas.caught_up, config, name, paths)
-            if txids is not None:
-                with contextlib.suppress(EtcdUnavailable):  # the next start records it
-                    await self.etcd.put(REPLICAS + name, json.dumps(
-                        {"node": self.name, "databases": paths, "txids": txids}))
-                return
-            await asyncio.sleep(0.5)
-
-    async def _announce(self, name: str, route: TenantRoute, door: TenantDoor) -> None:
-        """Once the tenant serves, tell the edges where (on this host's lease); a planned move
-        to here is then done."""
-        while route.backend is None and self.doors.get(name) is door:
-            await route.wait_for_change(5)
-        if self.doors.get(name) is not door:
-            return
-        value = json.dumps({"node": self.name, "address": door.address})
-        while True:
-            try:
-                await self.etcd.put(ENDPOINTS + name, value, lease=self.lease.id)
-                move = await self._move(name)
-                if move is not None and move.get("state") in ("moving", "synced"):
-                    if move["to"] == self.name:
-                        await self.etcd.delete(MOVES + name)
-                        log.info("cluster_tenant_moved", extra={"tenant": name,
-                                                                "from": move["from"]})
-                    elif await self.etcd.get(NODES + move["to"]) is None:
-                        await self.etcd.delete(MOVES + name)  # its new host died meanwhile
-                        log.warning("cluster_move_abandoned", extra={"tenant": name,
-                                                                     "to": move["to"]})
-                break
-            except EtcdUnavailable:
-                await asyncio.sleep(1)
-        log.info("cluster_tenant_announced", extra={"tenant": name, "address": door.address})
-        await self._record_replica(name)
+        if self.hosting is not None:
+            await self.hosting.apply(placement)
 
     # An edge ------------------------------------------------------------------------------
 
     def _remote_route(self, name: str) -> TenantRoute | None:
         """The route for a tenant served by a host elsewhere (None: it runs on this node)."""
-        if name in self.doors:
+        if self.hosting is not None and name in self.hosting.doors:
             return None
         route = self.gateway.routes.get(name)
         if route is None:
@@ -431,7 +242,7 @@ class ClusterNode:
             if name not in self.gateway.supervisors:  # removed from tenants/: no such site
                 gone = self.gateway.routes.pop(name)
                 if gone.backend is not None:
-                    self._spawn(gone.backend.drain(proxy.drain_timeout_s))
+                    self.spawn(gone.backend.drain(proxy.drain_timeout_s))
         for name in self.gateway.config.tenants:
             route = self._remote_route(name)
             if route is None:
@@ -443,17 +254,17 @@ class ClusterNode:
             if address is None:
                 if current is not None:  # its host is gone or moving it: hold requests
                     route.withdraw(current, "restarting")  # until the next one serves it
-                    self._spawn(current.drain(proxy.drain_timeout_s))
+                    self.spawn(current.drain(proxy.drain_timeout_s))
                 continue
             backend = Backend(BackendAddress.parse(address), generation=next(self._generations),
                               connect_timeout=proxy.connect_timeout_s, tls=self._client_tls)
             previous = route.publish(backend)
             log.info("cluster_route_changed", extra={"tenant": name, "address": address})
             if previous is not None:
-                self._spawn(previous.drain(proxy.drain_timeout_s))
+                self.spawn(previous.drain(proxy.drain_timeout_s))
 
     def status(self) -> dict[str, Any]:
         return {"node": self.name, "role": self.settings.role, "leader": self.leading,
                 "lease": self.lease.id, "placement": self.placement,
                 "endpoints": {t: json.loads(v)["address"] for t, v in self.endpoints.items()},
-                "hosting": sorted(self.doors)}
+                "hosting": sorted(self.hosting.doors) if self.hosting is not None else []}
