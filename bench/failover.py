@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -43,6 +44,7 @@ from gateway.cluster import tls
 from tests.conftest import RunningGateway, Site, wait_until
 from tests.etcd_cluster import EtcdCluster
 from tests.test_backup import SeaweedFS, backup_settings
+from tests.test_cluster import _etcd_get
 
 UID_BASE = int(os.environ.get("GATEWAY_TEST_UID_BASE", "20000"))
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -123,7 +125,17 @@ def rows_missing(host: RunningGateway, acknowledged: list[int]) -> int:
 
 def measure(label: str, load: Load, hosts: dict[str, RunningGateway], victim: str,
             act: Any) -> None:
-    """Run `act` (returns when it was done) under the load; print the round's figures."""
+    """Run `act` (returns when it was done) under the load; print the round's figures. Starts
+    once the victim's replica had every write (the steady state; right after a takeover the
+    new host's first copy of the database is still on its way, and a death then loses what
+    was written since the takeover)."""
+    etcd = load.edge.site.settings["cluster"]["etcd_endpoints"][0]
+
+    def steady() -> bool:
+        record = json.loads(_etcd_get(etcd, "/gateway/replicas/alice") or "{}")
+        return bool(record.get("txids")) and record.get("node") == victim
+
+    wait_until(steady, timeout=300, message="the replica to have every write")
     database = hosts[victim].site.tenants_dir / "alice" / "data" / "data.db"
     pid = next(t["pid"] for t in hosts[victim].status()["tenants"] if t["name"] == "alice")
     first_id = int(time.time() * 1000)

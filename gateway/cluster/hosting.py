@@ -13,8 +13,9 @@ Taking a tenant over (each tenant its own task, so one slow restore holds no oth
 4. once its replica has every write seen so far, the record gets that position (`txids`).
 
 Giving one up: the endpoint is withdrawn (edges hold requests), in-flight requests finish, the
-process stops; on a planned move the host waits until its replica has every write, records that
-position, and marks the move "synced"; then its Litestream stops.
+process stops; on a planned move the host first waits (still serving) until its replica has
+every write so far, then after the stop until it has the last ones, records that position, and
+marks the move "synced"; then its Litestream stops.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ class Hosting:
             taking = self._taking.pop(name, None)
             if taking is not None:
                 taking.cancel()
-            if name in self.doors:
+            if name in self.doors and name not in self._releasing:
                 self._releasing[name] = asyncio.ensure_future(self._release(name))
-        for name in sorted(mine - set(self.doors) - set(self._taking)):
+        for name in sorted(mine - (set(self.doors) - set(self._releasing)) - set(self._taking)):
             tenant = self.config.tenants.get(name)
             if tenant is None:
                 log.error("cluster_tenant_unknown", extra={"tenant": name})
@@ -78,7 +79,7 @@ class Hosting:
     def announce_all(self) -> None:
         """After a new lease: every tenant served here announced on it again."""
         for name, door in self.doors.items():
-            self.node.spawn(self._announce(name, door, claim=None))
+            self.node.spawn(self._announce(name, door, None, claim=False))
 
     async def stop(self) -> None:
         tasks = [*self._taking.values(), *self._releasing.values()]
@@ -102,7 +103,7 @@ class Hosting:
         for attempt in itertools.count(1):
             try:
                 await self._wait_for_hand_off(name)
-                record = await self._restore(name)
+                restored = await self._restore(name)
                 break
             except (GatewayError, OSError) as exc:
                 log.error("cluster_restore_failed", extra={
@@ -115,7 +116,7 @@ class Hosting:
         await door.start()
         self.doors[name] = door
         self._taking.pop(name, None)
-        self.node.spawn(self._announce(name, door, claim=record or {}))
+        self.node.spawn(self._announce(name, door, restored))
 
     async def _move(self, name: str) -> dict[str, Any] | None:
         found = await self.etcd.get(MOVES + name)
@@ -138,7 +139,8 @@ class Hosting:
 
     async def _restore(self, name: str) -> dict[str, Any] | None:
         """Restore the tenant from the replica its last host recorded (unless that is this
-        host); returns the record. Raises if the replica cannot be restored."""
+        host). Returns the replicas the local files now match, as a record (None: none); raises
+        if they cannot be restored."""
         if not self.config.gateway.backup.endpoint:
             return None
         found = await self.etcd.get(REPLICAS + name)
@@ -146,19 +148,23 @@ class Hosting:
             return None
         record: dict[str, Any] = json.loads(found.value)
         if record["node"] == self.name:
-            return record  # ours, and nobody served it since: the local files are the newest
+            # Ours, and nobody served it since: the local files are the newest, and as new as
+            # the replicas recorded (or their fallback, while ours had nothing yet).
+            if record.get("txids"):
+                return {"databases": record["databases"], "txids": record["txids"]}
+            return record.get("previous")
         started = time.monotonic()
         used = await asyncio.to_thread(replicas.restore_replicas, self.config, name, record)
         log.info("cluster_tenant_restored", extra={
-            "tenant": name, "from": record["node"], "txids": used,
+            "tenant": name, "from": record["node"], "txids": used["txids"],
             "duration_s": round(time.monotonic() - started, 2)})
-        return record
+        return used
 
-    async def _announce(self, name: str, door: TenantDoor, claim: dict[str, Any] | None
-                        ) -> None:
-        """Once the tenant serves: claim its replica record (`claim`: the record it started
-        from; None: already claimed), tell the edges where it is (on this host's lease), end a
-        planned move to here, then record its replica's position."""
+    async def _announce(self, name: str, door: TenantDoor, restored: dict[str, Any] | None,
+                        *, claim: bool = True) -> None:
+        """Once the tenant serves: claim its replica record (`restored`: the replicas its files
+        came from; unless it is claimed already), tell the edges where it is (on this host's
+        lease), end a planned move to here, then record its replica's position."""
         route = door.route
         while route.backend is None and self.doors.get(name) is door:
             await route.wait_for_change(5)
@@ -167,8 +173,8 @@ class Hosting:
         value = json.dumps({"node": self.name, "address": door.address})
         while True:
             try:
-                if claim is not None:
-                    await self._claim_replica(name, claim)
+                if claim:
+                    await self._claim_replica(name, restored)
                 await self.etcd.put(ENDPOINTS + name, value, lease=self.node.lease.id)
                 await self._end_move(name)
                 break
@@ -177,10 +183,10 @@ class Hosting:
         log.info("cluster_tenant_announced", extra={"tenant": name, "address": door.address})
         await self._record_replica(name, door)
 
-    async def _claim_replica(self, name: str, started_from: dict[str, Any]) -> None:
+    async def _claim_replica(self, name: str, previous: dict[str, Any] | None) -> None:
         """Point replicas/<tenant> at this host's replica before serving a write, keeping the
-        record it started from as `previous` (restores fall back to it for a database whose
-        new replica has nothing yet)."""
+        replicas its files came from as `previous` (restores fall back to them for a database
+        whose new replica has nothing yet)."""
         if not self.config.gateway.backup.endpoint:
             return
         paths: dict[str, str] = {}
@@ -189,10 +195,6 @@ class Hosting:
             if paths:
                 break
             await asyncio.sleep(0.2)
-        if started_from.get("node") == self.name:
-            previous = started_from.get("previous")
-        else:
-            previous = {k: v for k, v in started_from.items() if k != "previous"} or None
         await self.etcd.put(REPLICAS + name, json.dumps(
             {"node": self.name, "databases": paths, "txids": {}, "previous": previous}))
 
@@ -231,17 +233,20 @@ class Hosting:
 
     async def _release(self, name: str) -> None:
         """The tenant is placed elsewhere: withdraw it (edges hold its requests), let in-flight
-        requests finish, stop it; on a planned move, hand its replica over first."""
-        door = self.doors.pop(name)
+        requests finish, stop it; on a planned move, hand its replica over."""
         try:
-            with contextlib.suppress(EtcdUnavailable):
-                await self.etcd.delete(ENDPOINTS + name)
             move = await self._move(name)
             handing_off = (move is not None and move.get("from") == self.name
                            and move.get("state") == "moving")
             paths: dict[str, str] = {}
-            if handing_off:  # before its stream stops: that ends its lineage here
+            if handing_off:  # (before its stream stops: that ends its lineage here)
                 paths = await asyncio.to_thread(replicas.replica_paths, self.config, name)
+                # While it still serves: the replica's first copy (a new host's may take a
+                # while) is not part of the time it is unavailable.
+                await self._caught_up(name, paths, settled=False)
+            door = self.doors.pop(name)
+            with contextlib.suppress(EtcdUnavailable):
+                await self.etcd.delete(ENDPOINTS + name)
             await self.node.gateway.remove_tenant(name)
             await door.stop()
             if handing_off and move is not None:
@@ -251,9 +256,11 @@ class Hosting:
         finally:
             self._releasing.pop(name, None)
 
-    async def _hand_off(self, name: str, paths: dict[str, str], move: dict[str, Any]) -> None:
-        """Wait until the stopped tenant's replica has every write, record that position for
-        the next host, and tell it to go on."""
+    async def _caught_up(self, name: str, paths: dict[str, str], *, settled: bool
+                         ) -> dict[str, int]:
+        """Wait until the replicas have every transaction Litestream has seen locally; with
+        `settled`, twice the same _POLL_S apart (Litestream reads the WAL every 10 ms: a last
+        write it had not read at the first look is not left behind). Returns their positions."""
         previous: dict[str, int] | None = None
         while True:
             try:
@@ -261,12 +268,15 @@ class Hosting:
             except GatewayError as exc:
                 log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc)})
                 txids = None
-            # Twice the same, _POLL_S apart (Litestream reads the WAL every 10 ms): a last
-            # write it had not read yet at the first look is not left behind.
-            if txids is not None and txids == previous:
-                break
+            if txids is not None and (not settled or txids == previous):
+                return txids
             previous = txids
             await asyncio.sleep(_POLL_S)
+
+    async def _hand_off(self, name: str, paths: dict[str, str], move: dict[str, Any]) -> None:
+        """Once the stopped tenant's replica has every write, record that position for the
+        next host and tell it to go on."""
+        txids = await self._caught_up(name, paths, settled=True)
         record = json.dumps({"node": self.name, "databases": paths, "txids": txids})
         while True:
             try:

@@ -66,9 +66,10 @@ def caught_up(config: Config, name: str, paths: dict[str, str]) -> dict[str, int
     return replica
 
 
-def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[str, int]:
+def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[str, Any]:
     """Replace tenant `name`'s data/ with the replicas `record` names (the old folder kept in
-    .restored/); returns the transaction each was restored from. Each replica must hold at
+    .restored/). Returns what was restored, as a record ({"databases": {db: path}, "txids":
+    {db: txid it held}}): the fallback of the next one. Each replica must hold at
     least the transaction the record has for it, else RestoreError. A database whose replica
     has nothing yet (its host died before a first sync) comes from the record's `previous`;
     one no replica has anything of (nor a recorded position) is the local file as it is."""
@@ -76,7 +77,7 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
     staging = tenant.directory / f".{DATA_DIR}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
-    used = {}
+    used: dict[str, Any] = {"databases": {}, "txids": {}}
     previous = record.get("previous") or {}
     try:
         with storage(config) as bucket:
@@ -101,7 +102,7 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
                         f" {held:x}, older than the {wanted:x} its last host recorded: not"
                         " restored from it")
                 bucket.restore(object_path, staging / database)
-                used[database] = held
+                used["databases"][database], used["txids"][database] = object_path, held
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
