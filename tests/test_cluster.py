@@ -40,7 +40,9 @@ class Cluster:
         self._uids = UID_BASE
         _etcd_delete_prefix(etcd.endpoints[0], "/gateway/")  # a clean slate in the shared etcd
 
-    def site(self, node: str, role: str, advertise: str = "") -> Site:
+    def site(self, node: str, role: str, advertise: str = "", also: tuple[str, ...] = ()
+             ) -> Site:
+        """A node's site with tenant alice, and those `also` names."""
         folder = self.root / node
         folder.mkdir(mode=0o755)
         site = Site(folder)
@@ -55,6 +57,8 @@ class Cluster:
                           sandbox={"uid_min": self._uids, "uid_max": self._uids + 99})
         self._uids += 100
         site.add_tenant("alice")
+        for name in also:
+            site.add_tenant(name, tables={"notes": [{"id": 1, "name": f"{name}'s"}]})
         self.sites[node] = site
         return site
 
@@ -62,11 +66,12 @@ class Cluster:
         self.nodes[node] = RunningGateway(self.site(node, role, advertise))
         return self.nodes[node]
 
-    def start_backed_up(self, node: str, advertise: str, endpoint: str) -> RunningGateway:
+    def start_backed_up(self, node: str, advertise: str, endpoint: str,
+                        also: tuple[str, ...] = ()) -> RunningGateway:
         """A host replicating its tenants to `endpoint` (under a bucket prefix of its own)."""
         from .test_backup import backup_settings
 
-        site = self.site(node, "host", advertise=advertise)
+        site = self.site(node, "host", advertise=advertise, also=also)
         site.write_config(backup=backup_settings(site, endpoint))
         self.nodes[node] = RunningGateway(site)
         return self.nodes[node]
@@ -312,41 +317,50 @@ def test_one_etcd_member_stopped_changes_nothing(cluster: Cluster) -> None:
 @pytest.mark.slow
 def test_a_tenant_whose_restore_fails_is_refused_not_served_from_a_stale_copy(
         cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
-    """The restore drill's flake made deterministic: the next host cannot restore (here: the
-    replica holds less than its last host recorded). It must not serve its own older copy of
-    the tenant: the tenant stays unavailable, the restore is retried, and once it can be done
-    the tenant serves the replica's rows."""
+    """The restore drill's flake made deterministic: the next host cannot restore alice (here:
+    her replica holds less than her last host recorded). It must not serve its own older copy
+    of her: she stays unavailable, the restore is retried, and once it can be done she serves
+    the replica's rows. Bob, taken over at the same time, is restored and serves meanwhile."""
     from .test_backup import wait_replicated, write_rows
 
     etcd = cluster.etcd.endpoints[0]
-    first = cluster.start_backed_up("h1", "127.0.0.2", seaweed.endpoint)
-    edge_site = cluster.site("e1", "edge")
+    first = cluster.start_backed_up("h1", "127.0.0.2", seaweed.endpoint, also=("bob",))
+    edge_site = cluster.site("e1", "edge", also=("bob",))
     edge_site.write_config(proxy={"retry_budget_s": 1})
     edge = cluster.nodes["e1"] = RunningGateway(edge_site)
-    wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
-    first.wait_for_event("backup_started", tenant="alice")
+    for name in ("alice", "bob"):
+        wait_until(lambda name=name: cluster.placement(name) == "h1", message="placed on h1")
+        first.wait_for_event("backup_started", tenant=name)
     before = wait_replicated(first)
     write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
                [(99, "written on the first host")])
     wait_replicated(first, since=before)
-    wait_until(lambda: json.loads(_etcd_get(etcd, "/gateway/replicas/alice") or "{}").get(
-        "txids"), message="alice's replica and its position recorded")
-    recorded = json.loads(_etcd_get(etcd, "/gateway/replicas/alice") or "{}")
+
+    def record(name: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(_etcd_get(etcd, f"/gateway/replicas/{name}") or "{}")
+        return found
+
+    wait_until(lambda: record("alice").get("txids") and record("bob").get("txids"),
+               message="the replicas and their positions recorded")
+    recorded = record("alice")
     first.stop()
     del cluster.nodes["h1"]
     ahead = {**recorded, "txids": {db: txid + 1000 for db, txid in recorded["txids"].items()}}
     _etcd_put(etcd, "/gateway/replicas/alice", json.dumps(ahead))
 
-    second = cluster.start_backed_up("h2", "127.0.0.3", seaweed.endpoint)
+    second = cluster.start_backed_up("h2", "127.0.0.3", seaweed.endpoint, also=("bob",))
     wait_until(lambda: cluster.placement("alice") == "h2", message="alice placed on h2")
     failed = second.wait_for_event("cluster_restore_failed", tenant="alice", timeout=60)
     assert "older than the" in failed["error"] and "not restored from it" in failed["error"]
     second.wait_for_event("cluster_restore_failed", tenant="alice", attempt=2)
+    second.wait_for_event("cluster_tenant_restored", tenant="bob", **{"from": "h1"})
+    wait_until(lambda: edge.get("bob", "/data/notes.json?_shape=array").status_code == 200,
+               message="bob served from h2")
     # h2 has its own copy of alice (without row 99): it is not served.
     response = edge.get("alice", "/data/items.json?_shape=array&id=99")
     assert response.status_code == 503
-    assert second.status()["tenants"] == []
-    assert second.status()["cluster"]["hosting"] == []
+    assert [t["name"] for t in second.status()["tenants"]] == ["bob"]
+    assert second.status()["cluster"]["hosting"] == ["bob"]
 
     _etcd_put(etcd, "/gateway/replicas/alice", json.dumps(recorded))
     second.wait_for_event("cluster_tenant_restored", tenant="alice", timeout=90)
