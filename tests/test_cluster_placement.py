@@ -37,6 +37,8 @@ def test_a_move_is_checked_against_live_hosts_placement_capacity_and_backups() -
         "no live host named 'h3b' (live hosts: h1, h2, h3)")
     assert check_move("c", "h2", nodes, placement) == "c is not placed on any host yet"
     assert check_move("a", "h1", nodes, placement) == "a already runs on h1"
+    assert check_move("a", "h2", nodes, {"a": "h0"}) == (
+        "a's host h0 is not live (its tenants are placed again): try again once it serves")
     assert check_move("a", "h2", nodes, {**placement, "c": "h2"}) == (
         "host h2 is full (1 of 1 tenants)")
     assert check_move("a", "h3", nodes, placement) == (

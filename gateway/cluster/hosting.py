@@ -265,8 +265,10 @@ class Hosting:
         while True:
             try:
                 txids = await asyncio.to_thread(replicas.caught_up, self.config, name, paths)
-            except GatewayError as exc:
-                log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc)})
+            except GatewayError as exc:  # the bucket unreachable: Litestream keeps what it has
+                log.error("cluster_move_sync_failed", extra={"tenant": name, "error": str(exc),
+                                                             "retry_in_s": 1})
+                await asyncio.sleep(1)
                 txids = None
             if txids is not None and (not settled or txids == previous):
                 return txids

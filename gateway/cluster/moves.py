@@ -49,6 +49,9 @@ def check_move(tenant: str, host: str, nodes: Mapping[str, Mapping[str, Any]],
         return f"{tenant} is not placed on any host yet"
     if placement[tenant] == host:
         return f"{tenant} already runs on {host}"
+    if placement[tenant] not in nodes:
+        return (f"{tenant}'s host {placement[tenant]} is not live (its tenants are placed"
+                " again): try again once it serves")
     load = sum(1 for placed in placement.values() if placed == host)
     capacity = int(nodes[host]["capacity"])
     if load >= capacity:
