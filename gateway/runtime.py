@@ -104,11 +104,14 @@ class Gateway:
 
     async def remove_tenant(self, name: str) -> None:
         """Stop running tenant `name` here (the cluster placed it elsewhere): in-flight requests
-        finish, then its process stops. Its replication stops at the next track_backups()."""
+        finish, then its process stops (its route goes, unless the cluster replaced it). Its
+        replication stops at the next track_backups()."""
         supervisor = self.supervisors.pop(name, None)
-        self.routes.pop(name, None)
-        if supervisor is not None:
-            await supervisor.stop()
+        if supervisor is None:
+            return
+        if self.routes.get(name) is supervisor.route:
+            del self.routes[name]
+        await supervisor.stop()
 
     def _add(self, tenant: TenantConfig, *, asleep: bool = False) -> None:
         """Supervise `tenant`; with `asleep`, a tenant that may sleep waits for a request."""

@@ -67,11 +67,11 @@ class Cluster:
         return self.nodes[node]
 
     def start_backed_up(self, node: str, advertise: str, endpoint: str,
-                        also: tuple[str, ...] = ()) -> RunningGateway:
+                        also: tuple[str, ...] = (), role: str = "host") -> RunningGateway:
         """A host replicating its tenants to `endpoint` (under a bucket prefix of its own)."""
         from .test_backup import backup_settings
 
-        site = self.site(node, "host", advertise=advertise, also=also)
+        site = self.site(node, role, advertise=advertise, also=also)
         site.write_config(backup=backup_settings(site, endpoint))
         self.nodes[node] = RunningGateway(site)
         return self.nodes[node]
@@ -424,6 +424,34 @@ def test_a_tenant_moved_on_purpose_fails_no_request_and_keeps_every_write(
     assert "Moved alice from h2 to h1" in edge.cli("tenant", "move", "alice", "h1").stdout
     response = edge.get("alice", "/data/items.json?_shape=array&id=99")
     assert response.json() == [{"id": 99, "name": "written on h1 just before the move"}]
+
+
+@pytest.mark.slow
+def test_a_move_between_nodes_that_are_edges_too_fails_no_request_on_the_old_one(
+        cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
+    """Role "both": the old host routes the tenant to its new host from the moment it stops
+    serving it itself (its requests wait on a route without a backend meanwhile)."""
+    first = cluster.start_backed_up("n1", "127.0.0.2", seaweed.endpoint, role="both")
+    wait_until(lambda: cluster.placement("alice") == "n1", message="alice placed on n1")
+    second = cluster.start_backed_up("n2", "127.0.0.3", seaweed.endpoint, role="both")
+    wait_until(lambda: second.status()["cluster"]["endpoints"].get("alice"),
+               message="n2 routes alice")
+    stop, answers = threading.Event(), list[tuple[float, int]]()
+    loads = [threading.Thread(target=_steady_gets, args=(node, stop, answers))
+             for node in (first, second)]
+    for load in loads:
+        load.start()
+    try:
+        time.sleep(1)
+        first.cli("tenant", "move", "alice", "n2")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for load in loads:
+            load.join()
+    assert [status for _, status in answers if status != 200] == []
+    assert first.status()["cluster"]["hosting"] == []
+    assert first.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
 
 
 def test_a_move_that_cannot_be_made_says_why(cluster: Cluster) -> None:

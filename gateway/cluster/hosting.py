@@ -28,6 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..backends import TenantRoute
 from ..errors import GatewayError
 from . import replicas
 from .etcd import EtcdUnavailable
@@ -111,12 +112,13 @@ class Hosting:
                     "retry_in_s": backoff, "serving": False})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
+        held = self.node.gateway.routes.get(name)  # this node routed it elsewhere till now
         route = self.node.gateway.add_tenant(tenant)
         door = TenantDoor(route, self.node.settings.advertise, self.tls)
         await door.start()
         self.doors[name] = door
         self._taking.pop(name, None)
-        self.node.spawn(self._announce(name, door, restored))
+        self.node.spawn(self._announce(name, door, restored, held=held))
 
     async def _move(self, name: str) -> dict[str, Any] | None:
         found = await self.etcd.get(MOVES + name)
@@ -161,15 +163,18 @@ class Hosting:
         return used
 
     async def _announce(self, name: str, door: TenantDoor, restored: dict[str, Any] | None,
-                        *, claim: bool = True) -> None:
+                        *, claim: bool = True, held: TenantRoute | None = None) -> None:
         """Once the tenant serves: claim its replica record (`restored`: the replicas its files
         came from; unless it is claimed already), tell the edges where it is (on this host's
-        lease), end a planned move to here, then record its replica's position."""
+        lease), end a planned move to here, then record its replica's position. Requests this
+        node (an edge too) `held` while the tenant had no host go to it here."""
         route = door.route
         while route.backend is None and self.doors.get(name) is door:
             await route.wait_for_change(5)
-        if self.doors.get(name) is not door:
+        if self.doors.get(name) is not door or route.backend is None:
             return
+        if held is not None and held is not route and held.backend is None:
+            held.publish(route.backend)
         value = json.dumps({"node": self.name, "address": door.address})
         while True:
             try:
@@ -245,6 +250,7 @@ class Hosting:
                 # while) is not part of the time it is unavailable.
                 await self._caught_up(name, paths, settled=False)
             door = self.doors.pop(name)
+            self.node.hold_route(name)  # (a node that is an edge too)
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.delete(ENDPOINTS + name)
             await self.node.gateway.remove_tenant(name)

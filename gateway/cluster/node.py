@@ -220,6 +220,14 @@ class ClusterNode:
 
     # An edge ------------------------------------------------------------------------------
 
+    def hold_route(self, name: str) -> None:
+        """This node stops serving `name` itself but goes on routing it: a new route with no
+        backend, where requests wait until its next host is announced (in-flight ones finish
+        on the old route)."""
+        if self.is_edge:
+            self.gateway.routes.pop(name, None)
+            self._remote_route(name)
+
     def _remote_route(self, name: str) -> TenantRoute | None:
         """The route for a tenant served by a host elsewhere (None: it runs on this node)."""
         if self.hosting is not None and name in self.hosting.doors:
