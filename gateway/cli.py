@@ -415,6 +415,33 @@ def tenant_restart(ctx: click.Context, name: str) -> None:
     click.echo(f"Restarted {name}" + (f" on {answer['host']}." if "host" in answer else "."))
 
 
+@tenant.command("move")
+@click.argument("name")
+@click.argument("host")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for NAME to serve from HOST.")
+@json_option
+@click.pass_context
+def tenant_move(ctx: click.Context, name: str, host: str, timeout_s: float,
+                as_json: bool) -> None:
+    """Move NAME to cluster host HOST without failing a request (from any node).
+
+    The old host stops it once its replica has every write; HOST restores that replica and
+    starts it; edges hold NAME's requests meanwhile (proxy.retry_budget_s).
+
+    \b
+    Example:
+        gateway tenant move alice host-b
+    """
+    import asyncio
+
+    from .cluster import moves
+
+    done = asyncio.run(moves.move(_config(ctx), name, host, timeout_s))
+    _print(done, as_json, lambda d: f"Moved {d['tenant']} from {d['from']} to {d['to']}"
+                                    f" in {d['duration_s']:.1f} s.")
+
+
 @tenant.command("members")
 @click.argument("name")
 @click.option("--add", "added", multiple=True, metavar="EMAIL", help="Add a member (repeatable).")

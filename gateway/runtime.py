@@ -103,20 +103,26 @@ class Gateway:
             return
         for tenant in self.config.tenants.values():
             self._add(tenant, asleep=True)
-        await self._track_backups()
+        await self.track_backups()
 
     def add_tenant(self, tenant: TenantConfig) -> TenantRoute:
         """Start running `tenant` here (the cluster placed it on this host)."""
         self._add(tenant)
-        task = asyncio.ensure_future(self._track_backups())
+        task = asyncio.ensure_future(self.track_backups())
         self._removing.add(task)
         task.add_done_callback(self._removing.discard)
         return self.routes[tenant.name]
 
-    def remove_tenant(self, name: str) -> None:
-        """Stop running tenant `name` here (the cluster placed it elsewhere)."""
-        if name in self.supervisors:
-            self._remove(name)
+    async def remove_tenant(self, name: str) -> None:
+        """Stop running tenant `name` here (the cluster placed it elsewhere): in-flight requests
+        finish, then its process stops (its route goes, unless the cluster replaced it). Its
+        replication stops at the next track_backups()."""
+        supervisor = self.supervisors.pop(name, None)
+        if supervisor is None:
+            return
+        if self.routes.get(name) is supervisor.route:
+            del self.routes[name]
+        await supervisor.stop()
 
     def _add(self, tenant: TenantConfig, *, asleep: bool = False) -> None:
         """Supervise `tenant`; with `asleep`, a tenant that may sleep waits for a request."""
@@ -180,7 +186,7 @@ class Gateway:
             report = ReloadReport(plan, dict(sorted(failed.items())))
             if plan.needs_restart:
                 log.warning("reload_needs_restart", extra={"sections": list(plan.needs_restart)})
-            await self._track_backups()
+            await self.track_backups()
             if self.cluster is not None:  # tenants added or removed: placed, routed
                 await self.cluster.reconfigured()
             if report.ok:
@@ -233,7 +239,7 @@ class Gateway:
             tenants=load_tenants(paths.tenants_dir, new.gateway.tenant_defaults),
         )
 
-    async def _track_backups(self) -> None:
+    async def track_backups(self) -> None:
         """Replicate what now runs: a new database (an upload, a reload) from now on."""
         tenants = {name: s.config for name, s in self.supervisors.items()}
         await self.backups.track(self.config, tenants)
@@ -266,7 +272,7 @@ class Gateway:
         )
         with supervisor.route.lease():  # not put to sleep half-way
             await supervisor.replace(fresh)
-        await self._track_backups()
+        await self.track_backups()
 
     async def detach(self) -> list[HandedOver]:
         """Pause supervision and describe every running process, for a new worker."""

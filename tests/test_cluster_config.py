@@ -112,3 +112,12 @@ async def test_mutual_tls_needs_a_certificate_from_the_cluster_ca(tmp_path: Path
     anonymous = ssl.create_default_context(cafile=tmp_path / "ca" / "ca.pem")
     anonymous.check_hostname = False
     assert await _refused(server, anonymous)
+
+
+def test_a_tenant_move_needs_a_cluster(site: Site) -> None:
+    site.add_tenant("alice")
+    result = CliRunner().invoke(cli, ["--config", str(site.config_path), "tenant", "move",
+                                      "alice", "h2"])
+    assert result.exit_code == 1
+    assert result.output == ("Error: gateway.toml has no [cluster]: a tenant moves between the"
+                             " hosts of a cluster\n")

@@ -36,7 +36,8 @@ from ..errors import CertificateError, ConfigError
 from ..tls import LiveContext
 from . import operate, tls
 from .etcd import Etcd, EtcdUnavailable
-from .node import LEADER, ROOT, follow
+from .keys import LEADER, ROOT
+from .node import follow
 
 log = logging.getLogger(__name__)
 

@@ -166,10 +166,17 @@ class Etcd:
 
     async def put_if_owner(self, owner_key: str, owner_value: str, key: str, value: str) -> bool:
         """Put `key` only while `owner_key` still holds `owner_value` (a leader's write fence)."""
+        return await self.put_all_if_owner(owner_key, owner_value, {key: value})
+
+    async def put_all_if_owner(self, owner_key: str, owner_value: str,
+                               values: dict[str, str]) -> bool:
+        """Put every key of `values` in one transaction, only while `owner_key` still holds
+        `owner_value`."""
         reply = await self.call("/v3/kv/txn", {
             "compare": [{"key": _b64(owner_key), "target": "VALUE", "result": "EQUAL",
                          "value": _b64(owner_value)}],
-            "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}
+                        for key, value in values.items()],
         })
         return bool(reply.get("succeeded"))
 

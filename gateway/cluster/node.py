@@ -2,11 +2,15 @@
 
 Keys in etcd (all under /gateway/):
 
-    nodes/<node>        {"capacity": N, "advertise": IP} on the host's lease: it is alive
+    nodes/<node>        {"capacity": N, "advertise": IP, "backup": bool} on the host's lease: it
+                        is alive
     leader              "<node> <lease>" on the leader's lease (lease.Election)
     placement/<tenant>  the host that runs it, written by the leader only
     endpoints/<tenant>  {"node": ..., "address": "tcp:IP:PORT"} on the host's lease, once serving
-    replicas/<tenant>   {"node": ..., "databases": {db: object path}}: where to restore it from
+    replicas/<tenant>   {"node": ..., "databases": {db: object path}, "txids": {db: txid},
+                        "previous": {...}}: where to restore it from, and a position its replica
+                        holds at least (hosting.py, replicas.py)
+    moves/<tenant>      a planned move in progress (moves.py)
 
 Every node campaigns; the leader re-places whenever nodes/ changes. A host runs the tenants
 placed on it and announces each one's address once it serves; an edge routes each tenant to the
@@ -26,28 +30,24 @@ import contextlib
 import itertools
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
-from ..errors import ConfigError, GatewayError
-from . import operate, replicas, tls
+from ..errors import ConfigError
+from . import operate, tls
 from .etcd import Etcd, EtcdUnavailable
-from .forward import TenantDoor
+from .hosting import Hosting
+from .keys import ENDPOINTS, LEADER, MOVES, NODES, PLACEMENT
 from .lease import Election, Lease
+from .moves import check_move, read_state
 from .placement import changes, place
 
 if TYPE_CHECKING:
     from ..runtime import Gateway
 
 log = logging.getLogger(__name__)
-
-ROOT = "/gateway/"
-NODES, PLACEMENT, ENDPOINTS = ROOT + "nodes/", ROOT + "placement/", ROOT + "endpoints/"
-REPLICAS = ROOT + "replicas/"
-LEADER = ROOT + "leader"
 
 
 async def follow(etcd: Etcd, prefix: str,
@@ -79,7 +79,6 @@ class ClusterNode:
         self.etcd = Etcd(self.settings.etcd_endpoints)
         self.lease = Lease(self.etcd, self.settings.lease_ttl_s)
         self.leading = False
-        self.doors: dict[str, TenantDoor] = {}
         self.placement: dict[str, str] = {}
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
@@ -88,7 +87,7 @@ class ClusterNode:
         tls_dir = self.settings.tls_dir
         if tls_dir is None:  # config.load_config always resolves it
             raise ConfigError("cluster.tls_dir: not set")
-        self._server_tls = tls.server_context(tls_dir) if self.is_host else None
+        self.hosting = Hosting(self, tls.server_context(tls_dir)) if self.is_host else None
         self._client_tls = tls.client_context(tls_dir) if self.is_edge else None
 
     async def start(self) -> None:
@@ -99,12 +98,12 @@ class ClusterNode:
             for tenant in self.gateway.config.tenants.values():
                 self._remote_route(tenant.name)
         self._leading_task = asyncio.ensure_future(self._lead())
-        self._spawn(self._rejoin())
-        self._spawn(operate.serve_requests(self))
+        self.spawn(self._rejoin())
+        self.spawn(operate.serve_requests(self))
         if self.is_host:
-            self._spawn(follow(self.etcd, PLACEMENT, self._host))
+            self.spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
-            self._spawn(follow(self.etcd, ENDPOINTS, self._route))
+            self.spawn(follow(self.etcd, ENDPOINTS, self._route))
         log.info("cluster_joined", extra={"node": self.name, "role": self.settings.role,
                                           "lease": self.lease.id})
 
@@ -112,7 +111,8 @@ class ClusterNode:
         await operate.register_member(self)
         if self.is_host:
             await self.etcd.put(NODES + self.name, json.dumps(
-                {"capacity": self.settings.capacity, "advertise": self.settings.advertise}),
+                {"capacity": self.settings.capacity, "advertise": self.settings.advertise,
+                 "backup": bool(self.gateway.config.gateway.backup.endpoint)}),
                 lease=self.lease.id)
 
     async def _rejoin(self) -> None:
@@ -131,11 +131,11 @@ class ClusterNode:
                 except EtcdUnavailable:
                     await asyncio.sleep(1)
             log.warning("cluster_rejoined", extra={"node": self.name, "lease": self.lease.id})
-            for name, door in self.doors.items():
-                self._spawn(self._announce(name, door.route, door))
+            if self.hosting is not None:
+                self.hosting.announce_all()
             self._leading_task = asyncio.ensure_future(self._lead())
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def spawn(self, work: Awaitable[Any]) -> None:
         self._tasks.append(asyncio.ensure_future(work))
         self._tasks = [task for task in self._tasks if not task.done()]
 
@@ -147,8 +147,8 @@ class ClusterNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for door in self.doors.values():
-            await door.stop()
+        if self.hosting is not None:
+            await self.hosting.stop()
         await self.lease.stop()  # revoked: our keys go now, not after the TTL
         await self.etcd.close()
 
@@ -168,7 +168,8 @@ class ClusterNode:
         election = Election(self.etcd, self.lease, f"{self.name} {self.lease.id}", LEADER)
         await election.campaign()
         self.leading = True
-        await follow(self.etcd, NODES, self._place)
+        await asyncio.gather(follow(self.etcd, NODES, self._place),
+                             follow(self.etcd, MOVES, self._moves))
 
     async def _place(self, nodes: dict[str, str]) -> None:
         capacity = {name: int(json.loads(value)["capacity"]) for name, value in nodes.items()}
@@ -188,87 +189,50 @@ class ClusterNode:
         if decided.unplaced:
             log.error("cluster_no_capacity", extra={"tenants": list(decided.unplaced)})
 
+    async def _moves(self, moves: dict[str, str]) -> None:
+        """Moves asked for (moves.py): place the tenant on its new host with a "moving"
+        marker naming the old one (one fenced transaction), or say why not."""
+        fence = f"{self.name} {self.lease.id}"
+        for tenant, value in moves.items():
+            move = json.loads(value)
+            if move.get("state") != "asked":
+                continue
+            nodes, placement, _ = await read_state(self.etcd)
+            reason = check_move(tenant, move["to"], nodes, placement)
+            if tenant not in self.gateway.config.tenants:
+                reason = f"no tenant {tenant!r} on the leader ({self.name})"
+            if reason is not None:
+                log.warning("cluster_move_refused", extra={"tenant": tenant, "reason": reason})
+                await self.etcd.put(MOVES + tenant, json.dumps(
+                    {**move, "state": "refused", "reason": reason}))
+                continue
+            moving = {"to": move["to"], "from": placement[tenant], "state": "moving"}
+            if not await self.etcd.put_all_if_owner(LEADER, fence, {
+                    PLACEMENT + tenant: move["to"], MOVES + tenant: json.dumps(moving)}):
+                log.warning("cluster_leadership_lost", extra={"node": self.name})
+                return
+            log.info("cluster_move_started", extra={"tenant": tenant, **moving})
+
     # A host -------------------------------------------------------------------------------
 
     async def _host(self, placement: dict[str, str]) -> None:
-        if self._server_tls is None:
-            return  # not a host
         self.placement = placement
-        mine = {t for t, host in placement.items() if host == self.name}
-        for name in sorted(set(self.doors) - mine):
-            await self.etcd.delete(ENDPOINTS + name)
-            await self.doors.pop(name).stop()
-            self.gateway.remove_tenant(name)
-            log.info("cluster_tenant_released", extra={"tenant": name})
-        for name in sorted(mine - set(self.doors)):
-            tenant = self.gateway.config.tenants.get(name)
-            if tenant is None:
-                log.error("cluster_tenant_unknown", extra={"tenant": name})
-                continue
-            await self._restore(name)
-            route = self.gateway.add_tenant(tenant)
-            door = TenantDoor(route, self.settings.advertise, self._server_tls)
-            await door.start()
-            self.doors[name] = door
-            self._spawn(self._announce(name, route, door))
-
-    async def _restore(self, name: str) -> None:
-        """The tenant ran on another host: start from its replica (replicas.py)."""
-        config = self.gateway.config
-        if not config.gateway.backup.endpoint:
-            return
-        recorded = await self.etcd.get(REPLICAS + name)
-        if recorded is None:
-            return
-        replica = json.loads(recorded.value)
-        if replica["node"] == self.name:
-            return  # ours: the local files are as new as the replica, or newer
-        started = time.monotonic()
-        try:
-            await asyncio.to_thread(replicas.restore_replicas, config, name,
-                                    replica["databases"])
-        except GatewayError as exc:  # serve what this host has rather than nothing
-            log.error("cluster_restore_failed", extra={"tenant": name, "error": str(exc)})
-            return
-        log.info("cluster_tenant_restored", extra={
-            "tenant": name, "from": replica["node"],
-            "duration_s": round(time.monotonic() - started, 2)})
-
-    async def _record_replica(self, name: str) -> None:
-        """Where this host replicates the tenant, for the host it moves to next."""
-        config = self.gateway.config
-        if not config.gateway.backup.endpoint:
-            return
-        for _ in range(50):  # replication starts just after the tenant (Gateway.add_tenant)
-            paths = await asyncio.to_thread(replicas.replica_paths, config, name)
-            if paths:
-                with contextlib.suppress(EtcdUnavailable):  # the next start records it
-                    await self.etcd.put(REPLICAS + name,
-                                        json.dumps({"node": self.name, "databases": paths}))
-                return
-            await asyncio.sleep(0.2)
-
-    async def _announce(self, name: str, route: TenantRoute, door: TenantDoor) -> None:
-        """Once the tenant serves, tell the edges where (on this host's lease)."""
-        while route.backend is None and self.doors.get(name) is door:
-            await route.wait_for_change(5)
-        if self.doors.get(name) is not door:
-            return
-        value = json.dumps({"node": self.name, "address": door.address})
-        while True:
-            try:
-                await self.etcd.put(ENDPOINTS + name, value, lease=self.lease.id)
-                break
-            except EtcdUnavailable:
-                await asyncio.sleep(1)
-        log.info("cluster_tenant_announced", extra={"tenant": name, "address": door.address})
-        await self._record_replica(name)
+        if self.hosting is not None:
+            await self.hosting.apply(placement)
 
     # An edge ------------------------------------------------------------------------------
 
+    def hold_route(self, name: str) -> None:
+        """This node stops serving `name` itself but goes on routing it: a new route with no
+        backend, where requests wait until its next host is announced (in-flight ones finish
+        on the old route)."""
+        if self.is_edge:
+            self.gateway.routes.pop(name, None)
+            self._remote_route(name)
+
     def _remote_route(self, name: str) -> TenantRoute | None:
         """The route for a tenant served by a host elsewhere (None: it runs on this node)."""
-        if name in self.doors:
+        if self.hosting is not None and name in self.hosting.doors:
             return None
         route = self.gateway.routes.get(name)
         if route is None:
@@ -288,7 +252,7 @@ class ClusterNode:
             if name not in self.gateway.supervisors:  # removed from tenants/: no such site
                 gone = self.gateway.routes.pop(name)
                 if gone.backend is not None:
-                    self._spawn(gone.backend.drain(proxy.drain_timeout_s))
+                    self.spawn(gone.backend.drain(proxy.drain_timeout_s))
         for name in self.gateway.config.tenants:
             route = self._remote_route(name)
             if route is None:
@@ -298,19 +262,19 @@ class ClusterNode:
             if current is not None and str(current.address) == address:
                 continue
             if address is None:
-                if current is not None:  # its host is gone: hold requests until the next one
-                    route.withdraw(current, "restarting")
-                    current.pool.close()
+                if current is not None:  # its host is gone or moving it: hold requests
+                    route.withdraw(current, "restarting")  # until the next one serves it
+                    self.spawn(current.drain(proxy.drain_timeout_s))
                 continue
             backend = Backend(BackendAddress.parse(address), generation=next(self._generations),
                               connect_timeout=proxy.connect_timeout_s, tls=self._client_tls)
             previous = route.publish(backend)
             log.info("cluster_route_changed", extra={"tenant": name, "address": address})
             if previous is not None:
-                self._spawn(previous.drain(proxy.drain_timeout_s))
+                self.spawn(previous.drain(proxy.drain_timeout_s))
 
     def status(self) -> dict[str, Any]:
         return {"node": self.name, "role": self.settings.role, "leader": self.leading,
                 "lease": self.lease.id, "placement": self.placement,
                 "endpoints": {t: json.loads(v)["address"] for t, v in self.endpoints.items()},
-                "hosting": sorted(self.doors)}
+                "hosting": sorted(self.hosting.doors) if self.hosting is not None else []}

@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GatewayError
 from . import node as cluster
 from .etcd import Etcd, EtcdUnavailable
+from .keys import ANSWERS, ENDPOINTS, LEADER, MEMBERS, NODES, PLACEMENT, REQUESTS
 
 if TYPE_CHECKING:
     from .node import ClusterNode
 
 log = logging.getLogger(__name__)
 
-ROOT = "/gateway/"  # node.ROOT (this module is imported while node.py is)
-MEMBERS, REQUESTS, ANSWERS = ROOT + "members/", ROOT + "requests/", ROOT + "answers/"
 RENEW_CERTIFICATE = "renew-certificate"
 RESTART_TIMEOUT_S = 90  # under the control socket client's 120 s
 RELOAD_TIMEOUT_S = 300
@@ -57,13 +56,13 @@ async def cluster_view(node: ClusterNode) -> dict[str, Any]:
     etcd has them now (not as this node last heard)."""
     etcd = node.etcd
     members, _ = await etcd.get_prefix(MEMBERS)
-    capacity = {kv.key.removeprefix(cluster.NODES): int(json.loads(kv.value)["capacity"])
-                for kv in (await etcd.get_prefix(cluster.NODES))[0]}
-    leader = await etcd.get(cluster.LEADER)
+    capacity = {kv.key.removeprefix(NODES): int(json.loads(kv.value)["capacity"])
+                for kv in (await etcd.get_prefix(NODES))[0]}
+    leader = await etcd.get(LEADER)
     leader_name = leader.value.split(" ")[0] if leader is not None else None
-    placement = await _values(etcd, cluster.PLACEMENT)
+    placement = await _values(etcd, PLACEMENT)
     endpoints = {t: json.loads(v)["address"]
-                 for t, v in (await _values(etcd, cluster.ENDPOINTS)).items()}
+                 for t, v in (await _values(etcd, ENDPOINTS)).items()}
     nodes = []
     for kv in members:
         name = kv.key.removeprefix(MEMBERS)
@@ -126,7 +125,7 @@ async def _answer(etcd: Etcd, key: str, revision: int) -> dict[str, Any]:
 
 async def restart_tenant(node: ClusterNode, name: str) -> str:
     """Restart tenant `name` on the host it is placed on (this one or another); that host."""
-    placed = await node.etcd.get(cluster.PLACEMENT + name)
+    placed = await node.etcd.get(PLACEMENT + name)
     if placed is None:
         raise GatewayError(f"tenant {name!r} is not placed on any host: see `gateway status`")
     host = placed.value
@@ -143,7 +142,7 @@ async def reload_cluster(node: ClusterNode) -> dict[str, dict[str, Any]]:
     """Reload every member (the leader last); each node's reload summary or error, by node."""
     members = sorted(kv.key.removeprefix(MEMBERS)
                      for kv in (await node.etcd.get_prefix(MEMBERS))[0])
-    leader = await node.etcd.get(cluster.LEADER)
+    leader = await node.etcd.get(LEADER)
     leader_name = leader.value.split(" ")[0] if leader is not None else None
     others = [m for m in members if m != leader_name]
     answers = await asyncio.gather(*(_reload_one(node, m) for m in others))
@@ -172,7 +171,7 @@ async def serve_requests(node: ClusterNode) -> None:
         for request_id, value in requests.items():
             if request_id not in taken:
                 taken.add(request_id)
-                node._spawn(_serve(node, prefix + request_id, request_id, value))
+                node.spawn(_serve(node, prefix + request_id, request_id, value))
 
     await cluster.follow(node.etcd, prefix, apply)
 

@@ -6,6 +6,11 @@ serves, its host records in etcd where the tenant's databases are replicated
 (/gateway/replicas/<tenant>, not on a lease: it must outlive the host). A host the tenant is
 placed on next restores from there before starting it; at most [backup].sync_interval_s of the
 latest writes is lost with a dead host.
+
+The record also says a position the replica holds (per database, the last transaction in the
+bucket once it had every local one: `caught_up`), recorded once that is so and, on a planned
+move, after the tenant stopped. The next host checks the replica holds at least that much before
+restoring, so it never starts from a copy older than the one recorded.
 """
 
 from __future__ import annotations
@@ -13,10 +18,19 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import Any
 
 from ..backup import litestream
 from ..backup.catalog import CATALOG_FILE, Catalog, lineage_at
-from ..backup.restore import RESTORED_DIR, storage
+from ..backup.replicator import REPLICATION_DIR
+from ..backup.restore import (
+    RESTORED_DIR,
+    RestoreError,
+    Storage,
+    _copy_database,
+    _local_txid,
+    storage,
+)
 from ..config import DATA_DIR, Config
 
 
@@ -32,16 +46,63 @@ def replica_paths(config: Config, tenant: str) -> dict[str, str]:
             for line in lines}
 
 
-def restore_replicas(config: Config, name: str, paths: dict[str, str]) -> None:
-    """Replace tenant `name`'s data/ with its replicas (the old folder kept in .restored/)."""
+def _replica_txid(bucket: Storage, object_path: str) -> int:
+    """The last transaction the replica holds (0: none)."""
+    return max((int(f["max_txid"], 16) for f in bucket.files(object_path)), default=0)
+
+
+def caught_up(config: Config, name: str, paths: dict[str, str]) -> dict[str, int] | None:
+    """database -> the replica's last transaction, once each replica has every transaction
+    Litestream has seen locally (None: not yet, or Litestream has not looked yet)."""
+    litestream_config = (config.gateway.paths.state_dir / REPLICATION_DIR / name
+                         / "litestream.json")
+    local = {database: _local_txid(litestream_config, database) for database in paths}
+    if any(txid is None for txid in local.values()):
+        return None
+    with storage(config) as bucket:
+        replica = {database: _replica_txid(bucket, path) for database, path in paths.items()}
+    if any(replica[database] < (local[database] or 0) for database in paths):
+        return None
+    return replica
+
+
+def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Replace tenant `name`'s data/ with the replicas `record` names (the old folder kept in
+    .restored/). Returns what was restored, as a record ({"databases": {db: path}, "txids":
+    {db: txid it held}}): the fallback of the next one. Each replica must hold at
+    least the transaction the record has for it, else RestoreError. A database whose replica
+    has nothing yet (its host died before a first sync) comes from the record's `previous`;
+    one no replica has anything of (nor a recorded position) is the local file as it is."""
     tenant = config.tenants[name]
     staging = tenant.directory / f".{DATA_DIR}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
+    used: dict[str, Any] = {"databases": {}, "txids": {}}
+    previous = record.get("previous") or {}
     try:
         with storage(config) as bucket:
-            for database, object_path in paths.items():
+            for database in sorted({*record["databases"], *previous.get("databases", {})}):
+                held = 0
+                for source in (record, previous):
+                    object_path = source.get("databases", {}).get(database)
+                    if object_path and (held := _replica_txid(bucket, object_path)):
+                        break
+                if not held:  # no replica has it yet: the local file is all there is
+                    if any(int(r.get("txids", {}).get(database, 0)) for r in (record, previous)):
+                        raise RestoreError(f"the replica of {name}/{database} is empty, but its"
+                                           " last host recorded transactions in it: not"
+                                           " restored")
+                    if (tenant.data_dir / database).exists():
+                        _copy_database(tenant.data_dir / database, staging / database)
+                    continue
+                wanted = int(source.get("txids", {}).get(database, 0))
+                if held < wanted:
+                    raise RestoreError(
+                        f"the replica of {name}/{database} ({object_path}) ends at transaction"
+                        f" {held:x}, older than the {wanted:x} its last host recorded: not"
+                        " restored from it")
                 bucket.restore(object_path, staging / database)
+                used["databases"][database], used["txids"][database] = object_path, held
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -55,3 +116,4 @@ def restore_replicas(config: Config, name: str, paths: dict[str, str]) -> None:
         kept.parent.mkdir(mode=0o700, exist_ok=True)
         os.rename(tenant.data_dir, kept)
     os.rename(staging, tenant.data_dir)
+    return used
