@@ -140,7 +140,10 @@ class Replication:
         catalog = Catalog(self.state_dir / CATALOG_FILE)
         try:
             key = self.state_dir / MASTER_KEY_FILE
-            catalog.put_file(f"state/{MASTER_KEY_FILE}", key.read_bytes(), 0o600)
+            # A cluster node has none: its key is derived from the cluster's secret.key, which
+            # the operator keeps (README, Cluster), not from state/.
+            if key.exists():
+                catalog.put_file(f"state/{MASTER_KEY_FILE}", key.read_bytes(), 0o600)
             plans = {name: self._tenant_plan(catalog, tenant, replication / name)
                      for name, tenant in tenants.items()}
         finally:
