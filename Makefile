@@ -32,8 +32,8 @@ demo: $(STAMP)
 test: debs $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
 
-# Failure drills of the cluster (pytest's `drill` marker): kill -9 of a host or an edge, etcd
-# quorum lost. Minutes each; `make test` runs everything else.
+# Failure drills (pytest's `drill` marker): kill -9 of a cluster host or an edge, etcd quorum
+# lost, the object storage down for a while. Minutes each; `make test` runs everything else.
 test-drills: debs $(STAMP)
 	$(BIN)/python -m pytest -m drill
 

@@ -44,6 +44,7 @@ def sample(gateway: RunningGateway, name: str, **labels: str) -> float | None:
 
 
 @pytest.mark.root
+@pytest.mark.drill  # two minutes, most of it the outage itself: make test-drills
 def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
     """1. A gateway replicating to its own SeaweedFS; /metrics says the storage is up and the
     replica is confirmed. 2. The storage goes away: events say so (the probe's, then alice's
