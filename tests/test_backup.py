@@ -101,9 +101,14 @@ class SeaweedFS:
             check=False)
         return result.stdout in ("200", "409")
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = True) -> None:
+        """SIGTERM (SeaweedFS takes ~25 s to stop so; killed after 20), or at once SIGKILL when
+        its data is about to be deleted anyway."""
         if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+            if graceful:
+                self.process.terminate()
+            else:
+                self.process.kill()
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
@@ -119,7 +124,7 @@ def seaweed() -> Iterator[SeaweedFS]:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.stop(graceful=False)  # its data goes next
         shutil.rmtree(root, ignore_errors=True)
 
 
