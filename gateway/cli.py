@@ -553,7 +553,7 @@ def restore_command(ctx: click.Context, tenant: str | None, at: str | None,
     config = _config(ctx)
     when = restore.parse_time(at) if at else None
     kept = restore.restore_tenant(config, tenant, when, database)
-    click.echo(f"Restored {tenant}; its previous data is in {kept}.")
+    click.echo(f"Restored {tenant}" + (f"; its previous data is in {kept}." if kept else "."))
     try:
         _call(config, "POST", f"/tenants/{tenant}/restart")
     except GatewayError as exc:

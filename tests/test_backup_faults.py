@@ -43,6 +43,19 @@ def sample(gateway: RunningGateway, name: str, **labels: str) -> float | None:
     return metrics(gateway).get((name, tuple(sorted(labels.items()))))
 
 
+def replicating_alice(site: Site, start_gateway: Any, endpoint: str
+                      ) -> tuple[RunningGateway, Uploader]:
+    """A gateway replicating alice to `endpoint`, caught up; a member of alice to upload."""
+    site.write_config(auth=FAST_HASHING, backup=backup_settings(site, endpoint))
+    site.add_tenant("alice")
+    gateway: RunningGateway = start_gateway()
+    gateway.wait_running("alice")
+    gateway.wait_for_event("backup_started", tenant="alice")
+    uploader = Uploader(gateway, add_user(gateway, "ann@example.com", "alice"))
+    wait_replicated(gateway)
+    return gateway, uploader
+
+
 @pytest.mark.root
 @pytest.mark.drill  # two minutes, most of it the outage itself: make test-drills
 def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
@@ -55,13 +68,7 @@ def test_storage_down_then_back(site: Site, start_gateway: Any) -> None:
     storage = SeaweedFS(site.root / "s3")
     try:
         storage.start()
-        site.write_config(auth=FAST_HASHING, backup=backup_settings(site, storage.endpoint))
-        site.add_tenant("alice")
-        gateway: RunningGateway = start_gateway()
-        gateway.wait_running("alice")
-        gateway.wait_for_event("backup_started", tenant="alice")
-        uploader = Uploader(gateway, add_user(gateway, "ann@example.com", "alice"))
-        wait_replicated(gateway)
+        gateway, uploader = replicating_alice(site, start_gateway, storage.endpoint)
         assert sample(gateway, "gateway_backup_storage_up") == 1
         assert sample(gateway, "gateway_backup_last_sync_time_seconds", tenant="alice",
                       database="data.db") is not None
@@ -141,13 +148,7 @@ def test_full_disk_is_reported_and_replication_resumes(
     (her own disk is not full). 3. Space comes back: an event says replication resumed, the
     replica catches up, and a restore has every row, with an intact database."""
     filler = small_disk
-    site.write_config(auth=FAST_HASHING, backup=backup_settings(site, seaweed.endpoint))
-    site.add_tenant("alice")
-    gateway: RunningGateway = start_gateway()
-    gateway.wait_running("alice")
-    gateway.wait_for_event("backup_started", tenant="alice")
-    uploader = Uploader(gateway, add_user(gateway, "ann@example.com", "alice"))
-    wait_replicated(gateway)
+    gateway, uploader = replicating_alice(site, start_gateway, seaweed.endpoint)
 
     fill(filler)
     data = site.tenants_dir / "alice" / "data" / "data.db"

@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,7 +125,7 @@ def _database_status(bucket: Storage, tenant: str, name: str, object_path: str,
     replica_txid = max((int(f["max_txid"], 16) for f in files), default=0)
     stamps = [datetime.fromisoformat(f["timestamp"]) for f in files]
     last_sync = max(stamps, default=None)
-    local = _local_txid(config_file, name)
+    local = local_txid(config_file, name)
     behind = max(0, local - replica_txid) if local is not None else None
     lag_s = None
     if behind == 0:
@@ -141,7 +141,7 @@ def _database_status(bucket: Storage, tenant: str, name: str, object_path: str,
     }
 
 
-def _local_txid(config_file: Path, database: str) -> int | None:
+def local_txid(config_file: Path, database: str) -> int | None:
     """The newest transaction Litestream has seen locally (None: not replicating here)."""
     if not config_file.exists():
         return None
@@ -177,9 +177,10 @@ def _catalog_lineages(state_dir: Path, tenant: str | None) -> list[Lineage]:
 
 
 def restore_tenant(config: Config, name: str, at: datetime | None, database: str | None
-                   ) -> Path:
+                   ) -> Path | None:
     """Put a point-in-time copy of tenant `name`'s databases in its data/ (only `database`, if
-    given: the others are copied as they are now). Returns where the old data/ was kept."""
+    given: the others are copied as they are now). Returns where the old data/ was kept (None:
+    it had none)."""
     tenant = config.tenants.get(name)
     if tenant is None:
         raise RestoreError(f"no tenant {name!r} in {config.gateway.paths.tenants_dir}")
@@ -193,35 +194,48 @@ def restore_tenant(config: Config, name: str, at: datetime | None, database: str
     if not lines:
         raise RestoreError(f"tenant {name!r} has no replica"
                            + (f" from {at.isoformat()}" if at else ""))
-    staging = tenant.directory / f".{DATA_DIR}.restoring"
-    _remove_tree(staging)
-    staging.mkdir(mode=0o700)
-    try:
+    def fill(staging: Path) -> None:
         with storage(config) as bucket:
             for line in lines:
                 path = litestream.tenant_object_path(config.gateway.backup, name, line.lineage,
                                                      line.name)
                 bucket.restore(path, staging / line.name, at)
         for other in set(tenant.databases) - {line.name for line in lines}:
-            _copy_database(tenant.data_dir / other, staging / other)
+            copy_database(tenant.data_dir / other, staging / other)
+
+    return replace_data(config, name, fill)
+
+
+def replace_data(config: Config, name: str, fill: Callable[[Path], None]) -> Path | None:
+    """Give tenant `name` a new data/: `fill(staging)` makes it in a folder beside the old one,
+    then the catalog's lineages end (the new files start new replica folders) and two renames
+    swap it in. A running Datasette (its folder bind-mounted) keeps serving the old files until
+    the hot swap; the new process sees the new ones. Returns where the old data/ was kept
+    (under tenants/.restored/), None if there was none; on failure nothing has changed."""
+    tenant = config.tenants[name]
+    staging = tenant.directory / f".{DATA_DIR}.restoring"
+    _remove_tree(staging)
+    staging.mkdir(mode=0o700)
+    try:
+        fill(staging)
     except BaseException:
         _remove_tree(staging)
         raise
-    kept = config.gateway.paths.tenants_dir / RESTORED_DIR / f"{name}.{_now()}"
-    kept.parent.mkdir(mode=0o700, exist_ok=True)
-    catalog = Catalog(state_dir / CATALOG_FILE)
+    catalog = Catalog(config.gateway.paths.state_dir / CATALOG_FILE)
     try:
-        catalog.end_lineages(name)  # the restored files start new replica folders
+        catalog.end_lineages(name)
     finally:
         catalog.close()
-    # Two renames: a running Datasette (its folder bind-mounted) keeps serving the old files
-    # until the hot swap; the new process sees the restored ones.
-    os.rename(tenant.data_dir, kept)
+    kept = None
+    if tenant.data_dir.exists():
+        kept = config.gateway.paths.tenants_dir / RESTORED_DIR / f"{name}.{_now()}"
+        kept.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(tenant.data_dir, kept)
     os.rename(staging, tenant.data_dir)
     return kept
 
 
-def _copy_database(source: Path, destination: Path) -> None:
+def copy_database(source: Path, destination: Path) -> None:
     """A consistent copy of a live database (SQLite's backup API)."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     dst = sqlite3.connect(destination)

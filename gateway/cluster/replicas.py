@@ -15,23 +15,21 @@ restoring, so it never starts from a copy older than the one recorded.
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
+from pathlib import Path
 from typing import Any
 
 from ..backup import litestream
 from ..backup.catalog import CATALOG_FILE, Catalog, lineage_at
 from ..backup.replicator import REPLICATION_DIR
 from ..backup.restore import (
-    RESTORED_DIR,
     RestoreError,
     Storage,
-    _copy_database,
-    _local_txid,
+    copy_database,
+    local_txid,
+    replace_data,
     storage,
 )
-from ..config import DATA_DIR, Config
+from ..config import Config
 
 
 def replica_paths(config: Config, tenant: str) -> dict[str, str]:
@@ -56,7 +54,7 @@ def caught_up(config: Config, name: str, paths: dict[str, str]) -> dict[str, int
     Litestream has seen locally (None: not yet, or Litestream has not looked yet)."""
     litestream_config = (config.gateway.paths.state_dir / REPLICATION_DIR / name
                          / "litestream.json")
-    local = {database: _local_txid(litestream_config, database) for database in paths}
+    local = {database: local_txid(litestream_config, database) for database in paths}
     if any(txid is None for txid in local.values()):
         return None
     with storage(config) as bucket:
@@ -74,12 +72,10 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
     has nothing yet (its host died before a first sync) comes from the record's `previous`;
     one no replica has anything of (nor a recorded position) is the local file as it is."""
     tenant = config.tenants[name]
-    staging = tenant.directory / f".{DATA_DIR}.restoring"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(mode=0o700)
     used: dict[str, Any] = {"databases": {}, "txids": {}}
     previous = record.get("previous") or {}
-    try:
+
+    def fill(staging: Path) -> None:
         with storage(config) as bucket:
             for database in sorted({*record["databases"], *previous.get("databases", {})}):
                 held = 0
@@ -93,7 +89,7 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
                                            " last host recorded transactions in it: not"
                                            " restored")
                     if (tenant.data_dir / database).exists():
-                        _copy_database(tenant.data_dir / database, staging / database)
+                        copy_database(tenant.data_dir / database, staging / database)
                     continue
                 wanted = int(source.get("txids", {}).get(database, 0))
                 if held < wanted:
@@ -103,17 +99,6 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
                         " restored from it")
                 bucket.restore(object_path, staging / database)
                 used["databases"][database], used["txids"][database] = object_path, held
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    catalog = Catalog(config.gateway.paths.state_dir / CATALOG_FILE)
-    try:
-        catalog.end_lineages(name)  # this host replicates the restored files anew
-    finally:
-        catalog.close()
-    if tenant.data_dir.exists():
-        kept = config.gateway.paths.tenants_dir / RESTORED_DIR / f"{name}.{time.time():.0f}"
-        kept.parent.mkdir(mode=0o700, exist_ok=True)
-        os.rename(tenant.data_dir, kept)
-    os.rename(staging, tenant.data_dir)
+
+    replace_data(config, name, fill)  # this host replicates the restored files anew
     return used
