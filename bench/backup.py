@@ -35,9 +35,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
+from common import wait_until
 
 from gateway.backup import litestream
 from gateway.backup.restore import Storage
@@ -63,16 +63,6 @@ def free_port_pair() -> int:
             return port
 
 
-def wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def start_seaweed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
     ports = [free_port_pair() for _ in range(4)]
     (root / "s3.json").write_text(json.dumps({"identities": [{"name": "b", "credentials": [
@@ -94,12 +84,12 @@ def start_seaweed(root: Path) -> tuple[subprocess.Popen[bytes], str]:
         except httpx.HTTPError:
             return False
 
-    wait(up, 90, "SeaweedFS")
-    wait(lambda: subprocess.run(
+    wait_until(up, "SeaweedFS", 90, interval=0.05)
+    wait_until(lambda: subprocess.run(
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
          f"{endpoint}/{BUCKET}", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user",
          f"{KEY_ID}:{SECRET}"], capture_output=True, text=True).stdout in ("200", "409"),
-         30, "the bucket")
+        "the bucket", 30, interval=0.05)
     return process, endpoint
 
 
@@ -160,8 +150,8 @@ class Gateway:
                 break
         threading.Thread(target=self._drain, daemon=True).start()
         self.client = httpx.Client(base_url=self.url, timeout=300)
-        wait(lambda: self.client.get("/data/items.json", headers={"host": "alice.bench.test"})
-             .status_code == 200, 60, "alice")
+        wait_until(lambda: self.client.get("/data/items.json", headers={"host": "alice.bench.test"})
+                   .status_code == 200, "alice", 60, interval=0.05)
         self.cli("user", "add", "b@example.com", "--password-stdin", input=PASSWORD + "\n")
         self.cli("tenant", "members", "alice", "--add", "b@example.com")
         self.token = self.cli("user", "token", "b@example.com").strip()
@@ -238,7 +228,7 @@ def main() -> None:
             s3 = Bucket(settings, bucket.credentials)
             poller = httpx.Client(timeout=10, trust_env=False)
             ls_config = root / "on/state/replication/alice/litestream.json"
-            wait(lambda: ls_config.exists(), 30, "alice's Litestream")
+            wait_until(lambda: ls_config.exists(), "alice's Litestream", 30, interval=0.05)
             body = ("n,label\n" + "".join(f"{n},label {n}\n" for n in range(args.append_rows))
                     ).encode()
             on.upload(body, "appends")
@@ -250,8 +240,8 @@ def main() -> None:
                 times_off.append(off.upload(body, "appends"))
                 # the previous upload is in the replica: Litestream's txid is the replica's
                 before = local_txid(ls_config, "data.db")
-                wait(lambda before=before: replica_txid(s3, poller, path) >= before, 60,
-                     "the replica")
+                wait_until(lambda before=before: replica_txid(s3, poller, path) >= before,
+                           "the replica", 60, interval=0.05)
                 times_on.append(on.upload(body, "appends"))
                 answered = time.perf_counter()
                 deadline = answered + 60

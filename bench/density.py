@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import free_port
 
 from gateway import control
 from gateway.config import load_config
@@ -50,13 +50,6 @@ from gateway.errors import GatewayError
 BIN = Path(sys.executable).parent
 DOMAIN = "density.test"
 CLIENTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
