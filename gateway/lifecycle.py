@@ -13,6 +13,8 @@ The table is the whole truth (h11's _state.py is the model): a move it does not 
 IllegalTransition, so a supervisor bug shows as an error, not as a tenant in a state nobody
 expects. Pure: no processes, no clock (callers pass `now`); supervisor.py applies the decisions.
 A tenant with idle_stop_s is asleep when the gateway starts: no process until a request needs one.
+Which awake tenants a wake puts to sleep under supervisor.max_awake_tenants is decided here
+too (`to_put_to_sleep`); awake.py applies it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .config import SupervisorSettings
@@ -92,3 +95,25 @@ class CrashPolicy:
         """A fresh start (cool-down over, restarted, changed): forget every crash."""
         self.crashes.clear()
         self.backoff_s = -1.0
+
+
+@dataclass(frozen=True, slots=True)
+class AwakeTenant:
+    """One awake tenant that may sleep, as the cap on awake tenants sees it."""
+
+    name: str
+    last_active: float  # monotonic: when its last lease was taken or given back
+    may_sleep_now: bool  # running, and nothing in flight: no lease, request or replacement
+
+
+def to_put_to_sleep(awake: Sequence[AwakeTenant], cap: int) -> tuple[list[str], int]:
+    """Which of `awake` to put to sleep so that at most `cap` stay awake (0: no cap), least
+    recently used first among those that may sleep now; and by how many the awake still
+    exceed the cap (they are all busy: the wake happens anyway, a request is never refused
+    for the cap)."""
+    excess = len(awake) - cap if cap > 0 else 0
+    if excess <= 0:
+        return [], 0
+    idle = sorted((a for a in awake if a.may_sleep_now), key=lambda a: (a.last_active, a.name))
+    chosen = [a.name for a in idle[:excess]]
+    return chosen, excess - len(chosen)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import handover, sandbox
 from .admin.history import History
 from .auth.service import Auth
+from .awake import AwakeCap
 from .backends import TenantRoute
 from .backup import Replication
 from .certs import certificates_for
@@ -77,6 +78,8 @@ class Gateway:
         self.history = History(self, self.request_metrics)
         self.routes: dict[str, TenantRoute] = {}
         self.supervisors: dict[str, TenantSupervisor] = {}
+        self.awake = AwakeCap(self.supervisors,
+                              lambda: self.config.gateway.supervisor.max_awake_tenants)
         self.certificates = certificates_for(config)
         self.draining = False
         self._reload_lock = asyncio.Lock()
@@ -131,7 +134,7 @@ class Gateway:
     def _register(self, tenant: TenantConfig) -> TenantSupervisor:
         """A route and a supervisor for `tenant`, not yet started."""
         route = TenantRoute(tenant, self.config.gateway.proxy.max_connections_per_tenant)
-        supervisor = TenantSupervisor(self.spawner, route)
+        supervisor = TenantSupervisor(self.spawner, route, self.awake.make_room)
         self.routes[tenant.name] = route
         self.supervisors[tenant.name] = supervisor
         return supervisor
@@ -172,6 +175,7 @@ class Gateway:
                 self._remove(name)
             for name in plan.added:
                 self._add(new.tenants[name])
+            self.awake.make_room()  # the cap may have changed
             results = await asyncio.gather(
                 *(self.supervisors[name].replace(new.tenants[name]) for name in plan.changed),
                 return_exceptions=True,

@@ -11,7 +11,8 @@ Sleep (tenant_defaults.idle_stop_s): a process with no lease on its route (no re
 upload) for idle_stop_s is stopped and the route kept, "sleeping". The next request asks the
 route to wake it: one start, every request meanwhile held in the proxy's retry hold. A wake that
 fails is a crash like any other (the crash policy applies), and the requests held for it get the
-crash page at once rather than wait out the restarts.
+crash page at once rather than wait out the restarts. A wake first asks `make_room` (awake.py,
+supervisor.max_awake_tenants) to put other idle tenants to sleep, the same way (`put_to_sleep`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from .backends import TenantRoute, TenantState
 from .config import TenantConfig
-from .lifecycle import CrashPolicy, Lifecycle, State
+from .lifecycle import AwakeTenant, CrashPolicy, Lifecycle, State
 from .process import TenantProcess
 from .spawner import Spawner, StartFailed
 
@@ -35,9 +37,11 @@ log = logging.getLogger(__name__)
 class TenantSupervisor:
     """Keeps one healthy process for one tenant, and replaces it without losing a request."""
 
-    def __init__(self, spawner: Spawner, route: TenantRoute) -> None:
+    def __init__(self, spawner: Spawner, route: TenantRoute,
+                 make_room: Callable[[str], None] | None = None) -> None:
         self.spawner = spawner
         self.route = route
+        self.make_room = make_room  # called with our name as we wake: the cap on awake tenants
         self.config = route.config
         self.current: TenantProcess | None = None
         self.lifecycle = Lifecycle()
@@ -130,6 +134,8 @@ class TenantSupervisor:
         if self.lifecycle.state is State.SLEEPING and not self._stopping:
             self._waking_since = time.monotonic()
             self._enter(State.STARTING)
+            if self.make_room is not None:  # counts us as awake (starting) already
+                self.make_room(self.name)
 
     async def _watch(self, running: TenantProcess) -> None:
         while not running.exited.done():
@@ -160,17 +166,44 @@ class TenantSupervisor:
         async with self._lock:  # not while a replacement is under way
             if self._stopping or running.exited.done() or self._until_idle(running) != 0.0:
                 return False
-            idle_s = self.route.idle_for()
-            self.current = None
-            running.retiring = True
-            self.route.withdraw(running.backend, "sleeping")
-            self.lifecycle.move(State.SLEEPING)
+            self._sleep(running, {"reason": "idle"})
+        return True
+
+    def awake(self) -> AwakeTenant | None:
+        """What the cap on awake tenants needs to know of us; None if we do not count (we
+        never sleep, or have no process and are not starting one)."""
+        if self.config.settings.idle_stop_s <= 0 or self._stopping or self.lifecycle.state not in (
+                State.STARTING, State.RUNNING, State.RESTARTING):
+            return None
+        return AwakeTenant(self.name, self.route.last_active, self._may_sleep_now())
+
+    def _may_sleep_now(self) -> bool:
+        running = self.current
+        return (running is not None and self.lifecycle.state is State.RUNNING
+                and not running.retiring and not running.exited.done()
+                and not self._lock.locked()  # no start, replacement or handover under way
+                and not self.route.busy and not running.backend.in_flight)
+
+    def put_to_sleep(self, waking: str) -> None:
+        """Sleep now, as if idle: the cap on awake tenants needs room (for tenant `waking`, or
+        "" after a reload). Synchronous, called only when awake() said we may sleep now: no
+        other task has run since."""
+        running = self.current
+        if running is not None and self._may_sleep_now():
+            self._sleep(running, {"reason": "cap", **({"waking": waking} if waking else {})})
+
+    def _sleep(self, running: TenantProcess, why: dict[str, str]) -> None:
+        """Stop `running` in the background; the route stays, "sleeping"."""
+        idle_s = self.route.idle_for()
+        self.current = None
+        running.retiring = True
+        self.route.withdraw(running.backend, "sleeping")
+        self.lifecycle.move(State.SLEEPING)
         log.info("tenant_sleeping", extra={"tenant": self.name, "idle_s": round(idle_s, 1),
-                                           "generation": running.handle.generation})
+                                           "generation": running.handle.generation, **why})
         task = asyncio.ensure_future(self._retire(running))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-        return True
 
     def _crashed(self, reason: str, config: TenantConfig) -> float:
         """Apply the crash policy; how long to wait before the next start (0: failed, see

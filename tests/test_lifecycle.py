@@ -11,7 +11,15 @@ import pytest
 
 from gateway.backends import TenantState
 from gateway.config import SupervisorSettings
-from gateway.lifecycle import TRANSITIONS, CrashPolicy, IllegalTransition, Lifecycle, State
+from gateway.lifecycle import (
+    TRANSITIONS,
+    AwakeTenant,
+    CrashPolicy,
+    IllegalTransition,
+    Lifecycle,
+    State,
+    to_put_to_sleep,
+)
 
 S = State
 # The specification, edge by edge: what the supervisor may do in each state.
@@ -122,3 +130,24 @@ def test_the_supervisors_walk_through_crashes_is_always_legal() -> None:
         state, _ = policy.after_crash(float(now))
         lifecycle.move(state)
     lifecycle.move(S.STOPPED)
+
+
+def _awake(*tenants: tuple[str, float, bool]) -> list[AwakeTenant]:
+    return [AwakeTenant(name, last_active, idle) for name, last_active, idle in tenants]
+
+
+def test_the_cap_puts_the_least_recently_used_idle_tenants_to_sleep() -> None:
+    """Over the cap by two: the two idle ones used longest ago (busy ones skipped); within the
+    cap, or no cap (0): nobody."""
+    awake = _awake(("a", 5.0, True), ("b", 1.0, False), ("c", 3.0, True), ("d", 2.0, True),
+                   ("e", 9.0, False))
+    assert to_put_to_sleep(awake, 3) == (["d", "c"], 0)
+    assert to_put_to_sleep(awake, 5) == ([], 0)
+    assert to_put_to_sleep(awake, 0) == ([], 0)
+    assert to_put_to_sleep(_awake(("y", 1.0, True), ("x", 1.0, True)), 1) == (["x"], 0)
+
+
+def test_the_cap_is_exceeded_when_the_rest_are_busy() -> None:
+    """Over by three with one idle tenant: it sleeps, and the cap stays exceeded by two."""
+    awake = _awake(("a", 1.0, False), ("b", 2.0, True), ("c", 3.0, False), ("d", 4.0, False))
+    assert to_put_to_sleep(awake, 1) == (["b"], 2)

@@ -229,6 +229,15 @@ class SupervisorSettings:
         " of crashes. 0: it stays failed until it is restarted or changed.",
         check=check_non_negative,
     )
+    max_awake_tenants: int = setting(
+        0,
+        "Most tenants that may sleep (idle_stop_s > 0) awake at once: a wake beyond it first"
+        " puts to sleep the least recently used one with no request, upload or restore in"
+        " flight (if all are busy the wake still happens). Tenants that never sleep neither"
+        " count nor are put to sleep. Bounds what anonymous visitors can wake; see README,"
+        " Sleeping tenants. 0: no cap.",
+        check=check_non_negative,
+    )
 
 
 def _hsts_age(value: int) -> str | None:
