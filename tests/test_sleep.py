@@ -55,6 +55,7 @@ def test_an_idle_tenant_sleeps_and_the_next_request_wakes_it(gateway: RunningGat
     assert woke["generation"] == awake["generation"]
     slept = gateway.wait_for_event("tenant_sleeping", tenant="alice", timeout=IDLE_S + 20)
     assert slept["generation"] == awake["generation"] and slept["idle_s"] >= IDLE_S
+    assert slept["reason"] == "idle"
     assert_gone({awake["pid"]})
     status = gateway.tenant("alice")
     assert (status["state"], status["pid"]) == ("sleeping", None)
