@@ -53,6 +53,7 @@ class TenantSupervisor:
         self._waking_since = 0.0  # when the start in progress was asked for by a request; 0: no
         self._lock = asyncio.Lock()
         self._kick = asyncio.Event()
+        self._put_asleep = asyncio.Event()  # put_to_sleep: _watch lets the process retire
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -138,10 +139,18 @@ class TenantSupervisor:
                 self.make_room(self.name)
 
     async def _watch(self, running: TenantProcess) -> None:
-        while not running.exited.done():
-            await asyncio.wait({running.exited}, timeout=self._until_idle(running))
-            if not running.exited.done() and await self._fall_asleep(running):
-                return
+        self._put_asleep.clear()
+        put_asleep = asyncio.ensure_future(self._put_asleep.wait())  # by the cap: stop watching
+        either: set[asyncio.Future[Any]] = {running.exited, put_asleep}
+        try:
+            while not running.exited.done() and not put_asleep.done():
+                await asyncio.wait(either, timeout=self._until_idle(running),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if (not running.exited.done() and not put_asleep.done()
+                        and await self._fall_asleep(running)):
+                    return
+        finally:
+            put_asleep.cancel()
         if self._stopping or running is not self.current or running.retiring:
             return
         self.current = None
@@ -191,6 +200,7 @@ class TenantSupervisor:
         running = self.current
         if running is not None and self._may_sleep_now():
             self._sleep(running, {"reason": "cap", **({"waking": waking} if waking else {})})
+            self._put_asleep.set()
 
     def _sleep(self, running: TenantProcess, why: dict[str, str]) -> None:
         """Stop `running` in the background; the route stays, "sleeping"."""
