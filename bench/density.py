@@ -2,13 +2,15 @@
 """Many tenants on one machine: sleeping tenants (idle_stop_s) beside the same tenants always on.
 
     make bench-density
-    .venv/bin/python bench/density.py [--tenants 300] [--idle 5] [--passes 2]
+    .venv/bin/python bench/density.py [--tenants 300] [--idle 5] [--passes 2] [--max-awake N]
 
 One run builds N public tenants (each a copy of one small database) and, in turn, serves them
 from a real `gateway serve` (sandboxed when run as root):
 - "sleeping": every tenant has idle_stop_s = --idle; they start asleep; wakes are handed
   spares (sandbox.spare_processes = --spares; root only, see spares.py);
 - "sleeping-cold": the same without spares (spare_processes = 0): every wake a cold start;
+- "sleeping-capped": "sleeping" with supervisor.max_awake_tenants = --max-awake (default: two
+  windows of the load): a wake beyond it puts the least recently used idle tenant to sleep;
 - "always-on": the same tenants with idle_stop_s = 0 (the gateway starts all of them first).
 The same load runs against each: windows of 10 % of the tenants, one after the other, --passes
 times round; in a window every tenant gets one first request, then --requests more, 8 clients
@@ -52,7 +54,7 @@ DOMAIN = "density.test"
 CLIENTS = 8
 
 
-def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
+def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int, max_awake: int,
               uid_base: int) -> tuple[Path, int]:
     template = root / "template.db"
     if not template.exists():
@@ -74,7 +76,8 @@ def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
         f'[paths]\nrun_dir = "{root}/run-{site.name}"\n[log]\naccess_log = false\n'
         f"[sandbox]\nuid_min = {uid_base}\nuid_max = {uid_base + 999}\n"
         f"spare_processes = {spares}\n"
-        f"[proxy]\nretry_budget_s = 30.0\n")
+        f"[proxy]\nretry_budget_s = 30.0\n"
+        f"[supervisor]\nmax_awake_tenants = {max_awake}\n")
     for folder in (root, site):
         os.chmod(folder, 0o755)
     return site, port
@@ -185,9 +188,9 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spares: int
-             ) -> dict[str, Any]:
-    site, port = make_site(root, mode, args.tenants, idle_s, spares, args.uid_base)
+def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spares: int,
+             max_awake: int) -> dict[str, Any]:
+    site, port = make_site(root, mode, args.tenants, idle_s, spares, max_awake, args.uid_base)
     names = [f"t{n:03d}" for n in range(args.tenants)]
     events = open(root / f"{site.name}-events.log", "wb")  # noqa: SIM115 - closed below
     gateway = subprocess.Popen([str(BIN / "gateway"), "--config", str(site / "gateway.toml"),
@@ -215,7 +218,7 @@ def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spa
         result["pass_rss"] = [
             next((rss for t, rss in sampler.samples if t >= end - started), sampler.samples[-1][1])
             for end in result["ends"]]
-        result["wake_s"] = woke(root / f"{site.name}-events.log")
+        result["wake_s"], result["sleeps"] = woke(root / f"{site.name}-events.log")
         return result
     finally:
         gateway.send_signal(signal.SIGTERM)
@@ -226,9 +229,11 @@ def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spa
         events.close()
 
 
-def woke(events_log: Path) -> list[float]:
-    """The gateway's own measure of each wake (tenant_woke: asked for to healthy)."""
+def woke(events_log: Path) -> tuple[list[float], dict[str, int]]:
+    """The gateway's own measure of each wake (tenant_woke: asked for to healthy), and how many
+    times tenants fell asleep, by reason (idle, cap; cap-exceeded: awake_cap_exceeded)."""
     times = []
+    sleeps: dict[str, int] = {}
     for line in events_log.read_text().splitlines():
         try:
             event = json.loads(line)
@@ -236,7 +241,19 @@ def woke(events_log: Path) -> list[float]:
             continue
         if event.get("event") == "tenant_woke":
             times.append(float(event["wake_s"]))
-    return times
+        elif event.get("event") == "tenant_sleeping":
+            sleeps[event["reason"]] = sleeps.get(event["reason"], 0) + 1
+        elif event.get("event") == "awake_cap_exceeded":
+            sleeps["cap-exceeded"] = sleeps.get("cap-exceeded", 0) + 1
+    return times, sleeps
+
+
+def peak_rss(result: dict[str, Any]) -> int:
+    return max(rss for _, rss in result["rss"])
+
+
+def awake_p99(result: dict[str, Any]) -> float:
+    return quantile([latency for _, latency in result["awake"]], 0.99)
 
 
 def report(name: str, result: dict[str, Any]) -> None:
@@ -253,7 +270,8 @@ def report(name: str, result: dict[str, Any]) -> None:
               f" p50 {quantile(wakes, 0.5):.3f} s, p99 {quantile(wakes, 0.99):.3f} s")
         if result["wake_s"]:
             print(f"  gateway's own wake time (start to healthy): p50"
-                  f" {statistics.median(result['wake_s']):.3f} s")
+                  f" {statistics.median(result['wake_s']):.3f} s; wakes {len(result['wake_s'])},"
+                  f" sleeps {result['sleeps']}")
     if result["firsts"]:
         print(f"  first request of a visit, tenant awake: n={len(result['firsts'])}"
               f" p50 {quantile(result['firsts'], 0.5):.3f} s,"
@@ -279,32 +297,42 @@ def main() -> None:
         "GATEWAY_TEST_UID_BASE", "20000")))
     parser.add_argument("--spares", type=int, default=2,
                         help="sandbox.spare_processes of the sleeping mode")
+    parser.add_argument("--max-awake", type=int, default=0,
+                        help="supervisor.max_awake_tenants of sleeping-capped (default: two"
+                             " windows, 20 %% of --tenants)")
     parser.add_argument("--modes", default="sleeping,sleeping-cold,always-on",
-                        help="which of sleeping, sleeping-cold, always-on to run, in order")
+                        help="which of sleeping, sleeping-cold, sleeping-capped, always-on to"
+                             " run, in order")
     args = parser.parse_args()
+    max_awake = args.max_awake or 2 * max(1, args.tenants // 10)
     root = Path(tempfile.mkdtemp(prefix="gw-density-", dir="/tmp"))
     try:
         results = {}
-        modes = {"sleeping": (args.idle, args.spares), "sleeping-cold": (args.idle, 0),
-                 "always-on": (0.0, 0)}
+        modes = {"sleeping": (args.idle, args.spares, 0), "sleeping-cold": (args.idle, 0, 0),
+                 "sleeping-capped": (args.idle, args.spares, max_awake),
+                 "always-on": (0.0, 0, 0)}
         for name in args.modes.split(","):
-            idle_s, spares = modes[name]
-            results[name] = run_mode(root, args, name, idle_s, spares)
+            results[name] = run_mode(root, args, name, *modes[name])
         print(f"{args.tenants} tenants, windows of {max(1, args.tenants // 10)},"
               f" {args.passes} passes, {args.requests + 1} requests a visit, {CLIENTS} clients,"
-              f" idle_stop_s {args.idle:g}, {args.spares} spares (sleeping)")
+              f" idle_stop_s {args.idle:g}, {args.spares} spares (sleeping),"
+              f" max_awake_tenants {max_awake} (sleeping-capped)")
         for name, result in results.items():
             report(name, result)
         if "sleeping" in results and "sleeping-cold" in results:
             spare, cold = results["sleeping"]["wakes"], results["sleeping-cold"]["wakes"]
             print(f"\nspares / cold: wake p50 x{quantile(spare, 0.5) / quantile(cold, 0.5):.2f},"
                   f" p99 x{quantile(spare, 0.99) / quantile(cold, 0.99):.2f}")
+        if "sleeping" in results and "sleeping-capped" in results:
+            free, capped = results["sleeping"], results["sleeping-capped"]
+            print(f"\ncapped / uncapped: peak RSS x{peak_rss(capped) / peak_rss(free):.2f},"
+                  f" wake p50 x{quantile(capped['wakes'], 0.5) / quantile(free['wakes'], 0.5):.2f},"
+                  f" awake p99 x{awake_p99(capped) / awake_p99(free):.2f}")
         if "sleeping" in results and "always-on" in results:
-            ratio = (quantile([t for _, t in results["sleeping"]["awake"]], 0.99)
-                     / quantile([t for _, t in results["always-on"]["awake"]], 0.99))
-            peak = (max(r for _, r in results["sleeping"]["rss"])
-                    / max(r for _, r in results["always-on"]["rss"]))
-            print(f"\nsleeping / always on: awake p99 x{ratio:.2f}, peak RSS x{peak:.2f}")
+            sleeping, always = results["sleeping"], results["always-on"]
+            print(f"\nsleeping / always on:"
+                  f" awake p99 x{awake_p99(sleeping) / awake_p99(always):.2f},"
+                  f" peak RSS x{peak_rss(sleeping) / peak_rss(always):.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
