@@ -56,9 +56,9 @@ def test_a_wake_beyond_the_cap_puts_the_least_recently_used_to_sleep(
     """Cap 2; ann, bob and cat may sleep, dan never does (and is the least recently used of
     all, never asked). 1. ann then bob wake: both awake beside dan (dan does not count).
     2. cat wakes: ann, the least recently used sleeper, is put to sleep ("cap", for cat), her
-    process gone; status, the apex and /-/health show her asleep. 3. ann wakes again: bob goes
-    to sleep. Every request is answered 200; dan keeps his process; the cap was never
-    exceeded."""
+    process gone; status, the apex, /-/health and the metrics show her asleep. 3. ann wakes
+    again: bob goes to sleep. Every request is answered 200; dan keeps his process; the cap
+    was never exceeded."""
     gateway = _start(site, start_gateway, 2, ("ann", "bob", "cat"), never=("dan",))
     dan = gateway.tenant("dan")["pid"]
     _answered(gateway, "ann")
@@ -78,6 +78,9 @@ def test_a_wake_beyond_the_cap_puts_the_least_recently_used_to_sleep(
     home = gateway.get(None, "/").text
     assert home.count("asleep: wakes at the first visit") == 1
     assert gateway.get(None, "/-/health").json()["tenants"] == {"running": 3, "sleeping": 1}
+    metrics = httpx.get(f"http://{gateway.wait_for_event('gateway_listening')['metrics']}"
+                        "/metrics").text
+    assert 'gateway_tenant_state{state="sleeping",tenant="ann"} 1' in metrics
 
     _answered(gateway, "ann")
     gateway.wait_for_event("tenant_sleeping", tenant="bob")
