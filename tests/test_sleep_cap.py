@@ -8,6 +8,7 @@ the cap's, never an idle one.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ import httpx
 import pytest
 
 from .conftest import RunningGateway, Site, assert_gone, wait_until
+from .test_auth import FAST_HASHING
+from .test_upload import Uploader, add_user
 
 IDLE_S = 600
 ITEMS = "/data/items.json?_shape=array&_size=1"
@@ -146,6 +149,51 @@ def test_a_busy_tenant_is_not_put_to_sleep(
     assert _cap_sleeps(gateway) == [("bob", "cat"), ("ann", "cat")]
     assert _states(gateway) == {"ann": "sleeping", "bob": "sleeping", "cat": "running"}
     assert len(_events(gateway, "awake_cap_exceeded")) == 1
+
+
+def test_an_upload_in_flight_keeps_its_tenant_awake(
+        site: Site, start_gateway: Any, go_on: threading.Event) -> None:
+    """Cap 1; ann and bob may sleep. 1. A member's upload to ann has sent the start of its
+    form (the gateway holds it, no request is at ann's Datasette). 2. bob wakes: answered
+    200, ann keeps her process, awake_cap_exceeded is logged. 3. The rest of the form comes:
+    the upload is answered 200 and its rows are in ann's database."""
+    site.write_config(auth=FAST_HASHING)
+    gateway = _start(site, start_gateway, 1, ("ann", "bob"))
+    uploader = Uploader(gateway, add_user(gateway, "ann@example.com", "ann"), "ann")
+    _answered(gateway, "ann")
+    ann = gateway.tenant("ann")["pid"]
+    time.sleep(0.5)  # ann idle: her idle_s shows when the upload's lease is taken (0.0)
+    assert gateway.tenant("ann")["idle_s"] > 0
+    answers: list[httpx.Response] = []
+
+    def form() -> Iterator[bytes]:
+        yield (b'--b\r\ncontent-disposition: form-data; name="table"\r\n\r\nheld\r\n'
+               b'--b\r\ncontent-disposition: form-data; name="file"; filename="held.csv"\r\n'
+               b"content-type: text/csv\r\n\r\nn,word\r\n")
+        go_on.wait(60)
+        yield b"1,one\r\n2,two\r\n\r\n--b--\r\n"
+
+    def upload() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=60) as client:
+            answers.append(client.post("/-/upload", content=form(), headers={
+                **uploader.headers, "content-type": "multipart/form-data; boundary=b"}))
+
+    uploading = threading.Thread(target=upload)
+    uploading.start()
+    wait_until(lambda: gateway.tenant("ann")["idle_s"] == 0.0, 30, message="the upload's lease")
+    assert gateway.tenant("ann")["in_flight"] == 0
+
+    _answered(gateway, "bob")
+    exceeded = gateway.wait_for_event("awake_cap_exceeded")
+    assert (exceeded["tenant"], exceeded["over"]) == ("bob", 1)
+    assert _cap_sleeps(gateway) == []
+    assert gateway.tenant("ann")["pid"] == ann
+
+    go_on.set()
+    uploading.join(60)
+    assert [(a.status_code, a.json()["rows"]) for a in answers] == [(200, 2)]
+    assert uploader.rows("data", "held") == [{"rowid": 1, "n": 1, "word": "one"},
+                                             {"rowid": 2, "n": 2, "word": "two"}]
 
 
 def test_a_reload_applies_a_lower_cap(site: Site, start_gateway: Any) -> None:
