@@ -19,8 +19,8 @@ next one restores and starts it) the edge keeps its route with no backend, so th
 requests within proxy.retry_budget_s. If etcd loses quorum every read fails: nothing is applied,
 so edges keep their routes and hosts their tenants until it returns.
 
-Every node reads the same gateway.toml and tenants/ (the tenants' definitions); what a host runs
-comes from etcd.
+Every node reads the same gateway.toml; tenants/ (the tenants' definitions) is kept the same
+on every node from etcd (definitions.py); what a host runs comes from etcd.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
 from ..errors import ConfigError
-from . import operate, tls
+from . import definitions, operate, tls
 from .etcd import Etcd, EtcdUnavailable
 from .hosting import Hosting
 from .keys import ENDPOINTS, LEADER, MOVES, NODES, PLACEMENT
@@ -100,6 +100,7 @@ class ClusterNode:
         self._leading_task = asyncio.ensure_future(self._lead())
         self.spawn(self._rejoin())
         self.spawn(operate.serve_requests(self))
+        self.spawn(definitions.follow_definitions(self))
         if self.is_host:
             self.spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
@@ -161,6 +162,8 @@ class ClusterNode:
                 await self._place({kv.key.removeprefix(NODES): kv.value for kv in found})
             if self.is_edge:
                 await self._route(self.endpoints)
+        if self.hosting is not None:  # a tenant placed here before this host had read it
+            await self.hosting.apply(self.placement)
 
     # The leader ---------------------------------------------------------------------------
 
