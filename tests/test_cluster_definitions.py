@@ -5,9 +5,11 @@ as separate `gateway serve` processes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -218,3 +220,55 @@ def test_remove_of_a_tenant_nobody_published_acts_on_this_node_only(
     assert removed.output.endswith(". Remove it on every node, then run"
                                    " `gateway reload --cluster` to stop it.\n")
     assert asyncio.run(_definitions(etcd_cluster)) == []
+
+
+# Upgrades ---------------------------------------------------------------------------------
+
+@pytest.mark.root
+def test_an_upgraded_node_keeps_its_lease_its_role_and_its_tenants(
+        cluster: Cluster) -> None:  # noqa: F811
+    host = cluster.start("h1", "host", advertise="127.0.0.2")
+    edge = cluster.start("e1", "edge")
+    wait_until(lambda: "alice" in edge.status()["cluster"]["endpoints"], message="alice routed")
+    before = {name: node.status() for name, node in cluster.nodes.items()}
+    leader = next(name for name, status in before.items() if status["cluster"]["leader"])
+
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def load() -> None:  # requests through the edge while the host's worker is replaced
+        with httpx.Client(base_url=edge.url, timeout=30) as client:
+            while not done.is_set():
+                statuses.append(client.get("/data/items.json?_shape=array&id=3",
+                                           headers={"host": edge.host("alice")}).status_code)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        assert host.cli("upgrade").stdout.startswith("Upgraded: worker ")
+        wait_until(lambda: host.status()["cluster"]["hosting"] == ["alice"],
+                   message="h1 hosts alice again")
+        count = len(statuses)
+        wait_until(lambda: len(statuses) > count + 20, message="requests after the upgrade")
+    finally:
+        done.set()
+        loader.join()
+    assert set(statuses) == {200}
+    after = host.status()
+    assert after["worker_pid"] != before["h1"]["worker_pid"]
+    assert after["cluster"]["lease"] == before["h1"]["cluster"]["lease"]
+    assert [(t["name"], t["pid"]) for t in after["tenants"]] == [
+        ("alice", before["h1"]["tenants"][0]["pid"])]  # the same process, adopted
+    response = edge.get("alice", "/data/items.json?_shape=array&id=3")
+    assert response.status_code == 200
+    assert response.json() == [{"id": 3, "name": "item 3"}]
+
+    assert edge.cli("upgrade").stdout.startswith("Upgraded: worker ")
+    assert edge.status()["cluster"]["lease"] == before["e1"]["cluster"]["lease"]
+    assert edge.status()["tenants"] == []  # an edge runs no tenant itself, upgraded or not
+    assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
+    assert cluster.placement("alice") == "h1"
+    view = edge.status()["cluster"]["view"]
+    assert view["leader"] == leader
+    assert [n["node"] for n in view["nodes"]] == ["e1", "h1"]
+    assert host.tenant("alice")["pid"] == before["h1"]["tenants"][0]["pid"]

@@ -80,6 +80,7 @@ class ClusterNode:
         self.lease = Lease(self.etcd, self.settings.lease_ttl_s)
         self.leading = False
         self.placement: dict[str, str] = {}
+        self._placement_read = False
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
         self._tasks: list[asyncio.Future[Any]] = []
@@ -90,9 +91,10 @@ class ClusterNode:
         self.hosting = Hosting(self, tls.server_context(tls_dir)) if self.is_host else None
         self._client_tls = tls.client_context(tls_dir) if self.is_edge else None
 
-    async def start(self) -> None:
-        """Join: take a lease, announce this host, then lead, host and route in the background."""
-        await self.lease.start()
+    async def start(self, lease: int = 0) -> None:
+        """Join: take a lease (or keep `lease`, after an upgrade), announce this host, then
+        lead, host and route in the background."""
+        await self.lease.start(lease)
         await self._register()
         if self.is_edge:
             for tenant in self.gateway.config.tenants.values():
@@ -140,7 +142,8 @@ class ClusterNode:
         self._tasks.append(asyncio.ensure_future(work))
         self._tasks = [task for task in self._tasks if not task.done()]
 
-    async def stop(self) -> None:
+    async def stop(self, *, revoke: bool = True) -> None:
+        """Leave the cluster (`revoke`: at once; else an upgrade's new worker keeps the lease)."""
         if self._leading_task is not None:
             self._tasks.append(self._leading_task)
         for task in self._tasks:
@@ -149,8 +152,8 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.hosting is not None:
-            await self.hosting.stop()
-        await self.lease.stop()  # revoked: our keys go now, not after the TTL
+            await self.hosting.stop(successor=not revoke)
+        await self.lease.stop(revoke=revoke)  # revoked: our keys go now, not after the TTL
         await self.etcd.close()
 
     async def reconfigured(self) -> None:
@@ -162,8 +165,8 @@ class ClusterNode:
                 await self._place({kv.key.removeprefix(NODES): kv.value for kv in found})
             if self.is_edge:
                 await self._route(self.endpoints)
-        if self.hosting is not None:  # a tenant placed here before this host had read it
-            await self.hosting.apply(self.placement)
+        if self.hosting is not None and self._placement_read:
+            await self.hosting.apply(self.placement)  # one placed here before we had read it
 
     # The leader ---------------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class ClusterNode:
 
     async def _host(self, placement: dict[str, str]) -> None:
         self.placement = placement
+        self._placement_read = True
         if self.hosting is not None:
             await self.hosting.apply(placement)
 
@@ -237,6 +241,9 @@ class ClusterNode:
         """The route for a tenant served by a host elsewhere (None: it runs on this node)."""
         if self.hosting is not None and name in self.hosting.doors:
             return None
+        supervisor = self.gateway.supervisors.get(name)
+        if supervisor is not None and self.gateway.routes.get(name) is supervisor.route:
+            return None  # its door is being opened (or an upgrade's new worker adopted it)
         route = self.gateway.routes.get(name)
         if route is None:
             config = self.gateway.config.tenants.get(name)
