@@ -14,7 +14,13 @@ import pytest
 from click.testing import CliRunner
 
 from gateway.cli import cli
-from gateway.cluster.definitions import Definition, decode, plan_sync, read_folder
+from gateway.cluster.definitions import (
+    Definition,
+    decode,
+    plan_sync,
+    read_folder,
+    sync_folders,
+)
 from gateway.cluster.etcd import Etcd
 from gateway.errors import GatewayError
 from gateway.tenant_files import tenant_toml
@@ -63,6 +69,29 @@ def test_a_definition_is_the_folders_files_but_data(tmp_path: Path) -> None:
         read_folder(folder)
     assert str(raised.value) == (f"{folder / 'metadata.json'} is a symbolic link: a tenant"
                                  " definition holds files only")
+
+
+def test_a_nodes_folders_made_moved_aside_adopted_or_left_alone(tmp_path: Path) -> None:
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    toml = {"tenant.toml": b"public = true\n"}
+    sync_folders(tenants, {"carol": Definition("1", toml), "dora": Definition("2", toml)})
+    assert (tenants / "carol" / "tenant.toml").read_bytes() == b"public = true\n"
+    assert (tenants / "carol" / ".definition").read_text() == "1\n"
+    assert list((tenants / "carol" / "data").iterdir()) == []
+    (tenants / "carol" / "data" / "x.db").write_bytes(b"kept")
+    (tenants / "by-hand" / "data").mkdir(parents=True)  # not published: never touched
+    (tenants / "same" / "data").mkdir(parents=True)
+    (tenants / "same" / "tenant.toml").write_bytes(b"public = true\n")
+    (tenants / ".incoming-erin-0a1b").mkdir()  # a node stopped while writing it
+
+    # carol removed, dora's definition unreadable here, "same" published with its files.
+    sync = sync_folders(tenants, {"same": Definition("3", toml)}, frozenset({"dora"}))
+    assert (sync.create, sync.remove, sync.adopt) == ((), ("carol",), ("same",))
+    (kept,) = (tenants / ".removed").iterdir()
+    assert kept.name.startswith("carol.") and (kept / "data" / "x.db").read_bytes() == b"kept"
+    assert sorted(p.name for p in tenants.iterdir()) == [".removed", "by-hand", "dora", "same"]
+    assert (tenants / "same" / ".definition").read_text() == "3\n"
 
 
 # The CLI against a real etcd -----------------------------------------------------------------

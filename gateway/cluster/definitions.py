@@ -214,13 +214,15 @@ def plan_sync(published: Mapping[str, str], marks: Mapping[str, str | None],
     return Sync(tuple(create), tuple(adopt), tuple(remove), tuple(conflicts))
 
 
-def sync_folders(tenants_dir: Path, published: Mapping[str, Definition]) -> Sync:
-    """Make tenants/ match `published` (see the module's docstring); what was done."""
+def sync_folders(tenants_dir: Path, published: Mapping[str, Definition],
+                 unreadable: frozenset[str] = frozenset()) -> Sync:
+    """Make tenants/ match `published` (see the module's docstring); what was done. The
+    folders of `unreadable` definitions (a newer version's?) stay as they are."""
     for leftover in tenants_dir.glob(INCOMING + "*"):  # a node stopped while writing one
         shutil.rmtree(leftover, ignore_errors=True)
     marks: dict[str, str | None] = {}
     for entry in tenants_dir.iterdir():
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith(".") or not entry.is_dir() or entry.name in unreadable:
             continue
         marker = entry / MARKER
         marks[entry.name] = marker.read_text().strip() if marker.exists() else None
@@ -273,14 +275,16 @@ async def follow_definitions(node: ClusterNode) -> None:
     tenants_dir = node.gateway.config.gateway.paths.tenants_dir
 
     async def apply(values: dict[str, str]) -> None:
-        published = {}
+        published, unreadable = {}, set()
         for name, value in values.items():
             try:
                 published[name] = decode(name, value)
             except GatewayError as exc:
+                unreadable.add(name)
                 log.error("cluster_definition_unreadable", extra={"tenant": name,
                                                                   "error": str(exc)})
-        sync = await asyncio.to_thread(sync_folders, tenants_dir, published)
+        sync = await asyncio.to_thread(sync_folders, tenants_dir, published,
+                                       frozenset(unreadable))
         known = set(node.gateway.config.tenants)
         if sync.changed or set(published) - set(sync.conflicts) - known:
             try:
