@@ -132,7 +132,6 @@ def test_add_publishes_a_prepared_folder_and_refuses_what_etcd_cannot_take(
     assert again.output == "Error: tenant 'dora' already exists in the cluster\n"
 
 
-@pytest.mark.drill
 def test_without_quorum_add_and_remove_say_why_and_change_nothing(
         site: Site, etcd_cluster: Any) -> None:
     config = _cluster_site(site, etcd_cluster)
