@@ -209,6 +209,10 @@ class RunningGateway:
         """The process that serves requests (`gateway serve` itself is the master)."""
         return int(self.status()["worker_pid"])
 
+    def pids(self) -> dict[str, int]:
+        """Each tenant's current process id, by name (0 while it has none)."""
+        return {t["name"]: t["pid"] for t in self.status()["tenants"]}
+
     def tenant(self, name: str) -> dict[str, Any]:
         return next(t for t in self.status()["tenants"] if t["name"] == name)
 
@@ -276,6 +280,16 @@ def start_gateway(site: Site) -> Iterator[Callable[..., RunningGateway]]:
     for gateway in started:
         if gateway.process.poll() is None:
             gateway.stop()
+
+
+@pytest.fixture
+def alice_and_bob(site: Site, start_gateway: Callable[..., RunningGateway]) -> RunningGateway:
+    """A gateway serving two plain tenants, both running."""
+    site.add_tenant("alice")
+    site.add_tenant("bob")
+    gateway = start_gateway()
+    gateway.wait_running("alice", "bob")
+    return gateway
 
 
 # --- a real browser: Playwright driving Debian's headless Chromium ---------------------------

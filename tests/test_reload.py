@@ -16,33 +16,25 @@ from .conftest import RunningGateway, Site, wait_until
 
 
 @pytest.fixture
-def gateway(site: Site, start_gateway) -> RunningGateway:  # type: ignore[no-untyped-def]
-    site.add_tenant("alice")
-    site.add_tenant("bob")
-    gateway = start_gateway()
-    gateway.wait_running("alice", "bob")
-    return gateway
-
-
-def pids(gateway: RunningGateway) -> dict[str, int]:
-    return {t["name"]: t["pid"] for t in gateway.status()["tenants"]}
+def gateway(alice_and_bob: RunningGateway) -> RunningGateway:
+    return alice_and_bob
 
 
 def test_sighup_adds_a_tenant_without_touching_the_others(
     site: Site, gateway: RunningGateway
 ) -> None:
-    before = pids(gateway)
+    before = gateway.pids()
     assert gateway.get("carol", "/").status_code == 404
     site.add_tenant("carol")
     gateway.signal(signal.SIGHUP)
     wait_until(lambda: gateway.get("carol", "/data/items.json").status_code == 200, 30,
                message="carol serving")
-    after = pids(gateway)
+    after = gateway.pids()
     assert after["alice"] == before["alice"] and after["bob"] == before["bob"]
 
 
 def test_reload_removes_a_tenant(site: Site, gateway: RunningGateway) -> None:
-    bob_pid = pids(gateway)["bob"]
+    bob_pid = gateway.pids()["bob"]
     assert gateway.cli("tenant", "remove", "bob").returncode == 0
     plan = gateway.cli("reload").stdout
     assert "removed: bob" in plan
@@ -53,13 +45,13 @@ def test_reload_removes_a_tenant(site: Site, gateway: RunningGateway) -> None:
 
 
 def test_reload_replaces_a_changed_tenant_only(site: Site, gateway: RunningGateway) -> None:
-    before = pids(gateway)
+    before = gateway.pids()
     (site.tenants_dir / "alice" / "tenant.toml").write_text(
         "public = true\n[datasette]\nmax_returned_rows = 7\n"
     )
     plan = gateway.cli("reload", "--json").stdout
     assert '"changed": [\n    "alice"\n  ]' in plan
-    after = pids(gateway)
+    after = gateway.pids()
     assert after["alice"] != before["alice"]
     assert after["bob"] == before["bob"]
     settings = gateway.get("alice", "/-/settings.json").json()
@@ -77,7 +69,7 @@ def test_new_database_file_is_picked_up_by_reload(site: Site, gateway: RunningGa
 def test_invalid_config_is_reported_and_the_running_one_kept(
     site: Site, gateway: RunningGateway
 ) -> None:
-    before = pids(gateway)
+    before = gateway.pids()
     site.write_config(proxy={"retry_budget_s": "lots"})
     result = gateway.cli("reload", check=False)
     assert result.returncode == 1
@@ -85,7 +77,7 @@ def test_invalid_config_is_reported_and_the_running_one_kept(
     gateway.signal(signal.SIGHUP)
     event = gateway.wait_for_event("reload_rejected")
     assert "expected a number" in event["error"]
-    assert pids(gateway) == before
+    assert gateway.pids() == before
     assert gateway.get("alice", "/data/items.json").status_code == 200
 
 
@@ -106,14 +98,14 @@ def test_changed_paths_wait_for_a_restart_all_together(
     """1. gateway.toml points tenants_dir at another folder, holding carol. 2. reload says
     [paths] needs a restart, and applies none of it: alice and bob keep serving from the
     running folder, carol does not appear; `tenant restart` still reads the running folder."""
-    before = pids(gateway)
+    before = gateway.pids()
     (site.root / "elsewhere").mkdir()
     elsewhere = Site(site.root / "elsewhere")
     elsewhere.add_tenant("carol")
     site.write_config(paths={"tenants_dir": str(elsewhere.tenants_dir)})
     plan = json.loads(gateway.cli("reload", "--json").stdout)
     assert (plan["needs_restart"], plan["added"], plan["removed"]) == (["paths"], [], [])
-    assert pids(gateway) == before
+    assert gateway.pids() == before
     assert gateway.get("carol", "/").status_code == 404
     gateway.cli("tenant", "restart", "alice")
     assert gateway.get("alice", "/data/items.json").status_code == 200
@@ -145,7 +137,7 @@ def test_reload_reports_a_tenant_that_fails_to_start(site: Site, gateway: Runnin
     """Steps: break alice's metadata.json (changed) and add carol with the same problem (added);
     `gateway reload` waits for both, names each with its reason and exits 1; alice's old
     process keeps serving and `status` shows her last failure; fixing it reloads cleanly."""
-    before = pids(gateway)
+    before = gateway.pids()
     (site.tenants_dir / "alice" / "metadata.json").write_text("{not json")
     site.add_tenant("carol")
     (site.tenants_dir / "carol" / "metadata.json").write_text("{not json")
@@ -156,7 +148,7 @@ def test_reload_reports_a_tenant_that_fails_to_start(site: Site, gateway: Runnin
     assert lines[4].startswith("alice: failed: tenant 'alice' exited with status 1: ")
     assert lines[5].startswith("carol: failed: tenant 'carol' exited with status 1: ")
     assert result.stderr == "Error: 2 tenants failed to start: alice, carol\n"
-    assert pids(gateway)["alice"] == before["alice"]
+    assert gateway.pids()["alice"] == before["alice"]
     assert gateway.get("alice", "/data/items.json").status_code == 200
     alice = next(t for t in gateway.status()["tenants"] if t["name"] == "alice")
     assert alice["state"] == "running"

@@ -12,23 +12,15 @@ from .test_swap import Load
 
 
 @pytest.fixture
-def gateway(site: Site, start_gateway) -> RunningGateway:  # type: ignore[no-untyped-def]
-    site.add_tenant("alice")
-    site.add_tenant("bob")
-    gateway = start_gateway()
-    gateway.wait_running("alice", "bob")
-    return gateway
-
-
-def tenant_pids(gateway: RunningGateway) -> dict[str, int]:
-    return {t["name"]: t["pid"] for t in gateway.status()["tenants"]}
+def gateway(alice_and_bob: RunningGateway) -> RunningGateway:
+    return alice_and_bob
 
 
 def test_upgrade_under_load_loses_no_request(gateway: RunningGateway) -> None:
     """1. 8 clients loop on GETs. 2. `gateway upgrade` twice. 3. No request failed, a new
     worker serves, the tenants were adopted (same processes), and the master stayed."""
     before = gateway.status()
-    tenants = tenant_pids(gateway)
+    tenants = gateway.pids()
     with Load(gateway, "/data/items.json?_size=5") as load:
         for _ in range(2):
             result = gateway.cli("upgrade")
@@ -40,14 +32,14 @@ def test_upgrade_under_load_loses_no_request(gateway: RunningGateway) -> None:
     after = gateway.status()
     assert after["worker_pid"] != before["worker_pid"]
     assert after["master_pid"] == before["master_pid"] == gateway.pid
-    assert tenant_pids(gateway) == tenants
+    assert gateway.pids() == tenants
     assert all(t["state"] == "running" for t in after["tenants"])
     wait_until(lambda: gateway._has("worker_retired", {}) is not None, message="old worker gone")
 
 
 def test_sigusr2_upgrades_and_sigterm_then_stops_everything(gateway: RunningGateway) -> None:
     old_worker = gateway.worker_pid
-    tenants = set(tenant_pids(gateway).values())
+    tenants = set(gateway.pids().values())
     gateway.signal(signal.SIGUSR2)
     gateway.wait_for_event("upgrade_done")
     assert gateway.worker_pid != old_worker
@@ -60,7 +52,7 @@ def test_failed_upgrade_keeps_the_old_worker(site: Site, gateway: RunningGateway
     """An upgrade into an invalid config changes nothing: `gateway upgrade` refuses it, and
     SIGUSR2 logs why and keeps the old worker and its tenants."""
     worker = gateway.worker_pid
-    tenants = tenant_pids(gateway)
+    tenants = gateway.pids()
     good = site.config_path.read_text()
     site.config_path.write_text(good + "\nbogus = 1\n")
     result = gateway.cli("upgrade", check=False)
@@ -71,7 +63,7 @@ def test_failed_upgrade_keeps_the_old_worker(site: Site, gateway: RunningGateway
     assert "bogus: unknown key" in event["error"]
     site.config_path.write_text(good)
     assert gateway.worker_pid == worker
-    assert tenant_pids(gateway) == tenants
+    assert gateway.pids() == tenants
     assert gateway.get("alice", "/data/items.json").status_code == 200
 
 
@@ -79,7 +71,7 @@ def test_a_killed_worker_is_replaced_by_the_master(gateway: RunningGateway) -> N
     """kill -9 the worker: its tenants die with it (lifeline); the master starts a new worker,
     which starts the tenants again."""
     worker = gateway.worker_pid
-    tenants = set(tenant_pids(gateway).values())
+    tenants = set(gateway.pids().values())
     os.kill(worker, signal.SIGKILL)
     assert_gone(tenants | {worker})
     gateway.wait_for_event("worker_crashed")
