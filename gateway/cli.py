@@ -324,6 +324,10 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
                owners: tuple[str, ...]) -> None:
     """Create tenants/NAME; run `gateway reload` to start it.
 
+    In a cluster, from any node: NAME's definition (this node's tenants/NAME if you prepared
+    it, else a new tenant.toml) goes to etcd, every node makes tenants/NAME from it, a host
+    starts it; no reload needed.
+
     \b
     Example:
         gateway tenant add carol --owner ann@example.com && gateway reload
@@ -331,6 +335,9 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
     config = _config(ctx)
     from .auth.passwords import normalise_email
 
+    if config.gateway.cluster.etcd_endpoints:
+        _add_to_cluster(config, name, public, members, owners)
+        return
     accounts = _accounts_for(config)
     accounts.check_users_exist(members + owners)
     directory = tenant_files.create_tenant(config.gateway.paths.tenants_dir, name,
@@ -339,12 +346,29 @@ def tenant_add(ctx: click.Context, name: str, public: bool, members: tuple[str, 
         accounts.store.add_member(name, normalise_email(email))
     for email in owners:
         accounts.store.add_member(name, normalise_email(email), "owner")
-    if config.gateway.cluster.etcd_endpoints:  # every node reads its own tenants/
-        click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'}, copy the"
-                   " folder to every node, then run `gateway reload --cluster` to start it.")
-        return
     click.echo(f"Created {directory}. Put SQLite files in {directory / 'data'} and run"
                " `gateway reload` (or send SIGHUP) to start it.")
+
+
+def _add_to_cluster(config: Config, name: str, public: bool, members: tuple[str, ...],
+                    owners: tuple[str, ...]) -> None:
+    import asyncio
+
+    from .auth.passwords import normalise_email
+    from .cluster import definitions
+
+    accounts = _accounts_for(config) if members or owners else None
+    if accounts is not None:
+        accounts.check_users_exist(members + owners)
+    asyncio.run(definitions.add(config, name, public=public))
+    if accounts is not None:
+        for email in members:
+            accounts.store.add_member(name, normalise_email(email))
+        for email in owners:
+            accounts.store.add_member(name, normalise_email(email), "owner")
+    click.echo(f"Added {name} to the cluster: every node makes tenants/{name}/ (its data/"
+               " starts empty) and the leader places it on a host; `gateway status` shows"
+               " where.")
 
 
 @tenant.command("list")
@@ -380,12 +404,16 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
 
     No data is deleted: the folder, with its databases, is kept under tenants/.removed/. Its
     memberships end (they are printed), so a later tenant of the same name starts with none.
+    In a cluster, from any node: its definition leaves etcd, its host stops it and every node
+    moves its folder aside; no reload needed.
 
     \b
     Example:
         gateway tenant remove carol && gateway reload
     """
     config = _config(ctx)
+    if config.gateway.cluster.etcd_endpoints and _remove_from_cluster(config, name):
+        return
     tenant_files.existing_tenant(config.gateway.paths.tenants_dir, name)
     # Memberships first: when the accounts cannot be reached (a cluster without etcd) nothing
     # has changed yet, and a folder is never moved away leaving its members to a later tenant
@@ -399,6 +427,24 @@ def tenant_remove(ctx: click.Context, name: str) -> None:
         click.echo(f"Moved to {moved}. Run `gateway reload` (or send SIGHUP) to stop it.")
     if former:
         click.echo(f"Memberships ended: {', '.join(former)}")
+
+
+def _remove_from_cluster(config: Config, name: str) -> bool:
+    """Withdraw a published tenant (False: it is not published, only in this node's tenants/,
+    made by hand)."""
+    import asyncio
+
+    from .cluster import definitions
+
+    if not asyncio.run(definitions.is_published(config, name)):
+        return False
+    former = _accounts_for(config).forget_tenant(name)  # first, as on one machine
+    asyncio.run(definitions.remove(config, name))
+    click.echo(f"Removed {name} from the cluster: its host stops it and every node moves"
+               f" tenants/{name}/ to tenants/.removed/ (nothing is deleted).")
+    if former:
+        click.echo(f"Memberships ended: {', '.join(former)}")
+    return True
 
 
 @tenant.command("restart")

@@ -53,7 +53,10 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     return json.loads(data), fds
 
 
-def send_tenants(sock: socket.socket, tenants: list[HandedOver], generation: int) -> None:
+def send_tenants(sock: socket.socket, tenants: list[HandedOver], generation: int,
+                 cluster_lease: int = 0) -> None:
+    """Every tenant, then "end" with the spawner's generation and, on a cluster node, the
+    node's etcd lease (the new worker keeps it: its keys, its role and its tenants stay)."""
     for tenant in tenants:
         if tenant.config is None:
             continue
@@ -66,16 +69,17 @@ def send_tenants(sock: socket.socket, tenants: list[HandedOver], generation: int
             "config": dataclasses.asdict(tenant.config),
             "handle": dataclasses.asdict(handle),
         }, fds)
-    send(sock, {"op": "end", "generation": generation})
+    send(sock, {"op": "end", "generation": generation, "cluster_lease": cluster_lease})
 
 
-def receive_tenants(sock: socket.socket) -> tuple[list[HandedOver], int]:
-    """Everything the old worker sent; raises ConnectionError if it stops half-way."""
+def receive_tenants(sock: socket.socket) -> tuple[list[HandedOver], int, int]:
+    """Everything the old worker sent: its tenants, generation and cluster lease (0: none, or
+    an older worker that does not send it); raises ConnectionError if it stops half-way."""
     tenants: list[HandedOver] = []
     while True:
         message, fds = receive(sock)
         if message.get("op") == "end":
-            return tenants, int(message["generation"])
+            return tenants, int(message["generation"]), int(message.get("cluster_lease", 0))
         if message.get("op") != "tenant":
             raise ConnectionError(f"handover ended early ({message or 'end of file'})")
         handle = _handle_from_dict(message["handle"], fds)

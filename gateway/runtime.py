@@ -306,8 +306,11 @@ class Gateway:
         self.supervisors.clear()
         self._reload_lock.release()
 
-    async def adopt(self, tenants: list[HandedOver], generation: int) -> None:
-        """Take over the processes an old worker ran, then apply whatever changed on disk."""
+    async def adopt(self, tenants: list[HandedOver], generation: int,
+                    cluster_lease: int = 0) -> None:
+        """Take over the processes an old worker ran, then apply whatever changed on disk. A
+        cluster node joins with the old worker's lease (`cluster_lease`): still the same
+        member, host (of the tenants adopted) or leader."""
         if self.certificates is not None:
             await self.certificates.start()
         self.spawner.continue_generations(generation)
@@ -328,9 +331,12 @@ class Gateway:
                 supervisor.start()
                 continue
             supervisor.start(process)
-        for config in self.config.tenants.values():  # the old worker's sleepers sleep on
-            if config.name not in self.supervisors:
-                self._add(config, asleep=True)
+        if self.cluster is not None:  # what runs here is what etcd places here
+            await self.cluster.start(cluster_lease)
+        else:
+            for config in self.config.tenants.values():  # the old worker's sleepers sleep on
+                if config.name not in self.supervisors:
+                    self._add(config, asleep=True)
         adopted = self.config
         try:
             await self.reload()

@@ -71,10 +71,10 @@ class Worker:
                   for app, context, sockets in self._public_apps()]
         self._install_signal_handlers()
         if self.handover_socket is not None:
-            tenants, generation = await asyncio.to_thread(
+            tenants, generation, cluster_lease = await asyncio.to_thread(
                 handover.receive_tenants, self.handover_socket
             )
-            await gateway.adopt(tenants, generation)
+            await gateway.adopt(tenants, generation, cluster_lease)
         else:
             await gateway.start()
         serving = [asyncio.ensure_future(server.serve(sockets=sockets))
@@ -111,6 +111,8 @@ class Worker:
         await self._drain(servers)
         await asyncio.gather(*serving)
         if self.handed_over:
+            if gateway.cluster is not None:  # the new worker carries on with its lease
+                await gateway.cluster.stop(revoke=False)
             await gateway.settled()  # processes replaced before the hand-over finish draining
         else:
             await gateway.stop()
@@ -190,8 +192,9 @@ class Worker:
         gateway = self.gateway
         tenants = await gateway.detach()
         try:
+            lease = gateway.cluster.lease.id if gateway.cluster is not None else 0
             await asyncio.to_thread(handover.send_tenants, peer, tenants,
-                                    gateway.spawner.current_generation())
+                                    gateway.spawner.current_generation(), lease)
             reply, _ = await asyncio.to_thread(handover.receive, peer)
             if reply.get("op") != "ready":
                 raise ConnectionError("the new worker exited before it was ready")

@@ -12,6 +12,7 @@ carried by the folder itself, so a tenant moved to another machine keeps it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -40,11 +41,14 @@ def create_tenant(tenants_dir: Path, name: str, *, public: bool = False) -> Path
     if directory.exists():
         raise GatewayError(f"tenant {name!r} already exists ({directory})")
     directory.mkdir(parents=True)
-    (directory / TENANT_SETTINGS_FILE).write_text(
-        _TENANT_TOML.format(name=name, public="true" if public else "false")
-    )
+    (directory / TENANT_SETTINGS_FILE).write_text(tenant_toml(name, public=public))
     (directory / DATA_DIR).mkdir(mode=0o700)
     return directory
+
+
+def tenant_toml(name: str, *, public: bool = False) -> str:
+    """A new tenant's commented tenant.toml."""
+    return _TENANT_TOML.format(name=name, public="true" if public else "false")
 
 
 def existing_tenant(tenants_dir: Path, name: str) -> Path:
@@ -60,7 +64,12 @@ def remove_tenant(tenants_dir: Path, name: str) -> Path:
     directory = existing_tenant(tenants_dir, name)
     trash = tenants_dir / TRASH_DIR
     trash.mkdir(mode=0o700, exist_ok=True)
-    destination = trash / f"{name}.{time.strftime('%Y%m%dT%H%M%S')}"
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    destination = trash / f"{name}.{stamp}"
+    for again in itertools.count(2):  # removed before, within the same second
+        if not destination.exists():
+            break
+        destination = trash / f"{name}.{stamp}-{again}"
     directory.rename(destination)
     return destination
 

@@ -8,29 +8,11 @@ import uuid
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
-from gateway.cli import cli
 from gateway.cluster.etcd import Etcd
 
-from .conftest import Site, wait_until
+from .conftest import wait_until
 from .test_cluster import Cluster, cluster  # noqa: F401 (a fixture)
-
-
-def test_tenant_add_and_remove_say_what_a_cluster_needs(site: Site, etcd_cluster: Any) -> None:
-    # A real etcd: removing a tenant ends its memberships, in the accounts every edge shares.
-    site.write_config(cluster={"etcd_endpoints": etcd_cluster.endpoints, "node": "e1",
-                               "role": "edge"})
-    config = ["--config", str(site.config_path)]
-    added = CliRunner().invoke(cli, [*config, "tenant", "add", "carol"])
-    folder = site.tenants_dir / "carol"
-    assert added.output == (f"Created {folder}. Put SQLite files in {folder / 'data'}, copy the"
-                            " folder to every node, then run `gateway reload --cluster` to start"
-                            " it.\n")
-    removed = CliRunner().invoke(cli, [*config, "tenant", "remove", "carol"])
-    assert removed.output.startswith(f"Moved to {site.tenants_dir / '.removed'}/carol.")
-    assert removed.output.endswith(". Remove it on every node, then run"
-                                   " `gateway reload --cluster` to stop it.\n")
 
 
 async def test_a_delete_says_who_claimed_and_a_lease_its_time_left(etcd_cluster: Any) -> None:

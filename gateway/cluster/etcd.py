@@ -180,6 +180,19 @@ class Etcd:
         })
         return bool(reply.get("succeeded"))
 
+    async def commit(self, unchanged: dict[str, int], puts: dict[str, str],
+                     deletes: Sequence[str] = ()) -> bool:
+        """Put `puts` and delete `deletes` in one transaction, only if every key of
+        `unchanged` still has that mod_revision (0: it does not exist). Whether it was done."""
+        reply = await self.call("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL",
+                         "mod_revision": str(revision)} for key, revision in unchanged.items()],
+            "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}
+                        for key, value in puts.items()]
+            + [{"request_delete_range": {"key": _b64(key)}} for key in deletes],
+        })
+        return bool(reply.get("succeeded"))
+
     # Leases -------------------------------------------------------------------------------
 
     async def grant(self, ttl_s: int) -> int:

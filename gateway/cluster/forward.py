@@ -34,6 +34,17 @@ class TenantDoor:
         self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
+    async def close(self, timeout_s: float) -> None:
+        """Take no new connection; let the open ones end (an edge closes them once it routes
+        elsewhere) for up to `timeout_s`, then stop."""
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._connections:
+                    await asyncio.sleep(0.05)
+        await self.stop()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

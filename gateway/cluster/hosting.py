@@ -70,6 +70,10 @@ class Hosting:
                 taking.cancel()
             if name in self.doors and name not in self._releasing:
                 self._releasing[name] = asyncio.ensure_future(self._release(name))
+        for name in sorted(set(self.node.gateway.supervisors) - mine - set(self.doors)
+                           - set(self._taking) - set(self._releasing)):
+            # adopted by an upgrade's new worker, but placed elsewhere meanwhile
+            self.node.spawn(self._stop_adopted(name))
         for name in sorted(mine - (set(self.doors) - set(self._releasing)) - set(self._taking)):
             tenant = self.config.tenants.get(name)
             if tenant is None:
@@ -77,20 +81,43 @@ class Hosting:
                 continue
             self._taking[name] = asyncio.ensure_future(self._take(tenant))
 
+    async def _stop_adopted(self, name: str) -> None:
+        await self.node.gateway.remove_tenant(name)
+        await self.node.gateway.track_backups()
+        log.info("cluster_tenant_released", extra={"tenant": name})
+
     def announce_all(self) -> None:
         """After a new lease: every tenant served here announced on it again."""
         for name, door in self.doors.items():
             self.node.spawn(self._announce(name, door, None, claim=False))
 
-    async def stop(self) -> None:
+    async def stop(self, *, successor: bool = False) -> None:
+        """Stop taking and giving up tenants, close the doors. With a `successor` (an upgrade's
+        new worker, which adopted the tenants and opens doors of its own): first wait until
+        it has announced each tenant, so edges have moved on, and let open connections end."""
         tasks = [*self._taking.values(), *self._releasing.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for door in self.doors.values():
-            await door.stop()
+        drain_s = self.config.gateway.proxy.drain_timeout_s
+        if successor:
+            with contextlib.suppress(TimeoutError, EtcdUnavailable):
+                async with asyncio.timeout(drain_s):
+                    await self._wait_for_successor()
+        await asyncio.gather(*(door.close(drain_s if successor else 0)
+                               for door in self.doors.values()))
+
+    async def _wait_for_successor(self) -> None:
+        ours = {name: door.address for name, door in self.doors.items()}
+        while ours:
+            found, _ = await self.etcd.get_prefix(ENDPOINTS)
+            announced = {kv.key.removeprefix(ENDPOINTS): json.loads(kv.value)["address"]
+                         for kv in found}
+            ours = {name: address for name, address in ours.items()
+                    if announced.get(name) == address}
+            await asyncio.sleep(_POLL_S)
 
     # Taking over --------------------------------------------------------------------------
 
@@ -101,7 +128,13 @@ class Hosting:
             await releasing
         supervisor = self.config.gateway.supervisor
         backoff = supervisor.restart_backoff_initial_s
+        # Already running here: an upgrade's new worker adopted it from the old one, which
+        # served it (no restore; its replica record is claimed already).
+        adopted = name in self.node.gateway.supervisors
+        restored: dict[str, Any] | None = None
         for attempt in itertools.count(1):
+            if adopted:
+                break
             try:
                 await self._wait_for_hand_off(name)
                 restored = await self._restore(name)
@@ -113,12 +146,12 @@ class Hosting:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
         held = self.node.gateway.routes.get(name)  # this node routed it elsewhere till now
-        route = self.node.gateway.add_tenant(tenant)
+        route = held if adopted and held is not None else self.node.gateway.add_tenant(tenant)
         door = TenantDoor(route, self.node.settings.advertise, self.tls)
         await door.start()
         self.doors[name] = door
         self._taking.pop(name, None)
-        self.node.spawn(self._announce(name, door, restored, held=held))
+        self.node.spawn(self._announce(name, door, restored, held=held, claim=not adopted))
 
     async def _move(self, name: str) -> dict[str, Any] | None:
         found = await self.etcd.get(MOVES + name)

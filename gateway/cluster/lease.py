@@ -33,8 +33,12 @@ class Lease:
         self.lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self.id = await self.etcd.grant(self.ttl_s)
+    async def start(self, adopt: int = 0) -> None:
+        """A new lease, or `adopt` (an upgrade's old worker held it) while etcd still has it."""
+        if adopt and await self.etcd.keep_alive(adopt) > 0:
+            self.id = adopt
+        else:
+            self.id = await self.etcd.grant(self.ttl_s)
         self.lost = asyncio.Event()
         self._task = asyncio.create_task(self._refresh())
 

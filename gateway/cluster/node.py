@@ -19,8 +19,8 @@ next one restores and starts it) the edge keeps its route with no backend, so th
 requests within proxy.retry_budget_s. If etcd loses quorum every read fails: nothing is applied,
 so edges keep their routes and hosts their tenants until it returns.
 
-Every node reads the same gateway.toml and tenants/ (the tenants' definitions); what a host runs
-comes from etcd.
+Every node reads the same gateway.toml; tenants/ (the tenants' definitions) is kept the same
+on every node from etcd (definitions.py); what a host runs comes from etcd.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
 from ..errors import ConfigError
-from . import operate, tls
+from . import definitions, operate, tls
 from .etcd import Etcd, EtcdUnavailable
 from .hosting import Hosting
 from .keys import ENDPOINTS, LEADER, MOVES, NODES, PLACEMENT
@@ -80,6 +80,7 @@ class ClusterNode:
         self.lease = Lease(self.etcd, self.settings.lease_ttl_s)
         self.leading = False
         self.placement: dict[str, str] = {}
+        self._placement_read = False
         self.endpoints: dict[str, str] = {}
         self._generations = itertools.count(1)
         self._tasks: list[asyncio.Future[Any]] = []
@@ -90,9 +91,10 @@ class ClusterNode:
         self.hosting = Hosting(self, tls.server_context(tls_dir)) if self.is_host else None
         self._client_tls = tls.client_context(tls_dir) if self.is_edge else None
 
-    async def start(self) -> None:
-        """Join: take a lease, announce this host, then lead, host and route in the background."""
-        await self.lease.start()
+    async def start(self, lease: int = 0) -> None:
+        """Join: take a lease (or keep `lease`, after an upgrade), announce this host, then
+        lead, host and route in the background."""
+        await self.lease.start(lease)
         await self._register()
         if self.is_edge:
             for tenant in self.gateway.config.tenants.values():
@@ -100,6 +102,7 @@ class ClusterNode:
         self._leading_task = asyncio.ensure_future(self._lead())
         self.spawn(self._rejoin())
         self.spawn(operate.serve_requests(self))
+        self.spawn(definitions.follow_definitions(self))
         if self.is_host:
             self.spawn(follow(self.etcd, PLACEMENT, self._host))
         if self.is_edge:
@@ -139,7 +142,8 @@ class ClusterNode:
         self._tasks.append(asyncio.ensure_future(work))
         self._tasks = [task for task in self._tasks if not task.done()]
 
-    async def stop(self) -> None:
+    async def stop(self, *, revoke: bool = True) -> None:
+        """Leave the cluster (`revoke`: at once; else an upgrade's new worker keeps the lease)."""
         if self._leading_task is not None:
             self._tasks.append(self._leading_task)
         for task in self._tasks:
@@ -148,8 +152,8 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.hosting is not None:
-            await self.hosting.stop()
-        await self.lease.stop()  # revoked: our keys go now, not after the TTL
+            await self.hosting.stop(successor=not revoke)
+        await self.lease.stop(revoke=revoke)  # revoked: our keys go now, not after the TTL
         await self.etcd.close()
 
     async def reconfigured(self) -> None:
@@ -161,6 +165,8 @@ class ClusterNode:
                 await self._place({kv.key.removeprefix(NODES): kv.value for kv in found})
             if self.is_edge:
                 await self._route(self.endpoints)
+        if self.hosting is not None and self._placement_read:
+            await self.hosting.apply(self.placement)  # one placed here before we had read it
 
     # The leader ---------------------------------------------------------------------------
 
@@ -217,6 +223,7 @@ class ClusterNode:
 
     async def _host(self, placement: dict[str, str]) -> None:
         self.placement = placement
+        self._placement_read = True
         if self.hosting is not None:
             await self.hosting.apply(placement)
 
@@ -234,6 +241,9 @@ class ClusterNode:
         """The route for a tenant served by a host elsewhere (None: it runs on this node)."""
         if self.hosting is not None and name in self.hosting.doors:
             return None
+        supervisor = self.gateway.supervisors.get(name)
+        if supervisor is not None and self.gateway.routes.get(name) is supervisor.route:
+            return None  # its door is being opened (or an upgrade's new worker adopted it)
         route = self.gateway.routes.get(name)
         if route is None:
             config = self.gateway.config.tenants.get(name)
