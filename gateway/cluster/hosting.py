@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..backends import TenantRoute
+from ..config import load_tenant
 from ..errors import GatewayError
 from . import replicas
 from .etcd import EtcdUnavailable
@@ -96,6 +97,7 @@ class Hosting:
 
     async def _take(self, tenant: TenantConfig) -> None:
         name = tenant.name
+        log.info("cluster_tenant_taking", extra={"tenant": name})
         releasing = self._releasing.get(name)
         if releasing is not None:  # placed back here while it was leaving
             await releasing
@@ -112,6 +114,10 @@ class Hosting:
                     "retry_in_s": backoff, "serving": False})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
+        # Its databases as data/ holds them now: the restore may have brought some that were not
+        # there when the configuration was read (a host that never ran it had none).
+        tenant = await asyncio.to_thread(load_tenant, tenant.directory,
+                                         self.config.gateway.tenant_defaults)
         held = self.node.gateway.routes.get(name)  # this node routed it elsewhere till now
         route = self.node.gateway.add_tenant(tenant)
         door = TenantDoor(route, self.node.settings.advertise, self.tls)
@@ -149,7 +155,7 @@ class Hosting:
         if found is None:
             return None
         record: dict[str, Any] = json.loads(found.value)
-        if record["node"] == self.name:
+        if record["node"] == self.name and await asyncio.to_thread(self._holds, name, record):
             # Ours, and nobody served it since: the local files are the newest, and as new as
             # the replicas recorded (or their fallback, while ours had nothing yet).
             if record.get("txids"):
@@ -161,6 +167,14 @@ class Hosting:
             "tenant": name, "from": record["node"], "txids": used["txids"],
             "duration_s": round(time.monotonic() - started, 2)})
         return used
+
+    def _holds(self, name: str, record: dict[str, Any]) -> bool:
+        """Are this host's files of tenant `name` the ones `record` says it replicated? Not
+        on a host rebuilt under the same name (its data and catalog new, as after a whole
+        cluster was restored from an etcd snapshot): it restores like any other."""
+        data_dir = self.config.tenants[name].data_dir
+        return (replicas.replica_paths(self.config, name) == record["databases"]
+                and all((data_dir / database).exists() for database in record["databases"]))
 
     async def _announce(self, name: str, door: TenantDoor, restored: dict[str, Any] | None,
                         *, claim: bool = True, held: TenantRoute | None = None) -> None:
