@@ -99,8 +99,21 @@ def test_a_whole_cluster_is_restored_from_an_etcd_snapshot_and_the_replicas(
     # The procedure: a new etcd cluster from the snapshot; every node pointed at it, each host
     # with a [backup] prefix of its own that no earlier host used; the nodes started.
     etcds.append(EtcdCluster(snapshot=snapshot))
-    for name, site in cluster.sites.items():
+    for site in cluster.sites.values():
         site.write_config(cluster={"etcd_endpoints": etcds[1].endpoints})
+    # A host rebuilt with its old prefix refuses to restore: its new replicas would overwrite
+    # the ones it restores from.
+    reused = RunningGateway(cluster.sites["h1"])
+    refused = reused.wait_for_event("cluster_restore_failed", tenant="alice", timeout=60)
+    assert refused["error"].startswith("alice's replica t/") and refused["error"].endswith(
+        " is under this host's [backup] prefix"
+        f" {cluster.sites['h1'].settings['backup']['prefix']!r}, but this host's state/ did not"
+        " make it (a host rebuilt under its old name?): its new replicas would overwrite it."
+        " Give this host a [backup] prefix no host used before, then restart it")
+    assert reused.status()["cluster"]["hosting"] == []
+    reused.stop()
+    shutil.rmtree(cluster.sites["h1"].root / "state")
+    for name, site in cluster.sites.items():
         if "backup" in site.settings:
             site.write_config(backup={"prefix": site.settings["backup"]["prefix"] + "-rebuilt"})
         cluster.nodes[name] = RunningGateway(site)
