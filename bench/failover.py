@@ -171,9 +171,10 @@ def running_alice(hosts: dict[str, RunningGateway]) -> str:
     return next(n for n, h in hosts.items() if h.status()["cluster"]["hosting"] == ["alice"])
 
 
-def rows_lost(host: RunningGateway, acknowledged: dict[int, float], at: float) -> str:
-    """How many acknowledged rows the new host lacks, and how long before `at` (the kill) the
-    oldest of them was acknowledged (what the sync interval bounds)."""
+def rows_lost(host: RunningGateway, acknowledged: dict[int, float]) -> str:
+    """How many acknowledged rows the new host lacks, and how long before the last
+    acknowledged write (the writer stops at the kill) the oldest of them was acknowledged:
+    what the sync interval bounds."""
     database = host.site.tenants_dir / "alice" / "data" / "data.db"
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
@@ -181,13 +182,15 @@ def rows_lost(host: RunningGateway, acknowledged: dict[int, float], at: float) -
     finally:
         db.close()
     lost = set(acknowledged) - present
-    oldest = (f", the oldest acknowledged {at - min(acknowledged[r] for r in lost):.2f} s"
-              " before" if lost else "")
-    return f"rows lost {len(lost)} of {len(acknowledged)} acknowledged{oldest}"
+    if not lost:
+        return f"rows lost 0 of {len(acknowledged)} acknowledged"
+    age = max(acknowledged.values()) - min(acknowledged[row] for row in lost)
+    return (f"rows lost {len(lost)} of {len(acknowledged)} acknowledged, the oldest of them"
+            f" acknowledged {age:.2f} s before the last")
 
 
 def measure(label: str, load: Load, hosts: dict[str, RunningGateway], victim: str,
-            act: Any) -> None:
+            act: Any, edges: list[RunningGateway]) -> None:
     """Run `act` (returns when it was done) under the load; print the round's figures. Starts
     once the victim's replica had every write (the steady state; right after a takeover the
     new host's first copy of the database is still on its way, and a death then loses what
@@ -227,15 +230,16 @@ def measure(label: str, load: Load, hosts: dict[str, RunningGateway], victim: st
     after = [(s, d, c) for s, d, c, _ in load.answers if s + d >= started]
     back = min(s + d for s, d, c in after if c == 200 and s + d >= switched[0])
     failed = [c for _, _, c in after if c != 200]
-    lost = rows_lost(hosts[successor], load.acknowledged, started)
+    lost = rows_lost(hosts[successor], load.acknowledged)
     print(f"{label}: {victim} -> {successor}; alice served from {successor} after"
           f" {back - started:.2f} s; {len(failed)} failed {failed} of {len(after)} sequential"
           f" requests, {wrk}; slowest {max(d for _, d, _ in after):.2f} s; {lost}")
-    print(timeline(load.edge, hosts, started_wall, switched[0] - started))
+    print(timeline([*edges, *hosts.values()], started_wall, switched[0] - started))
 
 
 PHASES = {  # event (on any node) -> what it marks, in the order they happen
     "cluster_move_started": "leader placed it on the new host (move)",
+    "cluster_tenant_withdrawn": "old host withdrew it (edges hold its requests)",
     "cluster_tenant_handed_off": "old host handed the replica off",
     "cluster_tenant_placed": "leader re-placed it (lease expired)",
     "cluster_tenant_taking": "new host saw the placement",
@@ -246,12 +250,11 @@ PHASES = {  # event (on any node) -> what it marks, in the order they happen
 }
 
 
-def timeline(edge: RunningGateway, hosts: dict[str, RunningGateway], since: float,
-             switched_s: float) -> str:
+def timeline(gateways: list[RunningGateway], since: float, switched_s: float) -> str:
     """Where the time went: each phase's event (the first after `since`, on any node) as
     seconds after it."""
     seen: dict[str, float] = {}
-    for gateway in (edge, *hosts.values()):
+    for gateway in gateways:
         for event in list(gateway.events):
             name = event.get("event")
             if name not in PHASES or event.get("tenant") != "alice":
@@ -371,7 +374,7 @@ def main() -> None:
                 print(f"  {out}")
 
             measure(f"planned move {round_}", Load([edge], args.wrk_connections), hosts, victim,
-                    move)
+                    move, edges)
         for round_ in range(1, args.rounds + 1 if "kill" in only else 1):
             victim = running_alice(hosts)
 
@@ -389,7 +392,7 @@ def main() -> None:
 
             gone = hosts[victim]
             measure(f"kill -9 {round_}", Load([edge], args.wrk_connections), hosts, victim,
-                    kill)
+                    kill, edges)
             gone.process.wait(10)
             gone.client.close()
             del hosts[victim]

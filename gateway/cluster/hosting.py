@@ -267,6 +267,7 @@ class Hosting:
             self.node.hold_route(name)  # (a node that is an edge too)
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.delete(ENDPOINTS + name)
+            log.info("cluster_tenant_withdrawn", extra={"tenant": name})
             await self.node.gateway.remove_tenant(name)
             await door.stop()
             if handing_off and move is not None:
