@@ -104,6 +104,7 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
     stop_writing: threading.Event = field(default_factory=threading.Event)
     wrk: subprocess.Popen[str] | None = None
+    acted: tuple[float, float] | None = None  # when the kill was (monotonic, wall clock)
 
     @property
     def edge(self) -> RunningGateway:
@@ -217,6 +218,8 @@ def measure(label: str, load: Load, hosts: dict[str, RunningGateway], victim: st
     time.sleep(1)
     started, started_wall = time.monotonic(), time.time()
     act(load)
+    if load.acted is not None:  # from the kill itself, not the look-ups before it
+        started, started_wall = load.acted
     successor = wait_until(lambda: next((n for n, h in hosts.items() if n != victim
                                          and _hosting(h)), None), timeout=120)
     wait_until(lambda: switched and any(s + d >= switched[0] and c == 200
@@ -386,6 +389,7 @@ def main() -> None:
                 worker = gone.worker_pid
                 load.stop_writing.set()  # acknowledged: every commit before the kill
                 time.sleep(0.05)
+                load.acted = (time.monotonic(), time.time())
                 for pid in (gone.pid, worker, *pids, *streams):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
