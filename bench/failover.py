@@ -128,9 +128,11 @@ class Load:
         done = re.search(r"(\d+) requests in", output)
         if done is None:
             return f"wrk said: {output.strip()!r}"
-        failed = sum(int(n) for n in re.findall(
-            r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", output))
-        return f"wrk: {failed} failed of {done.group(1)}"
+        kinds = re.findall(r"(Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)",
+                           output)
+        failed = sum(int(n) for _, n in kinds)
+        detail = ", ".join(f"{kind.rstrip(':')} {n}" for kind, n in kinds if int(n))
+        return f"wrk: {failed} failed of {done.group(1)}" + (f" ({detail})" if detail else "")
 
     def read(self) -> None:
         clients = [httpx.Client(base_url=edge.url, timeout=30) for edge in self.edges]
@@ -238,6 +240,11 @@ def measure(label: str, load: Load, hosts: dict[str, RunningGateway], victim: st
           f" {back - started:.2f} s; {len(failed)} failed {failed} of {len(after)} sequential"
           f" requests, {wrk}; slowest {max(d for _, d, _ in after):.2f} s; {lost}")
     print(timeline([*edges, *hosts.values()], started_wall, switched[0] - started))
+    refused = [entry for entry in list(load.edge.access) if entry.get("tenant") == "alice"
+               and entry.get("status") != 200 and _epoch(entry["time"]) >= started_wall]
+    for entry in refused:  # what the edge answered instead of 200, and why
+        print(f"    the edge answered {entry['status']} after {entry['duration_ms']} ms,"
+              f" {entry['attempts']} attempts")
 
 
 PHASES = {  # event (on any node) -> what it marks, in the order they happen
@@ -354,7 +361,8 @@ def main() -> None:
                      args.lease_ttl)
         fill(first.tenants_dir / "alice" / "data" / "data.db", args.db_mb)
         hosts["h1"] = RunningGateway(first)
-        hosts["h1"].wait_running("alice", timeout=120)
+        wait_until(lambda: any(t["name"] == "alice" and t["state"] == "running"
+                               for t in hosts["h1"].status()["tenants"]), timeout=120)
         hosts["h2"] = RunningGateway(site(root, etcd, s3.endpoint, "h2", "host", ADDRESSES[1],
                                           next(uids), args.lease_ttl))
         for name in ("e1", "e2"):
