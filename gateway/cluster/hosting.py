@@ -173,8 +173,9 @@ class Hosting:
         on a host rebuilt under the same name (its data and catalog new, as after a whole
         cluster was restored from an etcd snapshot): it restores like any other."""
         data_dir = self.config.tenants[name].data_dir
-        return (replicas.replica_paths(self.config, name) == record["databases"]
-                and all((data_dir / database).exists() for database in record["databases"]))
+        current = replicas.replica_paths(self.config, name)  # (a newer database may be extra)
+        return all(current.get(database) == path and (data_dir / database).exists()
+                   for database, path in record["databases"].items())
 
     async def _announce(self, name: str, door: TenantDoor, restored: dict[str, Any] | None,
                         *, claim: bool = True, held: TenantRoute | None = None) -> None:
