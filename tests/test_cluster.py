@@ -385,11 +385,14 @@ def _steady_gets(edge: RunningGateway, stop: threading.Event,
 @pytest.mark.slow
 def test_a_tenant_moved_on_purpose_fails_no_request_and_keeps_every_write(
         cluster: Cluster, seaweed: Any) -> None:  # noqa: F811 (the fixture imported above)
-    from .test_backup import write_rows
+    from .test_backup import backup_settings, write_rows
 
     first = cluster.start_backed_up("h1", "127.0.0.2", seaweed.endpoint)
     wait_until(lambda: cluster.placement("alice") == "h1", message="alice placed on h1")
-    second = cluster.start_backed_up("h2", "127.0.0.3", seaweed.endpoint)
+    site = cluster.site("h2", "host", advertise="127.0.0.3")
+    site.write_config(backup=backup_settings(site, seaweed.endpoint))
+    (site.tenants_dir / "alice" / "data" / "data.db").unlink()  # h2 never ran alice: no files
+    second = cluster.nodes["h2"] = RunningGateway(site)
     edge = cluster.start("e1", "edge")
     assert edge.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
     # Acknowledged just before the move, not waited for: the move must carry it.
