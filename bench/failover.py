@@ -53,6 +53,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway import spares
 from gateway.cluster import tls
 from tests.conftest import RunningGateway, Site, wait_until
 from tests.etcd_cluster import EtcdCluster
@@ -432,6 +433,9 @@ def main() -> None:
                 gateway.stop()
         etcd.close()
         s3.stop()
+        for run_dir in root.glob("*/run"):  # the spares' mounts (as tests/conftest.py's site)
+            spares.remove_stale(run_dir)
+            spares.release_root(run_dir)
         shutil.rmtree(root, ignore_errors=True)
 
 
