@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway import spares
 from gateway.cluster import tls
 
 from .conftest import UID_BASE, RunningGateway, Site, wait_until
@@ -112,7 +113,16 @@ def cluster(etcd_cluster: Any) -> Iterator[Cluster]:
         yield made
     finally:
         made.close()
+        release_spares(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def release_spares(root: Path) -> None:
+    """The spares' mounts of every node under `root` (as conftest's site fixture does): a
+    gateway killed -9 leaves them."""
+    for run_dir in root.glob("*/run"):
+        spares.remove_stale(run_dir)
+        spares.release_root(run_dir)
 
 
 def test_the_leader_places_a_tenant_and_the_edge_routes_to_its_host(cluster: Cluster) -> None:

@@ -19,7 +19,7 @@ import pytest
 from .conftest import RunningGateway, wait_until
 from .etcd_cluster import EtcdCluster
 from .test_backup import seaweed, wait_replicated, write_rows  # noqa: F401 (a fixture)
-from .test_cluster import Cluster, _etcd_get
+from .test_cluster import Cluster, _etcd_get, release_spares
 
 pytestmark = [pytest.mark.root, pytest.mark.drill]
 
@@ -38,6 +38,7 @@ def lost_cluster() -> Iterator[tuple[Cluster, list[EtcdCluster]]]:
         made.close()
         for etcd in etcds:
             etcd.close()
+        release_spares(root)
         shutil.rmtree(root, ignore_errors=True)
 
 
