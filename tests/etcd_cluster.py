@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
 
 def free_port() -> int:
@@ -50,13 +52,22 @@ class EtcdMember:
 
 
 class EtcdCluster:
-    """Three members, each its own ports and data folder, removed by `close`."""
+    """Three members, each its own ports and data folder, removed by `close`. With `snapshot`
+    (`etcdctl snapshot save`), a new cluster restored from it, as an operator would
+    (`etcdctl snapshot restore` into each member's data folder, then start them)."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, snapshot: Path | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="gateway-etcd-"))
         self.members = [EtcdMember(f"e{i}", self.folder) for i in range(1, size + 1)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for member in self.members:
+            if snapshot is not None:
+                subprocess.run(
+                    [ETCDCTL, "snapshot", "restore", str(snapshot), "--name", member.name,
+                     "--data-dir", str(self.folder / member.name), "--initial-cluster", initial,
+                     "--initial-cluster-token", self.folder.name,
+                     "--initial-advertise-peer-urls", member.peer_url],
+                    env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, check=True)
             member.start(initial, token=self.folder.name)
         self.wait_healthy()
 
@@ -75,6 +86,11 @@ class EtcdCluster:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"etcd did not become healthy; logs in {self.folder}")
+
+    def snapshot(self, path: Path) -> None:
+        """`etcdctl snapshot save` from one member (a consistent copy of the whole store)."""
+        subprocess.run([ETCDCTL, "--endpoints", self.endpoints[0], "snapshot", "save", str(path)],
+                       env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, check=True)
 
     def close(self) -> None:
         for member in self.members:

@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..backends import TenantRoute
+from ..config import load_tenant
 from ..errors import GatewayError
 from . import replicas
 from .etcd import EtcdUnavailable
@@ -123,6 +124,7 @@ class Hosting:
 
     async def _take(self, tenant: TenantConfig) -> None:
         name = tenant.name
+        log.info("cluster_tenant_taking", extra={"tenant": name})
         releasing = self._releasing.get(name)
         if releasing is not None:  # placed back here while it was leaving
             await releasing
@@ -145,6 +147,10 @@ class Hosting:
                     "retry_in_s": backoff, "serving": False})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
+        # Its databases as data/ holds them now: the restore may have brought some that were not
+        # there when the configuration was read (a host that never ran it had none).
+        tenant = await asyncio.to_thread(load_tenant, tenant.directory,
+                                         self.config.gateway.tenant_defaults)
         held = self.node.gateway.routes.get(name)  # this node routed it elsewhere till now
         route = held if adopted and held is not None else self.node.gateway.add_tenant(tenant)
         door = TenantDoor(route, self.node.settings.advertise, self.tls)
@@ -182,7 +188,7 @@ class Hosting:
         if found is None:
             return None
         record: dict[str, Any] = json.loads(found.value)
-        if record["node"] == self.name:
+        if record["node"] == self.name and await asyncio.to_thread(self._holds, name, record):
             # Ours, and nobody served it since: the local files are the newest, and as new as
             # the replicas recorded (or their fallback, while ours had nothing yet).
             if record.get("txids"):
@@ -194,6 +200,15 @@ class Hosting:
             "tenant": name, "from": record["node"], "txids": used["txids"],
             "duration_s": round(time.monotonic() - started, 2)})
         return used
+
+    def _holds(self, name: str, record: dict[str, Any]) -> bool:
+        """Are this host's files of tenant `name` the ones `record` says it replicated? Not
+        on a host rebuilt under the same name (its data and catalog new, as after a whole
+        cluster was restored from an etcd snapshot): it restores like any other."""
+        data_dir = self.config.tenants[name].data_dir
+        current = replicas.replica_paths(self.config, name)  # (a newer database may be extra)
+        return all(current.get(database) == path and (data_dir / database).exists()
+                   for database, path in record["databases"].items())
 
     async def _announce(self, name: str, door: TenantDoor, restored: dict[str, Any] | None,
                         *, claim: bool = True, held: TenantRoute | None = None) -> None:
@@ -286,6 +301,7 @@ class Hosting:
             self.node.hold_route(name)  # (a node that is an edge too)
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.delete(ENDPOINTS + name)
+            log.info("cluster_tenant_withdrawn", extra={"tenant": name})
             await self.node.gateway.remove_tenant(name)
             await door.stop()
             if handing_off and move is not None:

@@ -64,6 +64,34 @@ def caught_up(config: Config, name: str, paths: dict[str, str]) -> dict[str, int
     return replica
 
 
+def check_not_reused(config: Config, name: str, record: dict[str, Any]) -> None:
+    """Raise RestoreError if `record` names replicas under this host's own [backup] prefix
+    that its catalog never made: this host was rebuilt with a new state/ and its old prefix
+    (after a whole cluster was restored, say). Its catalog would number the tenant's new
+    replica folders from 1 again, into the ones it is about to restore from."""
+    own = litestream.object_path(config.gateway.backup, "tenants", name) + "/"
+    named = {path for source in (record, record.get("previous") or {})
+             for path in source.get("databases", {}).values() if path.startswith(own)}
+    if not named:
+        return
+    catalog_path = config.gateway.paths.state_dir / CATALOG_FILE
+    made: set[str] = set()
+    if catalog_path.exists():
+        catalog = Catalog(catalog_path)
+        try:
+            made = {litestream.tenant_object_path(config.gateway.backup, name, line.lineage,
+                                                  line.name)
+                    for line in catalog.lineages(name)}
+        finally:
+            catalog.close()
+    if named - made:
+        raise RestoreError(
+            f"{name}'s replica {sorted(named - made)[0]} is under this host's [backup] prefix"
+            f" {config.gateway.backup.prefix!r}, but this host's state/ did not make it (a host"
+            " rebuilt under its old name?): its new replicas would overwrite it. Give this host"
+            " a [backup] prefix no host used before, then restart it")
+
+
 def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[str, Any]:
     """Replace tenant `name`'s data/ with the replicas `record` names (the old folder kept in
     .restored/). Returns what was restored, as a record ({"databases": {db: path}, "txids":
@@ -71,6 +99,7 @@ def restore_replicas(config: Config, name: str, record: dict[str, Any]) -> dict[
     least the transaction the record has for it, else RestoreError. A database whose replica
     has nothing yet (its host died before a first sync) comes from the record's `previous`;
     one no replica has anything of (nor a recorded position) is the local file as it is."""
+    check_not_reused(config, name, record)
     tenant = config.tenants[name]
     used: dict[str, Any] = {"databases": {}, "txids": {}}
     previous = record.get("previous") or {}
