@@ -35,9 +35,8 @@ from ..config import Config
 from ..errors import CertificateError, ConfigError
 from ..tls import LiveContext
 from . import operate, tls
-from .etcd import Etcd, EtcdUnavailable
+from .etcd import Etcd, EtcdUnavailable, follow
 from .keys import LEADER, ROOT
-from .node import follow
 
 log = logging.getLogger(__name__)
 

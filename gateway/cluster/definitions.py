@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING
 from ..config import DATA_DIR, Config, load_tenant, validate_tenant_name
 from ..errors import ConfigError, GatewayError
 from ..tenant_files import remove_tenant, tenant_toml
-from . import node as cluster
-from .etcd import Etcd, EtcdUnavailable
+from .etcd import Etcd, EtcdUnavailable, follow
 from .keys import DEFINITIONS, ENDPOINTS, MOVES, PLACEMENT, REPLICAS
 
 if TYPE_CHECKING:
@@ -296,4 +295,4 @@ async def follow_definitions(node: ClusterNode) -> None:
                 "folders_made": list(sync.create), "folders_removed": list(sync.remove),
                 **report.summary()})
 
-    await cluster.follow(node.etcd, DEFINITIONS, apply)
+    await follow(node.etcd, DEFINITIONS, apply)

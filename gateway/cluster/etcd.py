@@ -6,16 +6,18 @@ generated code. Keys and values are base64 in the JSON, int64 fields come back a
 
 Several endpoints (the cluster's members) are tried in turn; when none answers, EtcdUnavailable.
 The cluster's shared state is small (nodes, placements), so a request per call is cheap enough;
-watches are one long streaming response each.
+watches are one long streaming response each. `follow` is how every part of a node reads its
+share of that state: all of a prefix, then again after each change, nothing while etcd is away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -263,3 +265,22 @@ def _error_text(response: httpx.Response) -> str:
         return str(response.json().get("error") or response.json().get("message"))
     except ValueError:
         return f"HTTP {response.status_code}"
+
+
+async def follow(etcd: Etcd, prefix: str,
+                 apply: Callable[[dict[str, str]], Awaitable[None]]) -> None:
+    """Call `apply` with everything under `prefix` now and after every change, for ever. While
+    etcd is unreachable nothing is applied (what runs stays as it is)."""
+    while True:
+        try:
+            found, revision = await etcd.get_prefix(prefix)
+            await apply({kv.key.removeprefix(prefix): kv.value for kv in found})
+            async for _events in etcd.watch_prefix(prefix, revision + 1):
+                found, revision = await etcd.get_prefix(prefix)
+                await apply({kv.key.removeprefix(prefix): kv.value for kv in found})
+        except EtcdUnavailable as exc:
+            log.warning("cluster_etcd_unavailable", extra={"prefix": prefix, "error": str(exc)})
+            await asyncio.sleep(1)
+        except Exception:  # a bug or an OS error must not end the node's part: try again
+            log.exception("cluster_apply_failed", extra={"prefix": prefix})
+            await asyncio.sleep(1)

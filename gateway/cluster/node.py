@@ -30,14 +30,14 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from ..backend_client import BackendAddress
 from ..backends import Backend, TenantRoute
 from ..errors import ConfigError
 from . import definitions, operate, tls
-from .etcd import Etcd, EtcdUnavailable
+from .etcd import Etcd, EtcdUnavailable, follow
 from .hosting import Hosting
 from .keys import ENDPOINTS, LEADER, MOVES, NODES, PLACEMENT
 from .lease import Election, Lease
@@ -48,25 +48,6 @@ if TYPE_CHECKING:
     from ..runtime import Gateway
 
 log = logging.getLogger(__name__)
-
-
-async def follow(etcd: Etcd, prefix: str,
-                 apply: Callable[[dict[str, str]], Awaitable[None]]) -> None:
-    """Call `apply` with everything under `prefix` now and after every change, for ever. While
-    etcd is unreachable nothing is applied (what runs stays as it is)."""
-    while True:
-        try:
-            found, revision = await etcd.get_prefix(prefix)
-            await apply({kv.key.removeprefix(prefix): kv.value for kv in found})
-            async for _events in etcd.watch_prefix(prefix, revision + 1):
-                found, revision = await etcd.get_prefix(prefix)
-                await apply({kv.key.removeprefix(prefix): kv.value for kv in found})
-        except EtcdUnavailable as exc:
-            log.warning("cluster_etcd_unavailable", extra={"prefix": prefix, "error": str(exc)})
-            await asyncio.sleep(1)
-        except Exception:  # a bug or an OS error must not end the node's part: try again
-            log.exception("cluster_apply_failed", extra={"prefix": prefix})
-            await asyncio.sleep(1)
 
 
 class ClusterNode:

@@ -25,8 +25,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GatewayError
-from . import node as cluster
-from .etcd import Etcd, EtcdUnavailable
+from .etcd import Etcd, EtcdUnavailable, follow
 from .keys import ANSWERS, ENDPOINTS, LEADER, MEMBERS, NODES, PLACEMENT, REQUESTS
 
 if TYPE_CHECKING:
@@ -173,7 +172,7 @@ async def serve_requests(node: ClusterNode) -> None:
                 taken.add(request_id)
                 node.spawn(_serve(node, prefix + request_id, request_id, value))
 
-    await cluster.follow(node.etcd, prefix, apply)
+    await follow(node.etcd, prefix, apply)
 
 
 async def _serve(node: ClusterNode, key: str, request_id: str, value: str) -> None:
