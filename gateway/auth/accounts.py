@@ -14,7 +14,8 @@ from ..config import Config
 from ..errors import AccountError
 from .passwords import Passwords, normalise_email
 from .service import TOKEN_PREFIX
-from .store import TokenInfo, UserInfo, digest, open_store
+from .store import TokenInfo, UserInfo, digest
+from .stores import open_store
 from .urls import public_origin
 
 

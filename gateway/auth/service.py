@@ -84,7 +84,8 @@ from .cookies import CHECKED_COOKIE, SESSION_COOKIE, cookie_values
 from .csrf import Csrf
 from .handoff import Passes
 from .passwords import Passwords, normalise_email
-from .store import Invite, Principal, digest, open_store
+from .store import Invite, Principal, digest
+from .stores import open_store
 from .throttle import Admission, Throttle
 from .urls import public_origin
 

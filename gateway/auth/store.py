@@ -27,13 +27,9 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import AccountError
 from .schema import migrate
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 ACCOUNTS_FILE = "accounts.db"
 # last_seen is written at most this often per session (a write per request would be wasteful),
@@ -95,18 +91,6 @@ class Invite:
     email: str
     tenants: tuple[str, ...]
     expires: float
-
-
-def open_store(config: Config) -> AccountStore:
-    """The accounts database in the state folder; in a cluster, its replica of the accounts
-    every edge shares (cluster/accounts.py)."""
-    path = config.gateway.paths.state_dir / ACCOUNTS_FILE
-    endpoints = config.gateway.cluster.etcd_endpoints
-    if not endpoints:
-        return AccountStore(path)
-    from ..cluster.accounts import ReplicatedStore
-
-    return ReplicatedStore(path, endpoints)
 
 
 class AccountStore:
