@@ -7,6 +7,7 @@ Real gateway, real bubblewrap, root (spares need it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -37,19 +38,44 @@ def _mounts_under(folder: Path) -> list[str]:
     return sorted(p for p in points if p == str(folder) or p.startswith(f"{folder}/"))
 
 
-def _idle_spares(site: Site) -> list[int]:
-    """Pids of this site's spares not handed a tenant yet (bwrap, outside the sandbox)."""
-    pids = []
-    for entry in os.listdir("/proc"):
+def _processes() -> dict[int, tuple[int, list[bytes]]]:
+    """pid: (parent pid, argv) of every process."""
+    processes = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
             continue
-        if (argv[0].endswith(b"bwrap") and b"gateway.spare_process" in argv
-                and any(str(site.root / "run" / "spares" / "spare-").encode() in arg
-                        for arg in argv)):
-            pids.append(int(entry))
+        processes[int(entry)] = (parent, argv)
+    return processes
+
+
+def _children(processes: dict[int, tuple[int, list[bytes]]], pid: int) -> list[int]:
+    return [child for child, (parent, _) in processes.items() if parent == pid]
+
+
+def _idle_spares(site: Site) -> list[int]:
+    """Pids of this site's spares not handed a tenant yet, as the gateway knows them: bwrap
+    (outside the sandbox) for a spare of its own, the zygote's fork for a forked spare (whose
+    child, the spare, is still root)."""
+    spares = str(site.root / "run" / "spares").encode()
+    processes = _processes()
+    pids = []
+    for pid, (_, argv) in processes.items():
+        if not argv[0].endswith(b"bwrap") or not any(arg.startswith(spares) for arg in argv):
+            continue
+        if b"gateway.spare_process" in argv:
+            pids.append(pid)
+        elif b"gateway.zygote" in argv:
+            for zygote in _children(processes, pid):
+                for fork in _children(processes, zygote):
+                    spare = _children(processes, fork)
+                    with contextlib.suppress(OSError, StopIteration):
+                        if spare and _proc_status(spare[0])["Uid"].split()[0] == "0":
+                            pids.append(fork)
     return pids
 
 
@@ -123,3 +149,128 @@ def test_without_spares_every_wake_is_a_cold_start(site: Site, start_gateway: An
     assert [e["spare"] for e in _started(gateway, "alice")] == [False]
     assert not _idle_spares(site)
     assert not (site.root / "run" / "spares").exists()
+
+
+_NAMESPACES = ("mnt", "net", "ipc", "uts", "cgroup", "pid", "user", "time")
+_VIRTUAL = {"tmpfs", "proc", "devpts", "devtmpfs"}
+
+
+def _mounts(pid: int) -> list[tuple[str, str, str, str]]:
+    """(mount point, its options, file system type, where it comes from) of each mount the
+    process sees; where a bind comes from is its path with the spare's folder left out."""
+    rows = []
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            fields, _, fs = line.partition(" - ")
+            _, _, _, root, point, options, *_ = fields.split()
+            kind = fs.split()[0]
+            if kind not in _VIRTUAL:
+                root = root.rsplit("/", 1)[-1] if "/spares/" in root or "/tenants/" in root \
+                    else root
+            rows.append((point, options, kind, root))
+    return rows
+
+
+def _fd_kinds(pid: int) -> list[str]:
+    """What each open file descriptor is, without inode numbers: pipe, socket, a path."""
+    kinds = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            kinds.append(os.readlink(f"/proc/{pid}/fd/{fd}").split(":[")[0])
+    return sorted(kinds)
+
+
+def _sandbox(pid: int) -> dict[str, Any]:
+    """What a tenant's (or an idle spare's) sandbox is made of, comparable between processes."""
+    status = _proc_status(pid)
+    root = f"/proc/{pid}/root"
+    with open(f"/proc/{pid}/limits") as f:
+        limits = f.read()
+    with open(f"/proc/{pid}/net/dev") as f:
+        interfaces = sorted(line.split(":")[0].strip() for line in f if ":" in line)
+    return {
+        "mounts": sorted(_mounts(pid)),  # the order they were made in aside
+        "ids": [status[key] for key in ("Uid", "Gid", "Groups")],
+        "capabilities": [status[key] for key in ("CapInh", "CapPrm", "CapEff", "CapBnd",
+                                                 "CapAmb")],
+        "no_new_privs": status["NoNewPrivs"],
+        "seccomp": status["Seccomp"],
+        "pid_in_namespace": status["NSpid"].split()[-1],
+        "processes_seen": sorted(e for e in os.listdir(f"{root}/proc") if e.isdigit()),
+        "limits": limits,
+        "interfaces": interfaces,
+        "tmp": sorted(os.listdir(f"{root}/tmp")),
+        "dev": sorted(os.listdir(f"{root}/dev")),
+    }
+
+
+def _namespaces(pid: int) -> dict[str, str]:
+    return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in _NAMESPACES}
+
+
+def _filesystems(pid: int) -> dict[str, int]:
+    """The device of each per-sandbox file system: one of its own, or shared with another?"""
+    return {folder: os.stat(f"/proc/{pid}/root{folder}").st_dev
+            for folder in ("/tmp", "/dev", "/dev/pts", "/proc")}
+
+
+def _zygote(site: Site) -> int:
+    processes = _processes()
+    spares = str(site.root / "run" / "spares").encode()
+    return next(child for pid, (_, argv) in processes.items()
+                if argv[0].endswith(b"bwrap") and b"gateway.zygote" in argv
+                and spares in argv for child in _children(processes, pid))
+
+
+@pytest.mark.slow
+def test_a_forked_spare_is_sandboxed_as_one_bubblewrap_starts(site: Site,
+                                                             start_gateway: Any) -> None:
+    """The same tenants woken from spares bubblewrap starts, then (another gateway) from spares
+    the zygote forks: 1. an idle spare has the same open files (its pipes; nothing of the
+    zygote's). 2. Each tenant has the same sandbox either way: mounts (none writable from the
+    host but /data, its socket folder and the empty /conf, read-only), uid/gid/groups, no
+    capabilities, no-new-privs, rlimits, PID 1 of a namespace where it sees only itself, a
+    loopback only, an empty /tmp, the same /dev. 3. Its namespaces are its own (not the host's,
+    the other tenant's or the zygote's; the user and time namespaces are the host's, as at
+    root-bwrap), and so are its /tmp, /dev, /dev/pts and /proc."""
+    site.add_tenant("alice", settings="idle_stop_s = 60\n")
+    site.add_tenant("bob", settings="idle_stop_s = 60\n")
+    host = _namespaces(os.getpid())
+    seen: dict[bool, dict[str, Any]] = {}
+    for forked in (False, True):
+        site.write_config(sandbox={"fork_spares": forked})
+        gateway = start_gateway()
+        idle = wait_until(lambda: _idle_spares(site) if len(_idle_spares(site)) == 2 else None,
+                          30, message="two idle spares")
+        processes = _processes()
+        spares = [_children(processes, pid)[0] for pid in idle]
+        # Its pipes only (the ready pipe closed once it has loaded): 0, output, lifeline, handoff
+        wait_until(lambda spares=spares: all(_fd_kinds(pid) == ["/dev/null"] + ["pipe"] * 4
+                                             for pid in spares),
+                   30, message="idle spares with their pipes only")
+        pids = {}
+        for name in ("alice", "bob"):
+            assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
+            pids[name] = gateway.tenant(name)["pid"]
+        assert [e["spare"] for e in _started(gateway, "alice")] == [True]
+        seen[forked] = {name: _sandbox(pid) for name, pid in pids.items()}
+        alice, bob = (_namespaces(pid) for pid in pids.values())
+        others = [host, bob] + ([_namespaces(_zygote(site))] if forked else [])
+        for kind in ("mnt", "net", "ipc", "uts", "cgroup", "pid"):
+            assert all(alice[kind] != other[kind] for other in others), kind
+        assert (alice["user"], alice["time"]) == (host["user"], host["time"])
+        filesystems = [_filesystems(pid) for pid in pids.values()]
+        zygote = [_filesystems(_zygote(site))] if forked else []
+        for folder, device in filesystems[0].items():
+            assert all(device != other[folder] for other in filesystems[1:] + zygote), folder
+        gateway.stop()
+    assert seen[True] == seen[False]
+    alice = seen[True]["alice"]
+    writable = [point for point, options, kind, _ in alice["mounts"]
+                if kind not in _VIRTUAL and not options.startswith("ro")]
+    assert sorted(set(writable)) == ["/data", "/run/ds"]  # /data twice: the spare's, the tenant's
+    assert ("/conf", "ro,nosuid,nodev,relatime") in [row[:2] for row in alice["mounts"]]
+    assert alice["capabilities"] == ["0000000000000000"] * 5
+    assert (alice["no_new_privs"], alice["pid_in_namespace"]) == ("1", "1")
+    assert alice["processes_seen"] == ["1"]
+    assert (alice["interfaces"], alice["tmp"]) == (["lo"], [])

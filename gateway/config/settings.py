@@ -204,6 +204,14 @@ class SandboxSettings:
         " cold.",
         check=check_non_negative,
     )
+    fork_spares: bool = setting(
+        True,
+        "Fork spares from one zygote, a sandboxed Python that imported Datasette once (a new"
+        " spare then costs a fork, its own namespaces and mounts, and shares the zygote's"
+        " memory); false: each spare is a bubblewrap of its own that imports Datasette itself"
+        " (its own address-space layout and hash seed; see README, Sleeping tenants). Read at"
+        " start.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
