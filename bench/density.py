@@ -8,6 +8,8 @@ One run builds N public tenants (each a copy of one small database) and, in turn
 from a real `gateway serve` (sandboxed when run as root):
 - "sleeping": every tenant has idle_stop_s = --idle; they start asleep; wakes are handed
   spares (sandbox.spare_processes = --spares; root only, see spares.py);
+- "sleeping-bwrap": the same with spares that each import Datasette in a bubblewrap of their own
+  (sandbox.fork_spares = false), not forked from the zygote;
 - "sleeping-cold": the same without spares (spare_processes = 0): every wake a cold start;
 - "always-on": the same tenants with idle_stop_s = 0 (the gateway starts all of them first).
 The same load runs against each: windows of 10 % of the tenants, one after the other, --passes
@@ -54,6 +56,7 @@ CLIENTS = 8
 
 def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
               uid_base: int) -> tuple[Path, int]:
+    fork = "false" if mode == "sleeping-bwrap" else "true"
     template = root / "template.db"
     if not template.exists():
         db = sqlite3.connect(template)
@@ -73,7 +76,7 @@ def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int,
         f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = {port}\n'
         f'[paths]\nrun_dir = "{root}/run-{site.name}"\n[log]\naccess_log = false\n'
         f"[sandbox]\nuid_min = {uid_base}\nuid_max = {uid_base + 999}\n"
-        f"spare_processes = {spares}\n"
+        f"spare_processes = {spares}\nfork_spares = {fork}\n"
         f"[proxy]\nretry_budget_s = 30.0\n")
     for folder in (root, site):
         os.chmod(folder, 0o755)
@@ -280,12 +283,14 @@ def main() -> None:
     parser.add_argument("--spares", type=int, default=2,
                         help="sandbox.spare_processes of the sleeping mode")
     parser.add_argument("--modes", default="sleeping,sleeping-cold,always-on",
-                        help="which of sleeping, sleeping-cold, always-on to run, in order")
+                        help="which of sleeping, sleeping-bwrap, sleeping-cold, always-on to run,"
+                        " in order")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gw-density-", dir="/tmp"))
     try:
         results = {}
         modes = {"sleeping": (args.idle, args.spares), "sleeping-cold": (args.idle, 0),
+                 "sleeping-bwrap": (args.idle, args.spares),
                  "always-on": (0.0, 0)}
         for name in args.modes.split(","):
             idle_s, spares = modes[name]

@@ -66,14 +66,19 @@ class ForkedProcess:
         return self.returncode
 
     def kill(self) -> None:
-        """Its spare gets SIGKILL with it (PR_SET_PDEATHSIG)."""
+        """An idle spare (still root: a change of uid clears it) gets SIGKILL with it
+        (PR_SET_PDEATHSIG); a handed one ends when its lifeline closes."""
         os.kill(self.pid, signal.SIGKILL)
 
-    def _exited(self) -> None:
-        """Once it has exited: the exit code it wrote, if any (-9: killed before it could)."""
+    def close(self) -> None:
+        """Once handed over: the tenant's process watches it with a pidfd of its own."""
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+
+    def _exited(self) -> None:
+        """Once it has exited: the exit code it wrote, if any (-9: killed before it could)."""
+        self.close()
         self.returncode = -signal.SIGKILL
         with contextlib.suppress(OSError, ValueError):
             os.set_blocking(self._status_fd, False)

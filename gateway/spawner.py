@@ -277,8 +277,10 @@ class Spawner:
         )
         # A forked spare is the zygote's child: its exit is watched through a pidfd and its
         # status pipe, as an adopted process's is.
-        popen = spare.process if isinstance(spare.process, subprocess.Popen) else None
-        return TenantProcess(handle, backend, popen)
+        if isinstance(spare.process, spares.ForkedProcess):
+            spare.process.close()
+            return TenantProcess(handle, backend, None)
+        return TenantProcess(handle, backend, spare.process)
 
     def _tenant_paths(self, tenant: TenantConfig, run_dir: Path) -> sandbox.TenantPaths:
         return sandbox.TenantPaths(

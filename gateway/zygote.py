@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> None:
             _close(fds)
             control.send(_PID.pack(-1))
             continue
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # EAGAIN, ENOMEM: this spare is refused, the next may not be
+            pid = -1
         if pid == 0:
             control.detach()
             _outer(name, fds)

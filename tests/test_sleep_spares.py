@@ -1,6 +1,7 @@
 """Spare tenant processes (sandbox.spare_processes, spares.py): a wake is handed a sandbox that
-has Datasette loaded already. Each spare serves one tenant, as that tenant's user, and leaves
-nothing mounted behind it.
+has Datasette loaded already, forked by the zygote (zygote.py, fork_sandbox.py) or started by
+bubblewrap. Each spare serves one tenant, as that tenant's user, and leaves nothing mounted
+behind it; a forked spare's sandbox is the same as a bubblewrap one's.
 
 Real gateway, real bubblewrap, root (spares need it).
 """
@@ -10,10 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from gateway import spares
+from gateway.zygote import Zygote
 
 from .conftest import UID_BASE, RunningGateway, Site, assert_gone, wait_until
 
@@ -79,8 +85,11 @@ def _idle_spares(site: Site) -> list[int]:
     return pids
 
 
-@pytest.fixture
-def gateway(site: Site, start_gateway: Any) -> RunningGateway:
+@pytest.fixture(params=[True, False], ids=["forked", "bwrap"])
+def gateway(request: pytest.FixtureRequest, site: Site, start_gateway: Any) -> RunningGateway:
+    """A gateway with two sleepy tenants, its spares forked by the zygote or each started by
+    bubblewrap (sandbox.fork_spares)."""
+    site.write_config(sandbox={"fork_spares": request.param})
     site.add_tenant("alice", settings=f"idle_stop_s = {IDLE_S}\n")
     site.add_tenant("bob", settings=f"idle_stop_s = {IDLE_S}\n")
     gateway: RunningGateway = start_gateway()
@@ -139,6 +148,61 @@ def test_a_spare_that_died_is_not_handed_a_tenant(site: Site, gateway: RunningGa
     assert gateway.get("alice", "/data/items.json?_size=1").status_code == 200
     assert gateway.wait_for_event("spare_exited")["status"] == -signal.SIGKILL
     assert [e["spare"] for e in _started(gateway, "alice")] == [True]
+
+
+def test_a_zygote_that_died_is_started_again(site: Site, start_gateway: Any) -> None:
+    """1. The zygote is killed: its idle spares outlive it (they are not its PID namespace's)
+    and the next wake is handed one. 2. The refill starts a new zygote, whose forks fill the
+    pool again."""
+    site.add_tenant("alice", settings=f"idle_stop_s = {IDLE_S}\n")
+    gateway = start_gateway()
+    idle = wait_until(lambda: _idle_spares(site) if len(_idle_spares(site)) == 2 else None,
+                      30, message="two idle spares")
+    zygote = _zygote(site)
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    assert_gone({zygote})
+    assert gateway.get("alice", "/data/items.json?_size=1").status_code == 200
+    assert [e["spare"] for e in _started(gateway, "alice")] == [True]
+    handed = gateway.tenant("alice")["pid"]
+    processes = _processes()
+    assert handed in [_children(processes, pid)[0] for pid in idle]
+    left = [pid for pid in idle if _children(processes, pid) != [handed]]
+    wait_until(lambda: len([e for e in list(gateway.events)
+                            if e.get("event") == "zygote_started"]) == 2,
+               30, message="a new zygote")
+    assert _zygote(site) not in (None, zygote)
+    # The pool: the old zygote's other spare, and one the new zygote forked.
+    wait_until(lambda: len(_idle_spares(site)) == 1, 30, message="the pool refilled")
+    assert len(left) == 1 and os.path.exists(f"/proc/{left[0]}")
+
+
+def test_the_zygote_refuses_a_bad_request(tmp_path: Path) -> None:
+    """1. A request for a spare whose name is not a spare's (a path) is refused, and so is one
+    with too few pipes; nothing is forked. 2. The zygote still forks a spare that loads."""
+    run = tmp_path / "run"
+    run.mkdir(mode=0o711)
+    assert spares.probe(run) is None
+    zygote = Zygote(run)
+    try:
+        zygote.ensure_running()
+        pipes = [os.pipe() for _ in range(3)]
+        ends = (*pipes[0], *pipes[1], pipes[2][0])
+        with pytest.raises(OSError, match=r"^the zygote could not fork \.\./spare-1-1$"):
+            zygote.fork("../spare-1-1", ends)
+        assert zygote._control is not None
+        socket.send_fds(zygote._control, [b"spare-1-1"], list(ends[:2]))
+        assert zygote._control.recv(4) == struct.pack("=i", -1)
+        for fd in (*pipes[0], *pipes[1], *pipes[2]):
+            os.close(fd)
+        spare = spares.fork_spare(run, "spare-1-3", zygote)
+        assert spares.wait_until_loaded(spare)
+        spares.discard(spare)
+        assert _children(_processes(), zygote.pid or 0) != []  # its zygote Python still runs
+    finally:
+        zygote.stop()
+        spares.remove_stale(run)
+        spares.release_root(run)
 
 
 def test_without_spares_every_wake_is_a_cold_start(site: Site, start_gateway: Any) -> None:
@@ -214,12 +278,13 @@ def _filesystems(pid: int) -> dict[str, int]:
             for folder in ("/tmp", "/dev", "/dev/pts", "/proc")}
 
 
-def _zygote(site: Site) -> int:
+def _zygote(site: Site) -> int | None:
+    """The pid of this site's zygote (the Python bubblewrap runs), if one runs."""
     processes = _processes()
     spares = str(site.root / "run" / "spares").encode()
-    return next(child for pid, (_, argv) in processes.items()
-                if argv[0].endswith(b"bwrap") and b"gateway.zygote" in argv
-                and spares in argv for child in _children(processes, pid))
+    return next((child for pid, (_, argv) in processes.items()
+                 if argv[0].endswith(b"bwrap") and b"gateway.zygote" in argv
+                 and spares in argv for child in _children(processes, pid)), None)
 
 
 @pytest.mark.slow
@@ -255,12 +320,14 @@ def test_a_forked_spare_is_sandboxed_as_one_bubblewrap_starts(site: Site,
         assert [e["spare"] for e in _started(gateway, "alice")] == [True]
         seen[forked] = {name: _sandbox(pid) for name, pid in pids.items()}
         alice, bob = (_namespaces(pid) for pid in pids.values())
-        others = [host, bob] + ([_namespaces(_zygote(site))] if forked else [])
+        zygote_pid = _zygote(site)
+        others = [host, bob] + ([_namespaces(zygote_pid)] if zygote_pid else [])
+        assert (zygote_pid is not None) == forked
         for kind in ("mnt", "net", "ipc", "uts", "cgroup", "pid"):
             assert all(alice[kind] != other[kind] for other in others), kind
         assert (alice["user"], alice["time"]) == (host["user"], host["time"])
         filesystems = [_filesystems(pid) for pid in pids.values()]
-        zygote = [_filesystems(_zygote(site))] if forked else []
+        zygote = [_filesystems(zygote_pid)] if zygote_pid else []
         for folder, device in filesystems[0].items():
             assert all(device != other[folder] for other in filesystems[1:] + zygote), folder
         gateway.stop()
