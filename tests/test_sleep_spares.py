@@ -278,6 +278,12 @@ def _filesystems(pid: int) -> dict[str, int]:
             for folder in ("/tmp", "/dev", "/dev/pts", "/proc")}
 
 
+def _idle_pythons(site: Site) -> list[int]:
+    """The Pythons of the idle spares (bwrap's child, or the zygote's fork's), once started."""
+    processes = _processes()
+    return [child for pid in _idle_spares(site) for child in _children(processes, pid)]
+
+
 def _zygote(site: Site) -> int | None:
     """The pid of this site's zygote (the Python bubblewrap runs), if one runs."""
     processes = _processes()
@@ -305,14 +311,11 @@ def test_a_forked_spare_is_sandboxed_as_one_bubblewrap_starts(site: Site,
     for forked in (False, True):
         site.write_config(sandbox={"fork_spares": forked})
         gateway = start_gateway()
-        idle = wait_until(lambda: _idle_spares(site) if len(_idle_spares(site)) == 2 else None,
-                          30, message="two idle spares")
-        processes = _processes()
-        spares = [_children(processes, pid)[0] for pid in idle]
-        # Its pipes only (the ready pipe closed once it has loaded): 0, output, lifeline, handoff
-        wait_until(lambda spares=spares: all(_fd_kinds(pid) == ["/dev/null"] + ["pipe"] * 4
-                                             for pid in spares),
-                   30, message="idle spares with their pipes only")
+        # An idle spare's Python has its pipes only (the ready pipe closed once it has
+        # loaded): 0, output, lifeline, handoff.
+        wait_until(lambda: [_fd_kinds(pid) for pid in _idle_pythons(site)]
+                   == [["/dev/null"] + ["pipe"] * 4] * 2,
+                   30, message="two idle spares with their pipes only")
         pids = {}
         for name in ("alice", "bob"):
             assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
