@@ -203,7 +203,13 @@ class SparePool:
 def _start_and_wait(run_root: Path, name: str, zygote: Zygote | None) -> Spare:
     if zygote is not None:
         zygote.ensure_running()
-        spare = fork_spare(run_root, name, zygote)
+        try:
+            spare = fork_spare(run_root, name, zygote)
+        except OSError:
+            if zygote.is_running():
+                raise
+            zygote.ensure_running()  # it had died: once more, from a new one
+            spare = fork_spare(run_root, name, zygote)
     else:
         spare = start_spare(run_root, name)
     if not _wait_for_byte(spare.ready_fd, b"1"):

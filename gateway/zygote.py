@@ -108,17 +108,19 @@ class Zygote:
 
     def fork(self, name: str, pipes: tuple[int, int, int, int, int]) -> int:
         """Ask for spare `name` with these pipe ends; the pid of its outer process."""
-        if self._control is None:
-            raise OSError("the zygote is not running")
         with self._lock:
-            socket.send_fds(self._control, [name.encode()], list(pipes))
-            self._control.settimeout(_START_TIMEOUT_S)
+            if self._control is None:
+                raise OSError("the zygote is not running")
             try:
+                socket.send_fds(self._control, [name.encode()], list(pipes))
+                self._control.settimeout(_START_TIMEOUT_S)
                 answer = self._control.recv(_PID.size)
-            finally:
                 self._control.settimeout(None)
-        if len(answer) != _PID.size:
-            raise OSError("the zygote did not answer")
+            except OSError:
+                answer = b""
+            if len(answer) != _PID.size:
+                self.stop()  # it died, or hangs: the next ensure_running starts another
+                raise OSError("the zygote did not answer")
         pid: int = _PID.unpack(answer)[0]
         if pid <= 0:
             raise OSError(f"the zygote could not fork {name}")
