@@ -8,6 +8,8 @@ One run builds N public tenants (each a copy of one small database) and, in turn
 from a real `gateway serve` (sandboxed when run as root):
 - "sleeping": every tenant has idle_stop_s = --idle; they start asleep; wakes are handed
   spares (sandbox.spare_processes = --spares; root only, see spares.py);
+- "sleeping-bwrap": the same with spares that each import Datasette in a bubblewrap of their own
+  (sandbox.fork_spares = false), not forked from the zygote;
 - "sleeping-cold": the same without spares (spare_processes = 0): every wake a cold start;
 - "sleeping-capped": "sleeping" with supervisor.max_awake_tenants = --max-awake (default: two
   windows of the load): a wake beyond it puts the least recently used idle tenant to sleep;
@@ -56,6 +58,7 @@ CLIENTS = 8
 
 def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int, max_awake: int,
               uid_base: int) -> tuple[Path, int]:
+    fork = "false" if mode == "sleeping-bwrap" else "true"
     template = root / "template.db"
     if not template.exists():
         db = sqlite3.connect(template)
@@ -75,7 +78,7 @@ def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int, m
         f'domain = "{DOMAIN}"\n[listen]\nhost = "127.0.0.1"\nhttp_port = {port}\n'
         f'[paths]\nrun_dir = "{root}/run-{site.name}"\n[log]\naccess_log = false\n'
         f"[sandbox]\nuid_min = {uid_base}\nuid_max = {uid_base + 999}\n"
-        f"spare_processes = {spares}\n"
+        f"spare_processes = {spares}\nfork_spares = {fork}\n"
         f"[proxy]\nretry_budget_s = 30.0\n"
         f"[supervisor]\nmax_awake_tenants = {max_awake}\n")
     for folder in (root, site):
@@ -301,14 +304,15 @@ def main() -> None:
                         help="supervisor.max_awake_tenants of sleeping-capped (default: two"
                              " windows, 20 %% of --tenants)")
     parser.add_argument("--modes", default="sleeping,sleeping-cold,always-on",
-                        help="which of sleeping, sleeping-cold, sleeping-capped, always-on to"
-                             " run, in order")
+                        help="which of sleeping, sleeping-bwrap, sleeping-cold, sleeping-capped,"
+                             " always-on to run, in order")
     args = parser.parse_args()
     max_awake = args.max_awake or 2 * max(1, args.tenants // 10)
     root = Path(tempfile.mkdtemp(prefix="gw-density-", dir="/tmp"))
     try:
         results = {}
         modes = {"sleeping": (args.idle, args.spares, 0), "sleeping-cold": (args.idle, 0, 0),
+                 "sleeping-bwrap": (args.idle, args.spares, 0),
                  "sleeping-capped": (args.idle, args.spares, max_awake),
                  "always-on": (0.0, 0, 0)}
         for name in args.modes.split(","):

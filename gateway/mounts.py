@@ -20,18 +20,20 @@ from pathlib import Path
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def mount(source: str | None, target: str, flags: int) -> None:
-    if _libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
+    if libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
                    None, ctypes.c_ulong(flags), None) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
@@ -71,7 +73,7 @@ def release(spare_dir: Path) -> None:
                 _rmdir(entry)
             elif entry.is_file() and entry.stat().st_size == 0:
                 entry.unlink()
-    for folder in (conf, spare_dir / "data", spare_dir):
+    for folder in (conf, spare_dir / "data", spare_dir / "run", spare_dir):
         _rmdir(folder)
 
 
@@ -90,7 +92,7 @@ def detach(folder: Path) -> None:
         if not points:
             return
         for point in points:
-            _libc.umount2(os.fsencode(point), MNT_DETACH)
+            libc.umount2(os.fsencode(point), MNT_DETACH)
     raise OSError(errno.EBUSY, f"{folder}: mounts remain after {_MAX_STACKED} detaches")
 
 

@@ -36,6 +36,7 @@ SANDBOX_PACKAGE_PARENT = "/opt/gateway"
 SANDBOX_CONF = "/conf"
 SANDBOX_DATA = "/data"
 SANDBOX_RUN = "/run/ds"
+SANDBOX_SPARES = "/.spares"  # <run_dir>/spares, in the zygote's sandbox only (zygote.py)
 SOCKET_NAME = "ds.sock"
 
 _PROTECTIONS: dict[Level, list[str]] = {
@@ -299,6 +300,27 @@ def spare_launch(*, spare_dir: Path, run_dir: Path, lifeline_fd: int, handoff_fd
             "--json-status-fd", str(status_fd), *mounts, *inner]
     env = _python_env(Isolation("root-bwrap", "spare"), package_parent)
     return Launch(argv, env, run_dir / SOCKET_NAME)
+
+
+def zygote_launch(*, run_root: Path, lifeline_fd: int, control_fd: int) -> Launch:
+    """The zygote (zygote.py): bubblewrap as root with a spare's filesystem view (empty /data,
+    /conf and /run/ds, which each fork binds its own folders onto) and <run_dir>/spares at
+    SANDBOX_SPARES, in the host's PID namespace (its forks each make their own, and
+    outlive it). Its other namespaces are its own too; each fork unshares all of them again."""
+    venv, package_parent = venv_prefix(), gateway_package_parent()
+    mounts = [
+        *_code_mounts(venv, package_parent),
+        "--bind", str(run_root / "spares"), SANDBOX_SPARES,
+        "--dir", SANDBOX_DATA, "--dir", SANDBOX_CONF,
+        "--perms", "0755", "--dir", "/run", "--dir", SANDBOX_RUN,
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/",
+    ]
+    inner = [f"{SANDBOX_VENV}/bin/python", "-m", "gateway.zygote",
+             "--lifeline-fd", str(lifeline_fd), "--control-fd", str(control_fd)]
+    unshare = [option for option in _ROOT_UNSHARE if option != "--unshare-pid"]
+    argv = ["bwrap", *unshare, "--new-session", *mounts, *inner]
+    env = _python_env(Isolation("root-bwrap", "zygote"), package_parent)
+    return Launch(argv, env, run_root / "spares")
 
 
 def spare_rlimits(settings: TenantSettings) -> dict[str, int]:

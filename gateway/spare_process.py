@@ -10,8 +10,8 @@ gateway binds one tenant's data folder (and metadata, plugins) onto /data and /c
 host and writes one JSON line: the tenant's uid, rlimits, secret and Datasette arguments. This
 process then, before any of the tenant's files or settings are read:
 
-1. remounts /data nosuid,nodev and /conf read-only, and makes every mount private (nothing the
-   host mounts later reaches it);
+1. remounts /data nosuid,nodev and /conf (and what it holds) read-only, and makes every mount
+   private (nothing the host mounts later reaches it);
 2. sets the tenant's rlimits, clears its groups, drops the capability bounding set, takes the
    tenant's uid/gid (which empties the other sets but the inheritable one, emptied next) and
    sets no-new-privs: what
@@ -47,8 +47,11 @@ _RLIMITS = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE,
             "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
 
 
-_PRELOAD = ("uvicorn", "uvicorn.loops.uvloop", "uvicorn.protocols.http.httptools_impl",
-            "datasette.app", "datasette.cli", "gateway.datasette_plugin")
+# Everything a tenant process imports up to its first pages (found by diffing sys.modules).
+_PRELOAD = ("uvicorn", "uvicorn.loops.auto", "uvicorn.loops.uvloop", "uvicorn.lifespan.on",
+            "uvicorn.protocols.http.auto", "uvicorn.protocols.http.httptools_impl",
+            "encodings.unicode_escape", "datasette.app", "datasette.cli",
+            "gateway.datasette_plugin")
 
 
 def preload() -> None:
@@ -74,6 +77,7 @@ def read_handoff(fd: int) -> dict[str, Any]:
 def confine(handoff: dict[str, Any]) -> None:
     """Steps 1 and 2 of the module docstring. Any failure ends the process (os._exit)."""
     mount(None, "/data", MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV)
+    mount(None, "/conf", MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     for path in handoff["read_only"]:
         mount(None, path, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     mount(None, "/", MS_REC | MS_PRIVATE)
@@ -122,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(OSError):  # "2": loaded (the pool starts the next spare)
         os.write(args.ready_fd, b"2")
     os.close(args.ready_fd)
-    handoff = read_handoff(args.handoff_fd)
+    serve_handoff(args.handoff_fd)
+
+
+def serve_handoff(handoff_fd: int) -> None:
+    """Wait for the handoff, then steps 1-3 (a forked spare, zygote.py, joins here too)."""
+    handoff = read_handoff(handoff_fd)
     try:
         confine(handoff)
     except (OSError, ValueError, KeyError) as exc:

@@ -28,12 +28,14 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import mounts, sandbox
 from .tenant_files import make_private_dir
+from .zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,53 @@ SPARES_DIR = "spares"
 _READY_TIMEOUT_S = 10.0
 
 
+class ForkedProcess:
+    """A forked spare's outer process (zygote.py): the zygote's child, not the gateway's, so
+    watched through a pidfd, its exit status read from its status pipe. What Spare needs of a
+    subprocess.Popen."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._status_fd = status_fd
+        self._pidfd = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+            self._exited()
+        return self.returncode
+
+    def wait(self) -> int | None:
+        if self.returncode is None:
+            select.select([self._pidfd], [], [])
+            self._exited()
+        return self.returncode
+
+    def kill(self) -> None:
+        """An idle spare (still root: a change of uid clears it) gets SIGKILL with it
+        (PR_SET_PDEATHSIG); a handed one ends when its lifeline closes."""
+        os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Once handed over: the tenant's process watches it with a pidfd of its own."""
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _exited(self) -> None:
+        """Once it has exited: the exit code it wrote, if any (-9: killed before it could)."""
+        self.close()
+        self.returncode = -signal.SIGKILL
+        with contextlib.suppress(OSError, ValueError):
+            os.set_blocking(self._status_fd, False)
+            for line in os.read(self._status_fd, 65536).splitlines():
+                self.returncode = int(json.loads(line).get("exit-code", self.returncode))
+
+
 @dataclass(slots=True)
 class Spare:
     name: str
-    popen: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     spare_dir: Path
     run_dir: Path
     lifeline_fd: int  # write end: closing it ends the spare (and later the tenant)
@@ -80,9 +125,10 @@ def spare_dir_for(run_dir: Path) -> Path:
 class SparePool:
     """Keeps `size` spares started; take() hands out the oldest (starting one if none is left)."""
 
-    def __init__(self, run_root: Path, size: int) -> None:
+    def __init__(self, run_root: Path, size: int, zygote: Zygote | None) -> None:
         self.run_root = run_root
         self.size = size
+        self.zygote = zygote  # None: each spare is a bubblewrap of its own
         self._names = (f"spare-{os.getpid()}-{n}" for n in itertools.count())
         self._spares: list[Spare] = []
         self._starting = 0
@@ -92,11 +138,11 @@ class SparePool:
     async def take(self) -> Spare:
         while self._spares:
             spare = self._spares.pop(0)
-            if spare.popen.poll() is None:
+            if spare.process.poll() is None:
                 self.fill()
                 return spare
             log.warning("spare_exited", extra={"spare": spare.name,
-                                               "status": spare.popen.returncode})
+                                               "status": spare.process.returncode})
             await asyncio.to_thread(discard, spare)
         spare = await self._start()
         _close_ready(spare)  # not loaded yet, but no other is nearer to it
@@ -135,7 +181,8 @@ class SparePool:
     async def _start(self) -> Spare:
         """A new spare, once it runs (its sandbox made)."""
         name = next(self._names)
-        starting = asyncio.ensure_future(asyncio.to_thread(_start_and_wait, self.run_root, name))
+        starting = asyncio.ensure_future(asyncio.to_thread(_start_and_wait, self.run_root, name,
+                                                       self.zygote))
         try:
             return await asyncio.shield(starting)  # a thread cannot be stopped half-way
         except asyncio.CancelledError:
@@ -149,14 +196,26 @@ class SparePool:
         for spare in spares:
             await asyncio.to_thread(discard, spare)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.zygote is not None:  # the spares it forked do not end with it
+            await asyncio.to_thread(self.zygote.stop)
 
 
-def _start_and_wait(run_root: Path, name: str) -> Spare:
-    spare = start_spare(run_root, name)
+def _start_and_wait(run_root: Path, name: str, zygote: Zygote | None) -> Spare:
+    if zygote is not None:
+        zygote.ensure_running()
+        try:
+            spare = fork_spare(run_root, name, zygote)
+        except OSError:
+            if zygote.is_running():
+                raise
+            zygote.ensure_running()  # it had died: once more, from a new one
+            spare = fork_spare(run_root, name, zygote)
+    else:
+        spare = start_spare(run_root, name)
     if not _wait_for_byte(spare.ready_fd, b"1"):
         _close_ready(spare)
         discard(spare)
-        raise OSError(f"spare {name} did not start: exit status {spare.popen.poll()}")
+        raise OSError(f"spare {name} did not start: exit status {spare.process.poll()}")
     return spare
 
 
@@ -168,8 +227,8 @@ def _discard_started(starting: asyncio.Future[Spare]) -> None:
         discard(spare)
 
 
-def start_spare(run_root: Path, name: str) -> Spare:
-    """Make a spare's folders and start it (blocking: run in a thread)."""
+def _make_folders(run_root: Path, name: str) -> tuple[Path, Path]:
+    """A spare's mount folder (data/, conf/) and socket folder."""
     spares = run_root / SPARES_DIR
     spares.mkdir(mode=0o700, exist_ok=True)
     mounts.make_shared_point(spares)
@@ -179,6 +238,42 @@ def start_spare(run_root: Path, name: str) -> Spare:
     (spare_dir / "conf").mkdir()
     run_dir = run_root / name
     make_private_dir(run_dir, None)
+    return spare_dir, run_dir
+
+
+def fork_spare(run_root: Path, name: str, zygote: Zygote) -> Spare:
+    """Make a spare's folders and have the zygote fork it (blocking: run in a thread). The
+    zygote sees <run_dir>/spares only, so the socket folder is bound there too, at run/: the
+    fork binds its own folders from there and then loses sight of the rest (fork_sandbox.py)."""
+    spare_dir, run_dir = _make_folders(run_root, name)
+    (spare_dir / "run").mkdir()
+    lifeline_read, lifeline_write = os.pipe()
+    handoff_read, handoff_write = os.pipe()
+    ready_read, ready_write = os.pipe()
+    status_read, status_write = os.pipe()
+    output_read, output_write = os.pipe()
+    theirs = (lifeline_read, handoff_read, ready_write, status_write, output_write)
+    try:
+        mounts.bind(run_dir, spare_dir / "run")
+        pid = zygote.fork(name, theirs)
+        process = ForkedProcess(pid, status_read)
+    except OSError:
+        for fd in (lifeline_write, handoff_write, ready_read, status_read, output_read):
+            os.close(fd)
+        mounts.release(spare_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    return Spare(name, process, spare_dir, run_dir, lifeline_write, handoff_write, ready_read,
+                 output_read, status_read)
+
+
+def start_spare(run_root: Path, name: str) -> Spare:
+    """Make a spare's folders and start it in a bubblewrap of its own (blocking: run in a
+    thread)."""
+    spare_dir, run_dir = _make_folders(run_root, name)
     lifeline_read, lifeline_write = os.pipe()
     handoff_read, handoff_write = os.pipe()
     ready_read, ready_write = os.pipe()
@@ -212,7 +307,7 @@ def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
     them) and bound in, socket folder chowned, the handoff written (blocking: run in a thread).
     The spare's fd for the handoff is closed either way."""
     try:
-        _renice(spare.popen.pid)  # a spare is running (SparePool._start) when handed over
+        _renice(spare.process.pid)  # a spare is running (SparePool._start) when handed over
         for folder in ("run_dir", "spare_dir"):
             old = getattr(spare, folder)
             setattr(spare, folder, old.rename(old.with_name(str(generation))))
@@ -267,8 +362,8 @@ def discard(spare: Spare) -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)
     with contextlib.suppress(ProcessLookupError):
-        spare.popen.kill()
-    spare.popen.wait()
+        spare.process.kill()
+    spare.process.wait()
     mounts.release(spare.spare_dir)
     with contextlib.suppress(OSError):
         for entry in spare.run_dir.iterdir():

@@ -28,6 +28,7 @@ from .errors import BackendUnavailable, GatewayError
 from .keys import tenant_secret
 from .process import ProcessHandle, TenantProcess
 from .tenant_files import make_private_dir, prepare_tenant_dir, tenant_uid
+from .zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,15 @@ class Spawner:
         if failure is not None:
             log.warning("spares_unavailable", extra={"error": failure})
             return
-        self._spares = spares.SparePool(self.run_dir, size)
+        zygote = None
+        if self.config.gateway.sandbox.fork_spares:
+            zygote = Zygote(self.run_dir)
+            try:
+                await asyncio.to_thread(zygote.ensure_running)
+            except OSError as exc:
+                log.warning("zygote_unavailable", extra={"error": str(exc)})
+                zygote = None
+        self._spares = spares.SparePool(self.run_dir, size, zygote)
         self._spares.fill()
 
     async def stop_spares(self) -> None:
@@ -253,8 +262,8 @@ class Spawner:
         handle = ProcessHandle(
             tenant=tenant.name,
             generation=generation,
-            pid=spare.popen.pid,
-            signal_pid=spare.popen.pid,
+            pid=spare.process.pid,
+            signal_pid=spare.process.pid,
             lifeline_fd=spare.lifeline_fd,
             output_fd=spare.output_fd,
             status_fd=spare.status_fd,
@@ -266,7 +275,12 @@ class Spawner:
             generation=generation,
             connect_timeout=self.config.gateway.proxy.connect_timeout_s,
         )
-        return TenantProcess(handle, backend, spare.popen)
+        # A forked spare is the zygote's child: its exit is watched through a pidfd and its
+        # status pipe, as an adopted process's is.
+        if isinstance(spare.process, spares.ForkedProcess):
+            spare.process.close()
+            return TenantProcess(handle, backend, None)
+        return TenantProcess(handle, backend, spare.process)
 
     def _tenant_paths(self, tenant: TenantConfig, run_dir: Path) -> sandbox.TenantPaths:
         return sandbox.TenantPaths(

@@ -199,10 +199,18 @@ class SandboxSettings:
         2,
         "Sandboxed Python processes with Datasette loaded, kept ready to be handed a tenant"
         " that starts or wakes (a start then costs ~0.04 s of CPU instead of ~0.27 s; see"
-        " README, Sleeping tenants). Each serves one tenant only; ~38 MB RSS each while it"
-        " waits. Read at start. Root with isolation full or root-bwrap only; 0: every start is"
-        " cold.",
+        " README, Sleeping tenants). Each serves one tenant only; while it waits, ~1 MB of"
+        " memory of its own when forked (fork_spares), ~23 MB otherwise. Read at start. Root"
+        " with isolation full or root-bwrap only; 0: every start is cold.",
         check=check_non_negative,
+    )
+    fork_spares: bool = setting(
+        True,
+        "Fork spares from one zygote, a sandboxed Python that imported Datasette once (a new"
+        " spare then costs a fork, its own namespaces and mounts, and shares the zygote's"
+        " memory); false: each spare is a bubblewrap of its own that imports Datasette itself"
+        " (its own address-space layout and hash seed; see README, Sleeping tenants). Read at"
+        " start.",
     )
 
 
