@@ -701,19 +701,17 @@ def user_admin(ctx: click.Context, email: str, remove: bool) -> None:
     Example:
         gateway user admin ann@example.com
     """
-    from .admin.admins import Admins
     from .auth.passwords import normalise_email
 
     accounts = _accounts(ctx)
-    admins = Admins(accounts.store.path)
     email = normalise_email(email)
     if remove:
-        if not admins.remove(email):
+        if not accounts.store.remove_admin(email):
             raise GatewayError(f"{email} is not an admin")
         click.echo(f"{email} is no longer an admin.")
         return
     accounts.check_users_exist((email,))
-    admins.add(email)
+    accounts.store.add_admin(email, time.time())
     click.echo(f"{email} is an admin: the dashboard is at /-/admin on the apex domain.")
 
 

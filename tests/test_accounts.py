@@ -106,6 +106,23 @@ def test_a_version_1_database_keeps_its_data_and_gains_roles(tmp_path: Path) -> 
         AccountStore(path)
 
 
+def test_admins_made_before_they_were_part_of_the_schema_stay_admins(tmp_path: Path) -> None:
+    """A version-2 file whose admins table the dashboard made itself (as gateways before
+    schema step 3 did) upgrades with its admins kept; admins are added and removed by email."""
+    path = tmp_path / "accounts.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_STEPS[0] + _STEPS[1] + "PRAGMA user_version = 2;"
+                     "CREATE TABLE admins (email TEXT PRIMARY KEY, added REAL NOT NULL);"
+                     "INSERT INTO admins VALUES ('ann@x.org', 1.0);")
+    db.close()
+    store = AccountStore(path)
+    assert store.admins() == ["ann@x.org"] and store.is_admin("ann@x.org")
+    store.add_admin("joe@x.org", 2.0)
+    store.add_admin("joe@x.org", 3.0)  # twice: still one
+    assert store.remove_admin("ann@x.org") and not store.remove_admin("ann@x.org")
+    assert store.admins() == ["joe@x.org"] and not store.is_admin("ann@x.org")
+
+
 def test_a_tenant_keeps_an_owner_and_tokens_expire(tmp_path: Path) -> None:
     store = AccountStore(tmp_path / "accounts.db")
     store.add_user("a@x.org", "h", 0.0)

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin.admins import Admins
 from gateway.auth.store import AccountStore
 from gateway.cluster.accounts import (
     BEFORE_CLUSTER_FILE,
@@ -248,23 +247,22 @@ def replica(folder: Path, etcd: Any) -> ReplicatedStore:
 
 def test_replicas_agree_after_writes_from_both_at_once(clean_etcd: Any, tmp_path: Path) -> None:
     """1. Replica a holds ann before joining: it publishes the first snapshot. Replica b held
-    joe: it takes the cluster's accounts (its own file kept aside), but keeps its own dashboard
-    admins. 2. Both add users and
-    memberships from 4 threads at once. 3. Each sees every write, in the same order (same
-    user ids)."""
+    joe: it takes the cluster's accounts, the dashboard's admins among them (its own file kept
+    aside). 2. Both add users and memberships from 4 threads at once. 3. Each sees every write,
+    in the same order (same user ids); an admin made or unmade on one is so on the other."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     AccountStore(tmp_path / "a" / "accounts.db").add_user(ANN, "hash", 1.0)
     AccountStore(tmp_path / "b" / "accounts.db").add_user(JOE, "hash", 1.0)
-    Admins(tmp_path / "a" / "accounts.db").add(ANN)
-    Admins(tmp_path / "b" / "accounts.db").add(JOE)
+    AccountStore(tmp_path / "a" / "accounts.db").add_admin(ANN, 1.0)
+    AccountStore(tmp_path / "b" / "accounts.db").add_admin(JOE, 1.0)
     a, b = replica(tmp_path / "a", clean_etcd), replica(tmp_path / "b", clean_etcd)
     try:
         assert [user.email for user in a.users()] == [ANN]
         assert [user.email for user in b.users()] == [ANN]
         kept = AccountStore(tmp_path / "b" / BEFORE_CLUSTER_FILE)
         assert [user.email for user in kept.users()] == [JOE]
-        assert Admins(tmp_path / "b" / "accounts.db").emails() == [JOE]  # b's own
+        assert b.admins() == [ANN] and kept.admins() == [JOE]
 
         def add(store: ReplicatedStore, number: int) -> None:
             email = f"user{number}@example.com"
@@ -282,6 +280,10 @@ def test_replicas_agree_after_writes_from_both_at_once(clean_etcd: Any, tmp_path
         assert a.credentials("user5@example.com") == b.credentials("user5@example.com")
         with pytest.raises(AccountError, match=f"{ANN} already has an account"):
             b.add_user(ANN, "hash", 3.0)
+        a.add_admin("user5@example.com", 4.0)
+        assert b.is_admin("user5@example.com")
+        assert b.remove_admin(ANN)
+        assert a.admins() == ["user5@example.com"] and not a.is_admin(ANN)
     finally:
         a.close()
         b.close()

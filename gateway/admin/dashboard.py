@@ -1,4 +1,4 @@
-"""/-/admin: every tenant at a glance, for admins (see admins.py), server-rendered."""
+"""/-/admin: every tenant at a glance, for admins (`gateway user admin`), server-rendered."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from ..pages import page, render
-from .admins import Admins
 from .charts import sparkline
 from .history import Sample
 
@@ -23,14 +22,12 @@ PATH = "/-/admin"
 
 
 def dashboard_routes(gateway: Gateway) -> list[Route]:
-    admins = Admins(gateway.auth.store.path)
-
     async def dashboard(request: Request) -> Response:
         cookie = request.headers.get("cookie", "").encode()
         user = await gateway.auth.session_principal(cookie, None)
         if user is None:
             return RedirectResponse(f"/-/login?next={PATH}", status_code=303)
-        if not await asyncio.to_thread(admins.is_admin, user.email):
+        if not await asyncio.to_thread(gateway.auth.store.is_admin, user.email):
             body = render("admin.html", title="Dashboard", site_name=gateway.domain,
                           user=user.email, refused=True)
             return page(body, 403)

@@ -75,6 +75,14 @@ _STEPS = (
     );
     CREATE INDEX resets_by_user ON resets(user_id);
     """,
+    # 3: the dashboard's admins (IF NOT EXISTS: gateways before this step made the table
+    # themselves, apart from the accounts, and a cluster kept it per node)
+    """
+    CREATE TABLE IF NOT EXISTS admins (
+        email TEXT PRIMARY KEY,
+        added REAL NOT NULL
+    );
+    """,
 )
 VERSION = len(_STEPS)
 

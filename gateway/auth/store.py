@@ -1,5 +1,6 @@
 """The accounts database: users, memberships (member or owner), sessions, API tokens,
-invitations, sign-in tickets, password reset links. The schema and its upgrades: schema.py.
+invitations, sign-in tickets, password reset links, the dashboard's admins. The schema and its
+upgrades: schema.py.
 
 One SQLite file in the gateway's state folder (never in a tenant's), mode 0600, in WAL mode so
 that the CLI can write while the gateway reads. Every secret that grants access (session ids,
@@ -168,6 +169,26 @@ class AccountStore:
             ).fetchall()
         return [UserInfo(email, tuple(json.loads(tenants)), created, last)
                 for email, created, last, tenants in rows]
+
+    # --- the dashboard's admins: by email, so an admin who loses their account loses nothing
+    # else, and one made again is an admin again -------------------------------------------------
+
+    def add_admin(self, email: str, now: float) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO admins (email, added) VALUES (?, ?)", (email, now))
+
+    def remove_admin(self, email: str) -> bool:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM admins WHERE email = ?", (email,)).rowcount > 0
+
+    def admins(self) -> list[str]:
+        with self._connect() as db:
+            return [row[0] for row in db.execute("SELECT email FROM admins ORDER BY email")]
+
+    def is_admin(self, email: str) -> bool:
+        with self._connect() as db:
+            found = db.execute("SELECT 1 FROM admins WHERE email = ?", (email,)).fetchone()
+            return found is not None
 
     # --- memberships --------------------------------------------------------------------------
 

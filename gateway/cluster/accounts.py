@@ -66,10 +66,8 @@ SNAPSHOT = "/gateway/accounts/snapshot/"
 SNAPSHOT_EVERY = 1000
 BEFORE_CLUSTER_FILE = "accounts-before-cluster.db"
 BEFORE_REJOIN_FILE = "accounts-before-rejoin.db"
-# Tables of the file that are this node's, not the cluster's: the dashboard's admins
-# (admin/admins.py). A restored snapshot leaves them as they were.
-LOCAL_TABLES = ("admins",)
 _RETRY_AFTER_S = 5.0  # after etcd failed to answer a read's catch-up, serve the replica as is
+
 
 class AccountsUnavailable(AccountError, RequestError):
     """etcd does not answer: accounts can be read (the replica) but not changed. An
@@ -88,11 +86,12 @@ WRITES = (
     "add_user", "set_password", "remove_user", "add_member", "remove_member", "set_role",
     "forget_tenant", "sign_in", "touch_session", "end_session", "delete_session",
     "purge_expired", "add_ticket", "redeem_ticket", "add_token", "touch_token", "revoke_token",
-    "add_reset", "use_reset", "add_invite", "cancel_invites", "accept_invite",
+    "add_reset", "use_reset", "add_invite", "cancel_invites", "accept_invite", "add_admin",
+    "remove_admin",
 )
 READS = (
     "credentials", "users", "team", "pending_invites", "members", "session", "sessions",
-    "tokens", "token", "reset_email", "invite",
+    "tokens", "token", "reset_email", "invite", "admins", "is_admin",
 )
 _TOUCHES = ("touch_session", "touch_token")
 
@@ -309,8 +308,6 @@ class ReplicatedStore(AccountStore):
                                " snapshot: restore etcd from a backup")
         newest = max(found, key=lambda kv: _index(kv, SNAPSHOT))
         index = _index(newest, SNAPSHOT)
-        with self._connect() as db:
-            local = _local_tables(db)
         with tempfile.TemporaryDirectory(dir=self.path.parent) as folder:
             copy = Path(folder) / "snapshot.db"
             copy.write_bytes(gzip.decompress(base64.b64decode(newest.value)))
@@ -321,8 +318,6 @@ class ReplicatedStore(AccountStore):
             finally:
                 source.close()
                 target.close()
-        with self._transaction() as db:
-            _put_local_tables(db, local)
         self._record(index, 0)  # its entry's revision is taken on trust, once
         log.info("accounts_snapshot_restored", extra={"index": index})
 
@@ -337,30 +332,6 @@ class ReplicatedStore(AccountStore):
             log.warning("accounts_snapshot_failed", extra={"index": index, "error": str(exc)})
             return
         log.info("accounts_snapshot_published", extra={"index": index})
-
-
-def _local_tables(db: sqlite3.Connection) -> dict[str, tuple[str, list[Any]]]:
-    """This node's own tables in the file (LOCAL_TABLES): their schema and rows."""
-    tables = {}
-    for name in LOCAL_TABLES:
-        found = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
-                           (name,)).fetchone()
-        if found is not None:
-            tables[name] = (found[0], db.execute(f"SELECT * FROM {name}").fetchall())
-    return tables
-
-
-def _put_local_tables(db: sqlite3.Connection,
-                      tables: dict[str, tuple[str, list[Any]]]) -> None:
-    """Put back this node's own tables as they were (not the snapshot's node's)."""
-    for name in LOCAL_TABLES:
-        db.execute(f"DROP TABLE IF EXISTS {name}")
-        if name in tables:
-            schema, rows = tables[name]
-            db.execute(schema)
-            if rows:
-                marks = ", ".join("?" * len(rows[0]))
-                db.executemany(f"INSERT INTO {name} VALUES ({marks})", rows)
 
 
 async def _append(etcd: Etcd, index: int, entry: str) -> int:
