@@ -19,7 +19,8 @@ times round; in a window every tenant gets one first request, then --requests mo
 at once. While the load runs the total resident memory of the gateway and every process it
 started (bwrap and the tenants' Datasette) is sampled each second.
 
-Printed per mode: RSS over time (min, max, at the end of each pass), the first-request
+Printed per mode: RSS over time (min, max, at the end of each pass) and PSS (max, at the end:
+what the machine really gives them, shared pages counted once), the first-request
 latency of a sleeping tenant (p50, p99: a wake), and the latency of requests to awake tenants
 (p50, p99). Targets (issue 16): wake p50 <= 0.3 s and p99 <= 0.6 s; N = 300 in under 2 GiB;
 the awake p99 no worse than always on. The machine's load moves absolute figures: compare the
@@ -86,11 +87,9 @@ def make_site(root: Path, mode: str, tenants: int, idle_s: float, spares: int, m
     return site, port
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and every process below it."""
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every process below it."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -100,26 +99,46 @@ def tree_rss(pid: int) -> int:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
-        rss[int(entry)] = int(fields[21]) * page
-    total, todo = 0, [pid]
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        total += rss.get(current, 0)
+        found.append(current)
         todo.extend(children.get(current, []))
-    return total
+    return found
+
+
+def tree_memory(pid: int) -> tuple[int, int]:
+    """Resident and proportional (PSS) bytes of `pid` and every process below it. RSS counts a
+    page shared by n processes n times (forked spares share the zygote's); PSS counts it once
+    in all, so the PSS sum is what the machine really gives them."""
+    rss = pss = 0
+    for process in tree_pids(pid):
+        try:
+            with open(f"/proc/{process}/smaps_rollup", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith(b"Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
 
 
 class Sampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int]] = []  # (seconds, RSS)
+        self.pss: list[int] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
         while not self.stopping.is_set():
-            self.samples.append((time.monotonic() - start, tree_rss(self.pid)))
+            rss, pss = tree_memory(self.pid)
+            self.samples.append((time.monotonic() - start, rss))
+            self.pss.append(pss)
             self.stopping.wait(1.0)
 
 
@@ -218,6 +237,7 @@ def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spa
         sampler.stopping.set()
         sampler.join()
         result["rss"] = sampler.samples
+        result["pss"] = sampler.pss
         result["pass_rss"] = [
             next((rss for t, rss in sampler.samples if t >= end - started), sampler.samples[-1][1])
             for end in result["ends"]]
@@ -252,7 +272,7 @@ def woke(events_log: Path) -> tuple[list[float], dict[str, int]]:
 
 
 def peak_rss(result: dict[str, Any]) -> int:
-    return max(rss for _, rss in result["rss"])
+    return int(max(rss for _, rss in result["rss"]))
 
 
 def awake_p99(result: dict[str, Any]) -> float:
@@ -265,6 +285,8 @@ def report(name: str, result: dict[str, Any]) -> None:
     passes = ", ".join(f"{r / 1048576:.0f}" for r in result["pass_rss"])
     print(f"  RSS (gateway + tenants), MiB: min {min(mib):.0f}, max {max(mib):.0f};"
           f" at the end of each pass: {passes}")
+    print(f"  PSS (each shared page counted once), MiB: max {max(result['pss']) / 1048576:.0f},"
+          f" at the end {result['pss'][-1] / 1048576:.0f}")
     series = " ".join(f"{t:.0f}s:{r / 1048576:.0f}" for t, r in result["rss"][::5])
     print(f"  RSS every 5 s: {series}")
     wakes = result["wakes"]
@@ -336,7 +358,8 @@ def main() -> None:
             sleeping, always = results["sleeping"], results["always-on"]
             print(f"\nsleeping / always on:"
                   f" awake p99 x{awake_p99(sleeping) / awake_p99(always):.2f},"
-                  f" peak RSS x{peak_rss(sleeping) / peak_rss(always):.2f}")
+                  f" peak RSS x{peak_rss(sleeping) / peak_rss(always):.2f},"
+                  f" peak PSS x{max(sleeping['pss']) / max(always['pss']):.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
