@@ -34,6 +34,7 @@ import os
 import socket
 import struct
 
+from .linux import libc
 from .mounts import (
     MNT_DETACH,
     MS_BIND,
@@ -44,7 +45,6 @@ from .mounts import (
     MS_REC,
     MS_REMOUNT,
     MS_SLAVE,
-    libc,
     mount,
 )
 from .sandbox import SANDBOX_SPARES

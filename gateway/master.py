@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -36,21 +35,14 @@ from typing import Any
 
 from .config import Config, load_config, parse_listen
 from .errors import ConfigError
+from .linux import PR_SET_CHILD_SUBREAPER, prctl
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 _WORKER_CRASHES_TOLERATED = 5
 _WORKER_CRASH_WINDOW_S = 60.0
 _UPGRADE_TIMEOUT_S = 120.0
-
-
-def prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl failed")
 
 
 def bind_listeners(config: Config) -> dict[str, socket.socket]:
@@ -108,7 +100,7 @@ class Master:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
-        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, "become the subreaper of its orphans")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 from pathlib import Path
+
+from .linux import libc
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -28,8 +29,6 @@ MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 MNT_DETACH = 2
-
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def mount(source: str | None, target: str, flags: int) -> None:

@@ -30,8 +30,9 @@ from .control import bind_control_socket, build_control_app, control_socket_path
 from .errors import ConfigError, GatewayError
 from .http_server import UvicornServer, uvicorn_server
 from .https import RedirectToHttps, StrictTransportSecurity
+from .linux import PR_SET_PDEATHSIG, prctl
 from .logs import setup_logging
-from .master import PR_SET_PDEATHSIG, address_of, prctl
+from .master import address_of
 from .runtime import Gateway
 
 log = logging.getLogger(__name__)
@@ -262,7 +263,7 @@ def run_worker(
     handover_fd: int | None,
 ) -> None:
     """`gateway worker` (started by the master only)."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "die with the master")
     if os.getppid() != master_pid:  # the master died before PDEATHSIG was armed
         raise SystemExit(1)
     config = load_config(config_path)

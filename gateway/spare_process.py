@@ -37,11 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from . import tenant_process
+from .linux import PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, libc, prctl
 from .mounts import MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, mount
 
 SPARE_NICE = 10
-_PR_CAPBSET_DROP = 24
-_PR_SET_NO_NEW_PRIVS = 38
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _RLIMITS = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE,
             "nproc": resource.RLIMIT_NPROC, "core": resource.RLIMIT_CORE}
@@ -86,23 +85,20 @@ def confine(handoff: dict[str, Any]) -> None:
     uid = int(handoff["uid"])
     os.setgroups([])
     os.setresgid(uid, uid, uid)
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
         last_cap = int(f.read())
     for cap in range(last_cap + 1):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), f"cannot drop capability {cap}")
+        prctl(PR_CAPBSET_DROP, cap, f"drop capability {cap}")
     os.setresuid(uid, uid, uid)  # clears the permitted, effective and ambient capabilities
-    _clear_inheritable(libc)
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "cannot set no-new-privs")
+    _clear_inheritable()
+    prctl(PR_SET_NO_NEW_PRIVS, 1, "set no-new-privs")
     if os.getuid() != uid or os.geteuid() != uid or os.getgroups():
         raise OSError("the tenant's user was not taken")
     os.environ["DATASETTE_SECRET"] = handoff["secret"]
     os.chdir("/data")
 
 
-def _clear_inheritable(libc: ctypes.CDLL) -> None:
+def _clear_inheritable() -> None:
     """capset(2) with every set empty: the inheritable set survives setresuid."""
     header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}

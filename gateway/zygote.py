@@ -44,11 +44,11 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-from . import fork_sandbox, mounts, sandbox, spare_process, tenant_process
+from . import fork_sandbox, sandbox, spare_process, tenant_process
+from .linux import PR_SET_PDEATHSIG, prctl
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _SPARE_NAME = re.compile(r"spare-[0-9]+-[0-9]+")
 _PIPES = 5  # lifeline, handoff, ready, status, output
 _READY = b"ready"
@@ -209,8 +209,7 @@ def _spare(name: str, lifeline: int, handoff: int, ready: int, status: int) -> N
     once loaded."""
     try:
         os.close(status)
-        if mounts.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError("cannot set the parent-death signal")
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "set the parent-death signal")
         fork_sandbox.become_spare(name)
     except BaseException as exc:  # whatever it is, this spare must end
         _fail(f"cannot make the spare's sandbox: {exc}")
