@@ -154,13 +154,7 @@ def test_a_killed_hosts_tenant_comes_back_on_another_host(cluster: Cluster) -> N
     first = cluster.placement("alice")
     assert first is not None
     dead = hosts[first]
-    tenant_pids = {t["pid"] for t in dead.status()["tenants"] if t["pid"]}
-    worker = dead.worker_pid
-    os.kill(dead.pid, signal.SIGKILL)
-    os.kill(worker, signal.SIGKILL)
-    for pid in tenant_pids:  # a dead machine takes its tenants with it
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill_machine(dead)
     # Requests to alice are held by the edge (retry budget) until the other host serves it.
     response = edge.get("alice", "/data/items.json?_shape=array&id=3")
     assert response.status_code == 200
@@ -242,10 +236,7 @@ def test_a_dead_hosts_tenant_is_restored_from_its_replica_on_the_next(
     wait_replicated(dead, since=before)  # (right after a write Litestream may not have looked)
     wait_until(lambda: _etcd_get(cluster.etcd.endpoints[0], "/gateway/replicas/alice"),
                message="alice's replica recorded")
-    tenant_pids = {t["pid"] for t in dead.status()["tenants"] if t["pid"]}
-    worker = dead.worker_pid
-    for pid in (dead.pid, worker, *tenant_pids):
-        os.kill(pid, signal.SIGKILL)
+    kill_machine(dead)
     response = edge.get("alice", "/data/items.json?_shape=array&id=99")
     (second,) = set(hosts) - {first}
     assert response.status_code == 200
@@ -378,6 +369,34 @@ def test_a_tenant_whose_restore_fails_is_refused_not_served_from_a_stale_copy(
         {"id": 99, "name": "written on the first host"}], message="row 99 served from h2")
 
 
+@contextlib.contextmanager
+def _steady_load(*nodes: RunningGateway) -> Iterator[list[tuple[float, int]]]:
+    """One client per node GETting alice in a loop while the block runs; the list it gives
+    fills with (when each was sent, its status)."""
+    stop, answers = threading.Event(), list[tuple[float, int]]()
+    loads = [threading.Thread(target=_steady_gets, args=(node, stop, answers)) for node in nodes]
+    for load in loads:
+        load.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for load in loads:
+            load.join()
+
+
+def kill_machine(node: RunningGateway) -> None:
+    """kill -9 all a node runs, as a dead machine takes it all: the master, its worker, its
+    tenants and their Litestream processes."""
+    status = node.status()
+    for pid in (node.pid, int(status["worker_pid"]),
+                *(t["pid"] for t in status["tenants"] if t["pid"]),
+                *(p["pid"] for p in status.get("backup", {}).get("processes", [])
+                  if p.get("pid"))):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _steady_gets(edge: RunningGateway, stop: threading.Event,
                  answers: list[tuple[float, int]]) -> None:
     """One client, one GET after another: when each was sent, its status (0: no answer)."""
@@ -408,18 +427,12 @@ def test_a_tenant_moved_on_purpose_fails_no_request_and_keeps_every_write(
     # Acknowledged just before the move, not waited for: the move must carry it.
     write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
                [(99, "written on h1 just before the move")])
-    stop, answers = threading.Event(), list[tuple[float, int]]()
-    load = threading.Thread(target=_steady_gets, args=(edge, stop, answers))
-    load.start()
-    try:
+    with _steady_load(edge) as answers:
         time.sleep(1)
         asked = time.monotonic()
         moved = edge.cli("tenant", "move", "alice", "h2").stdout  # from an edge: any node
         done = time.monotonic()
         time.sleep(1)
-    finally:
-        stop.set()
-        load.join()
     assert re.fullmatch(r"Moved alice from h1 to h2 in \d+\.\d s\.\n", moved), moved
     assert [status for _, status in answers if status != 200] == []
     assert any(asked < sent < done for sent, _ in answers)  # the load ran during the move
@@ -449,19 +462,10 @@ def test_a_move_between_nodes_that_are_edges_too_fails_no_request_on_the_old_one
     second = cluster.start_backed_up("n2", "127.0.0.3", seaweed.endpoint, role="both")
     wait_until(lambda: second.status()["cluster"]["endpoints"].get("alice"),
                message="n2 routes alice")
-    stop, answers = threading.Event(), list[tuple[float, int]]()
-    loads = [threading.Thread(target=_steady_gets, args=(node, stop, answers))
-             for node in (first, second)]
-    for load in loads:
-        load.start()
-    try:
+    with _steady_load(first, second) as answers:
         time.sleep(1)
         first.cli("tenant", "move", "alice", "n2")
         time.sleep(1)
-    finally:
-        stop.set()
-        for load in loads:
-            load.join()
     assert [status for _, status in answers if status != 200] == []
     assert first.status()["cluster"]["hosting"] == []
     assert first.get("alice", "/data/items.json?_shape=array&id=3").status_code == 200
@@ -512,9 +516,7 @@ def test_a_moved_tenants_new_host_killed_at_once_its_old_host_restores_not_its_o
     write_rows(cluster.sites["h1"].tenants_dir / "alice" / "data" / "data.db", "items",
                [(66, "written on h1 before the move")])
     edge.cli("tenant", "move", "alice", "h2")
-    tenant_pids = {t["pid"] for t in second.status()["tenants"] if t["pid"]}
-    for pid in (second.pid, second.worker_pid, *tenant_pids):
-        os.kill(pid, signal.SIGKILL)
+    kill_machine(second)
     response = edge.get("alice", "/data/items.json?_shape=array&id=66")
     assert response.status_code == 200
     assert response.json() == [{"id": 66, "name": "written on h1 before the move"}]
@@ -547,26 +549,14 @@ def test_a_host_of_three_killed_under_load_fails_no_get_within_the_retry_budget(
     wait_until(lambda: json.loads(_etcd_get(cluster.etcd.endpoints[0], "/gateway/replicas/alice")
                                   or "{}").get("txids"), timeout=60,
                message="alice's replica position recorded")
-    stop, answers = threading.Event(), list[tuple[float, int]]()
-    load = threading.Thread(target=_steady_gets, args=(edge, stop, answers))
-    load.start()
-    try:
+    with _steady_load(edge) as answers:
         time.sleep(1)
-        status = dead.status()
         killed = time.monotonic()
-        for pid in (dead.pid, int(status["worker_pid"]),
-                    *(t["pid"] for t in status["tenants"] if t["pid"]),
-                    *(p["pid"] for p in status.get("backup", {}).get("processes", [])
-                      if p.get("pid"))):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_machine(dead)
         wait_until(lambda: cluster.placement("alice") not in (None, first), timeout=60,
                    message="alice placed again")
         wait_until(lambda: any(sent > killed + 1 for sent, _ in answers), timeout=90,
                    message="GETs answered after the failover")
-    finally:
-        stop.set()
-        load.join()
     assert [status for _, status in answers if status != 200] == []
     assert any(sent < killed for sent, _ in answers)  # the load ran across the kill
     assert edge.get("alice", "/data/items.json?_shape=array&id=3").json() == [
