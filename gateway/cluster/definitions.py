@@ -173,7 +173,7 @@ async def remove(config: Config, name: str) -> None:
         raise _unavailable("remove", name, exc) from None
     finally:
         await etcd.close()
-    log.info("cluster_tenant_withdrawn", extra={"tenant": name})
+    log.info("cluster_tenant_unpublished", extra={"tenant": name})
 
 
 # Every node's tenants/ ------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import time
@@ -128,25 +127,10 @@ class Hosting:
         releasing = self._releasing.get(name)
         if releasing is not None:  # placed back here while it was leaving
             await releasing
-        supervisor = self.config.gateway.supervisor
-        backoff = supervisor.restart_backoff_initial_s
         # Already running here: an upgrade's new worker adopted it from the old one, which
         # served it (no restore; its replica record is claimed already).
         adopted = name in self.node.gateway.supervisors
-        restored: dict[str, Any] | None = None
-        for attempt in itertools.count(1):
-            if adopted:
-                break
-            try:
-                await self._wait_for_hand_off(name)
-                restored = await self._restore(name)
-                break
-            except (GatewayError, OSError) as exc:
-                log.error("cluster_restore_failed", extra={
-                    "tenant": name, "attempt": attempt, "error": str(exc),
-                    "retry_in_s": backoff, "serving": False})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
+        restored = None if adopted else await self._restore_until_done(name)
         # Its databases as data/ holds them now: the restore may have brought some that were not
         # there when the configuration was read (a host that never ran it had none).
         tenant = await asyncio.to_thread(load_tenant, tenant.directory,
@@ -158,6 +142,24 @@ class Hosting:
         self.doors[name] = door
         self._taking.pop(name, None)
         self.node.spawn(self._announce(name, door, restored, held=held, claim=not adopted))
+
+    async def _restore_until_done(self, name: str) -> dict[str, Any] | None:
+        """Wait for the old host's hand-off and restore; on failure, again after a backoff
+        (the tenant stays unavailable: never served from a stale copy)."""
+        supervisor = self.config.gateway.supervisor
+        backoff = supervisor.restart_backoff_initial_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._wait_for_hand_off(name)
+                return await self._restore(name)
+            except (GatewayError, OSError) as exc:
+                log.error("cluster_restore_failed", extra={
+                    "tenant": name, "attempt": attempt, "error": str(exc),
+                    "retry_in_s": backoff, "serving": False})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, supervisor.restart_backoff_max_s)
 
     async def _move(self, name: str) -> dict[str, Any] | None:
         found = await self.etcd.get(MOVES + name)
