@@ -173,16 +173,21 @@ def backup_status(gateway: RunningGateway) -> list[dict[str, Any]]:
 
 
 def wait_replicated(gateway: RunningGateway, timeout: float = 60,
-                    since: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Until every database's replica has its newest transaction (and, with `since`, a status
-    taken before a write, until Litestream has seen a newer transaction of some database: right
-    after a write, it may not have looked yet)."""
-    seen = {(r["tenant"], r["database"]): r["local_txid"] or 0 for r in since or []}
+                    since: list[dict[str, Any]] | None = None,
+                    written: tuple[str, str] = ("alice", "data.db")) -> list[dict[str, Any]]:
+    """Until every database's replica has its newest transaction; with `since` (what this
+    returned before a write to the `written` database), until Litestream has also seen a newer
+    transaction of that database: right after a write it may not have looked yet, and another
+    database moving (state/, a session) says nothing of this one."""
+    before = {(r["tenant"], r["database"]): r["local_txid"] for r in since or []}
+    if since is not None and before.get(written) is None:
+        raise AssertionError(f"`since` has no transaction of {written}: take it with"
+                             " wait_replicated, once Litestream has looked")
 
     def caught_up() -> list[dict[str, Any]] | None:
         rows = backup_status(gateway)
-        moved = not seen or any((r["local_txid"] or 0) > seen.get((r["tenant"], r["database"]), 0)
-                                for r in rows)
+        now = {(r["tenant"], r["database"]): r["local_txid"] or 0 for r in rows}
+        moved = since is None or now.get(written, 0) > before[written]
         return rows if moved and all(row["behind_txids"] == 0 for row in rows) else None
 
     return wait_until(caught_up, timeout, interval=0.5,  # type: ignore[no-any-return]
@@ -402,9 +407,9 @@ def test_replication_survives_its_own_crash_and_an_upgrade(site: Site,
     rows written meanwhile reach the replica. 2. `gateway upgrade`: the new worker replicates
     (one Litestream per tenant, never two), and rows written after it reach the replica."""
     data = site.tenants_dir / "alice" / "data" / "data.db"
+    before = wait_replicated(backed_up)
     first = _backup_process(backed_up, "alice")["pid"]
     os.kill(first, signal.SIGKILL)
-    before = backup_status(backed_up)
     write_rows(data, "during_crash", [(1, "written while Litestream was down")])
     event = backed_up.wait_for_event("backup_process_exited", tenant="alice")
     assert event["status"] == -9
@@ -415,7 +420,7 @@ def test_replication_survives_its_own_crash_and_an_upgrade(site: Site,
     old_worker = backed_up.worker_pid
     backed_up.cli("upgrade")
     wait_until(lambda: backed_up.worker_pid != old_worker, message="the new worker")
-    before = backup_status(backed_up)
+    before = wait_replicated(backed_up)  # the new worker's Litestream has looked
     write_rows(data, "after_upgrade", [(1, "written after the upgrade")])
     wait_replicated(backed_up, since=before)
     litestreams = subprocess.run(["pgrep", "-f", f"{site.root}/state/replication/alice/"],
