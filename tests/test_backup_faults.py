@@ -149,6 +149,7 @@ def test_full_disk_is_reported_and_replication_resumes(
     replica catches up, and a restore has every row, with an intact database."""
     filler = small_disk
     gateway, uploader = replicating_alice(site, start_gateway, seaweed.endpoint)
+    before = wait_replicated(gateway)
 
     fill(filler)
     data = site.tenants_dir / "alice" / "data" / "data.db"
@@ -168,7 +169,7 @@ def test_full_disk_is_reported_and_replication_resumes(
     resumed = gateway.wait_for_event("backup_sync_resumed", tenant="alice", database="data.db",
                                      timeout=60)
     assert resumed["reason"] == "disk_full" and resumed["failures"] >= 1
-    wait_replicated(gateway, timeout=120)
+    wait_replicated(gateway, timeout=120, since=before)  # Litestream saw the rows, and shipped them
     restored = site.root / "restored"
     restore_all(gateway, restored)
     database = restored / "tenants/alice/data/data.db"
