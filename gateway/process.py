@@ -20,12 +20,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import mounts
 from .backends import Backend
+from .pipes import LineReader
 from .spares import spare_dir_for
 from .tenant_output import Event, OutputEvents
 
@@ -75,11 +75,9 @@ class TenantProcess:
             self.exited.set_result(None)
         else:
             loop.add_reader(self._pidfd, self._on_exit)
-        self._readers = [asyncio.ensure_future(_read_lines(handle.output_fd, self._on_output))]
+        self._readers = [LineReader(handle.output_fd, self._on_output)]
         if handle.status_fd >= 0:
-            self._readers.append(
-                asyncio.ensure_future(_read_lines(handle.status_fd, self._on_status))
-            )
+            self._readers.append(LineReader(handle.status_fd, self._on_status))
         else:
             self.child_pid.set_result(None)
 
@@ -140,7 +138,7 @@ class TenantProcess:
 
     def stop_reading(self) -> None:
         for reader in self._readers:
-            reader.cancel()
+            reader.close()
         if self._output_flush is not None:
             self._output_flush.cancel()
             self._output_flush = None
@@ -171,7 +169,7 @@ class TenantProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.exited), 5)
         with contextlib.suppress(TimeoutError):  # the last lines it printed
-            await asyncio.wait(self._readers, timeout=1)
+            await asyncio.wait([reader.ended for reader in self._readers], timeout=1)
         self.stop_reading()
         await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
         # A process made of a spare: the tenant's folders bound for it (never removed with it).
@@ -191,16 +189,3 @@ def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
 
-
-async def _read_lines(fd: int, on_line: Callable[[bytes], None]) -> None:
-    """Call `on_line` for each line read from pipe `fd` until end of file; closes `fd`."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
-    try:
-        while line := await reader.readline():
-            on_line(line)
-    finally:
-        transport.close()
