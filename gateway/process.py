@@ -157,23 +157,28 @@ class TenantProcess:
     async def stop(self, grace_s: float) -> None:
         """SIGTERM (Datasette finishes in-flight requests), then SIGKILL after `grace_s`."""
         self.retiring = True
-        self.backend.pool.close()
-        if not self.exited.done():
-            _signal(self.handle.signal_pid, signal.SIGTERM)
+        try:
+            self.backend.pool.close()
+            if not self.exited.done():
+                _signal(self.handle.signal_pid, signal.SIGTERM)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
+            if not self.exited.done():
+                log.warning("tenant_killed", extra={
+                    "tenant": self.handle.tenant, "pid": self.handle.signal_pid,
+                    "grace_s": grace_s})
+            self.kill()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.exited), grace_s)
-        if not self.exited.done():
-            log.warning("tenant_killed", extra={"tenant": self.handle.tenant,
-                                                "pid": self.handle.signal_pid, "grace_s": grace_s})
-        self.kill()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.exited), 5)
-        with contextlib.suppress(TimeoutError):  # the last lines it printed
-            await asyncio.wait([reader.ended for reader in self._readers], timeout=1)
-        self.stop_reading()
-        await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
-        # A process made of a spare: the tenant's folders bound for it (never removed with it).
-        await asyncio.to_thread(mounts.release, spare_dir_for(self.handle.run_dir))
+                await asyncio.wait_for(asyncio.shield(self.exited), 5)
+            with contextlib.suppress(TimeoutError):  # the last lines it printed
+                await asyncio.wait([reader.ended for reader in self._readers], timeout=1)
+            self.stop_reading()
+        finally:
+            # Whatever failed above: a process made of a spare had the tenant's folders bound
+            # under the run folder, and one left there is reached by anything that walks it
+            # (an operator's rm -rf deletes the tenant's data through it). Never removed with it.
+            await asyncio.to_thread(mounts.release, spare_dir_for(self.handle.run_dir))
+            await asyncio.to_thread(shutil.rmtree, self.handle.run_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """End the process now: close the lifeline, SIGKILL both pids. Safe to call twice."""

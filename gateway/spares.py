@@ -264,8 +264,9 @@ def fork_spare(run_root: Path, name: str, zygote: Zygote) -> Spare:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
-        for fd in theirs:
-            os.close(fd)
+        for fd in theirs:  # a failure here must not lose a spare that now exists
+            with contextlib.suppress(OSError):
+                os.close(fd)
     return Spare(name, process, spare_dir, run_dir, lifeline_write, handoff_write, ready_read,
                  output_read, status_read)
 
@@ -356,14 +357,15 @@ def _close_ready(spare: Spare) -> None:
 
 
 def discard(spare: Spare) -> None:
-    """End a spare that was never handed a tenant, and remove its folders."""
+    """End a spare that was never handed a tenant, and remove its folders. Its pipes are closed
+    only once it has exited: a forked spare's exit status is read from its status pipe."""
+    with contextlib.suppress(ProcessLookupError):
+        spare.process.kill()
+    spare.process.wait()
     for fd in (spare.lifeline_fd, spare.handoff_fd, spare.output_fd, spare.status_fd):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
-    with contextlib.suppress(ProcessLookupError):
-        spare.process.kill()
-    spare.process.wait()
     mounts.release(spare.spare_dir)
     with contextlib.suppress(OSError):
         for entry in spare.run_dir.iterdir():
