@@ -24,7 +24,8 @@ what the machine really gives them, shared pages counted once), the first-reques
 latency of a sleeping tenant (p50, p99: a wake), and the latency of requests to awake tenants
 (p50, p99). Targets (issue 16): wake p50 <= 0.3 s and p99 <= 0.6 s; N = 300 in under 2 GiB;
 the awake p99 no worse than always on. The machine's load moves absolute figures: compare the
-two modes of one run.
+two modes of one run; the machine's CPU a visit (whole machine, load generator included)
+is the work a visit costs, the figure to compare between commits.
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ class Sampler(threading.Thread):
             self.stopping.wait(1.0)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds every process on the machine has used so far (/proc/stat: user, nice,
+    system, irq, softirq; not idle or iowait)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = f.readline().split()[1:]
+    busy = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def status(site: Path) -> dict[str, str]:
     """Each tenant's state, from the control socket (in this process: a `gateway status` would
     cost a Python start of CPU, taken from the load)."""
@@ -233,7 +243,10 @@ def run_mode(root: Path, args: argparse.Namespace, mode: str, idle_s: float, spa
         sampler = Sampler(gateway.pid)
         sampler.start()
         started = time.monotonic()
+        cpu_before = machine_cpu_s()
         result = asyncio.run(load(port, site, names, args.passes, args.requests, bool(idle_s)))
+        result["cpu_s"] = machine_cpu_s() - cpu_before
+        result["load_s"] = time.monotonic() - started
         sampler.stopping.set()
         sampler.join()
         result["rss"] = sampler.samples
@@ -301,6 +314,10 @@ def report(name: str, result: dict[str, Any]) -> None:
         print(f"  first request of a visit, tenant awake: n={len(result['firsts'])}"
               f" p50 {quantile(result['firsts'], 0.5):.3f} s,"
               f" p99 {quantile(result['firsts'], 0.99):.3f} s")
+    visits = len(result["wakes"]) + len(result["firsts"])
+    print(f"  the machine's CPU while the load ran: {result['cpu_s']:.1f} s in"
+          f" {result['load_s']:.1f} s, {result['cpu_s'] / visits * 1000:.0f} ms a visit"
+          f" (this load generator's share included)")
     awake = [latency for _, latency in result["awake"]]
     print(f"  requests to awake tenants: n={len(awake)} p50 {quantile(awake, 0.5) * 1000:.1f} ms,"
           f" p99 {quantile(awake, 0.99) * 1000:.1f} ms, max {max(awake) * 1000:.0f} ms")
@@ -325,6 +342,8 @@ def main() -> None:
     parser.add_argument("--max-awake", type=int, default=0,
                         help="supervisor.max_awake_tenants of sleeping-capped (default: two"
                              " windows, 20 %% of --tenants)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the sites and the gateways' event logs (printed at the end)")
     parser.add_argument("--modes", default="sleeping,sleeping-cold,always-on",
                         help="which of sleeping, sleeping-bwrap, sleeping-cold, sleeping-capped,"
                              " always-on to run, in order")
@@ -361,7 +380,10 @@ def main() -> None:
                   f" peak RSS x{peak_rss(sleeping) / peak_rss(always):.2f},"
                   f" peak PSS x{max(sleeping['pss']) / max(always['pss']):.2f}")
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root} (its *-events.log: the gateways' events)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
