@@ -19,7 +19,7 @@ Bursts: `--burst` tenants woken at once (Spawner.launch, as a wake does), with t
 pool of `--spares` spares full beforehand, per mode (forked spares, bubblewrap spares, cold),
 modes interleaved per round: each wake's time to healthy (p50, p99 over all rounds), and the
 memory of the woken tenants once all serve: PSS (smaps_rollup) and RSS per tenant, and PSS of
-everything the mode keeps (tenants, their outer processes, idle spares, the zygote).
+everything the mode keeps (tenants, idle spares, the zygote).
 Spares need root; without root only cold starts are measured.
 """
 
@@ -83,8 +83,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_of(pid: int) -> int:
-    """The process bwrap started (as pid 1 of its namespace, so the only one)."""
+def python_of(spare: spares.Spare) -> int:
+    """The spare's Python: a forked spare itself, or the process bwrap started (as pid 1 of its
+    namespace, so the only one)."""
+    pid = spare.process.pid
+    if isinstance(spare.process, spares.ForkedProcess):
+        return pid
     return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
 
 
@@ -151,7 +155,7 @@ async def rounds(spawner: Spawner, isolation: sandbox.Isolation, zygote: Zygote 
             if not await asyncio.to_thread(spares.wait_until_loaded, spare):
                 raise SystemExit(f"the spare did not start: {spare.process.poll()}")
             await asyncio.sleep(0.2)  # idle, as spares in a running gateway
-        cpu_before = cpu_s(child_of(spare.process.pid)) if spare else 0.0
+        cpu_before = cpu_s(python_of(spare)) if spare else 0.0
         started = time.perf_counter()
         if spare is not None:
             process = await spawner._hand_spare(tenant, spare)

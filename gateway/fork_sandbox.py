@@ -6,9 +6,11 @@ zygote_launch): /usr, the venv and the gateway read-only, empty /data and /conf,
 with what a spare bubblewrap starts itself gets (spares.start_spare): namespaces of its own, and
 nothing of the zygote's or of another spare's. The fork does, in order:
 
-1. unshare: mount, network, IPC, UTS and cgroup namespaces of its own, and a PID namespace for
-   its child (unshare(2) moves only the children into a new PID namespace), then forks; the
-   child is PID 1 of that namespace (as `bwrap --as-pid-1`) and does the rest (`become_spare`);
+1. is forked into a PID namespace of its own, as its PID 1 (as `bwrap --as-pid-1`): the zygote
+   unshares the PID namespace its next child gets (unshare(2) moves only the children), forks
+   and takes its own back (setns; `fork_into_new_pid_namespace`); the fork unshares its
+   mount, network, IPC, UTS and cgroup namespaces itself (`unshare`) and does the rest
+   (`become_spare`);
 2. makes every mount a slave (nothing it mounts reaches the zygote), binds its own folders from
    SANDBOX_SPARES/<name>/ onto /data, /conf and /run/ds (slaves of the host's <run_dir>/spares,
    as bubblewrap's binds, so the tenant's folders bound there at the handoff appear here), then
@@ -55,8 +57,7 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
-NAMESPACES = (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID
-              | CLONE_NEWNET)
+NAMESPACES = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET
 MS_MOVE = 8192
 
 # bubblewrap's --dev: these nodes bound from the host, these links, a devpts of its own.
@@ -72,11 +73,31 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 1
 
 
+def fork_into_new_pid_namespace() -> int:
+    """os.fork(), the child PID 1 of a new PID namespace (step 1); the caller's later children
+    are not: it takes its own PID namespace back for them."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        _call(libc.unshare(CLONE_NEWPID), "unshare the PID namespace")
+        pid = os.fork()
+        if pid != 0:
+            _call(libc.setns(own, CLONE_NEWPID), "take the PID namespace back")
+        return pid
+    finally:
+        if pid != 0:  # the child closes all it inherited (zygote.py)
+            os.close(own)
+
+
 def unshare() -> None:
-    """Step 1 before the fork: the namespaces (the PID one for the children to come)."""
-    if libc.unshare(NAMESPACES) != 0:
+    """Step 1 in the fork: its other namespaces."""
+    _call(libc.unshare(NAMESPACES), "unshare")
+
+
+def _call(result: int, what: str) -> None:
+    if result != 0:
         code = ctypes.get_errno()
-        raise OSError(code, f"unshare: {os.strerror(code)}")
+        raise OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def become_spare(name: str) -> None:

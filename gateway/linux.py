@@ -1,5 +1,5 @@
 """The few Linux calls the standard library lacks, through one handle on libc: prctl(2) here,
-and for mounts.py and fork_sandbox.py mount(2), umount2(2) and unshare(2). Nothing else is
+and for mounts.py and fork_sandbox.py mount(2), umount2(2), unshare(2) and setns(2). Nothing else is
 imported, so the smallest processes (a spare before its handoff) can use it.
 """
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _OUTPUT_LINES_KEPT = 20
 _TRACEBACK_PAUSE_S = 0.1
+_STATUS_WAIT_S = 1.0  # for a status pipe still open after its process exited
 
 
 @dataclass(slots=True)
@@ -76,8 +77,10 @@ class TenantProcess:
         else:
             loop.add_reader(self._pidfd, self._on_exit)
         self._readers = [LineReader(handle.output_fd, self._on_output)]
+        self._status: LineReader | None = None
         if handle.status_fd >= 0:
-            self._readers.append(LineReader(handle.status_fd, self._on_status))
+            self._status = LineReader(handle.status_fd, self._on_status)
+            self._readers.append(self._status)
         else:
             self.child_pid.set_result(None)
 
@@ -87,6 +90,15 @@ class TenantProcess:
 
     def _on_exit(self) -> None:
         self._close_pidfd()
+        if self._status is not None and not self._status.ended.done():
+            # The exit code comes on the status pipe, which ends with it: bwrap writes it
+            # before it exits, but the zygote only once it has reaped a forked spare.
+            self._status.ended.add_done_callback(lambda _: self._set_exited())
+            asyncio.get_running_loop().call_later(_STATUS_WAIT_S, self._set_exited)
+        else:
+            self._set_exited()
+
+    def _set_exited(self) -> None:
         code = self.popen.poll() if self.popen is not None else None
         if not self.exited.done():
             self.exited.set_result(code if code is not None else self._exit_code)

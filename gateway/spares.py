@@ -40,13 +40,14 @@ from .zygote import Zygote
 log = logging.getLogger(__name__)
 
 SPARES_DIR = "spares"
+START_NICE = 5
 _READY_TIMEOUT_S = 10.0
 
 
 class ForkedProcess:
-    """A forked spare's outer process (zygote.py): the zygote's child, not the gateway's, so
-    watched through a pidfd, its exit status read from its status pipe. What Spare needs of a
-    subprocess.Popen."""
+    """A spare the zygote forked (zygote.py): the zygote's child, not the gateway's, so watched
+    through a pidfd, its exit status read from its status pipe (the zygote writes it once it
+    has reaped the spare). What Spare needs of a subprocess.Popen."""
 
     def __init__(self, pid: int, status_fd: int) -> None:
         self.pid = pid
@@ -66,9 +67,7 @@ class ForkedProcess:
         return self.returncode
 
     def kill(self) -> None:
-        """An idle spare (still root: a change of uid clears it) gets SIGKILL with it
-        (PR_SET_PDEATHSIG); a handed one ends when its lifeline closes."""
-        os.kill(self.pid, signal.SIGKILL)
+        os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace: only SIGKILL from here
 
     def close(self) -> None:
         """Once handed over: the tenant's process watches it with a pidfd of its own."""
@@ -77,7 +76,7 @@ class ForkedProcess:
             self._pidfd = -1
 
     def _exited(self) -> None:
-        """Once it has exited: the exit code it wrote, if any (-9: killed before it could)."""
+        """Once it has exited: the exit code the zygote wrote, if it has yet (else -9)."""
         self.close()
         self.returncode = -signal.SIGKILL
         with contextlib.suppress(OSError, ValueError):
@@ -308,7 +307,10 @@ def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
     them) and bound in, socket folder chowned, the handoff written (blocking: run in a thread).
     The spare's fd for the handoff is closed either way."""
     try:
-        _renice(spare.process.pid)  # a spare is running (SparePool._start) when handed over
+        # Running (SparePool._start) when handed over; it may have imported at SPARE_NICE.
+        # Until it answers it starts at START_NICE: a start is one long piece of work, requests
+        # to tenants already serving are short ones, and these come first (bench/density).
+        _renice(spare, START_NICE)
         for folder in ("run_dir", "spare_dir"):
             old = getattr(spare, folder)
             setattr(spare, folder, old.rename(old.with_name(str(generation))))
@@ -328,13 +330,23 @@ def hand_over(spare: Spare, *, generation: int, uid: int, data_dir: Path,
         spare.handoff_fd = -1
 
 
-def _renice(bwrap_pid: int) -> None:
-    """Every thread of the process bwrap runs back to nice 0 (a spare imports at SPARE_NICE)."""
+def answering(spare: Spare) -> None:
+    """`spare`'s tenant answers its health check: it has made its own copies of the binds
+    private, so the host's are detached; and it serves at the usual priority from now on
+    (blocking: run in a thread)."""
+    mounts.detach(spare.spare_dir)
+    _renice(spare, 0)
+
+
+def _renice(spare: Spare, nice: int) -> None:
+    """Every thread of the spare's Python (a forked spare itself; bwrap's child) to `nice`."""
+    pid = spare.process.pid
     with contextlib.suppress(OSError):
-        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
-        for child in children:
-            for thread in os.listdir(f"/proc/{child}/task"):
-                os.setpriority(os.PRIO_PROCESS, int(thread), 0)
+        pythons = [pid] if isinstance(spare.process, ForkedProcess) else \
+            Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for python in pythons:
+            for thread in os.listdir(f"/proc/{python}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(thread), nice)
 
 
 def _wait_for_byte(fd: int, expected: bytes) -> bool:

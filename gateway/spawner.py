@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import mounts, sandbox, spares
+from . import sandbox, spares
 from .backend_client import BackendAddress, ConnectionPool
 from .backends import Backend
 from .config import Config, TenantConfig
@@ -130,8 +130,8 @@ class Spawner:
                 if child_pid is not None:
                     process.handle.signal_pid = child_pid
             await self._wait_healthy(tenant, process)
-            if spare is not None:  # it answers: it has made its own copies of the binds private
-                await asyncio.to_thread(mounts.detach, spare.spare_dir)
+            if spare is not None:
+                await asyncio.to_thread(spares.answering, spare)
         except BaseException:
             await process.stop(0)
             raise
@@ -346,7 +346,10 @@ async def _probe(address: BackendAddress, host: bytes) -> int | None:
     except BackendUnavailable:
         return None
     try:
-        connection.send_head("GET", b"/-/versions.json", [(b"host", host)])
+        # Datasette's cheapest page that still goes through every plugin's hooks: the probe is
+        # a new tenant's first request, paid for by every wake (/-/versions.json runs SQL: a
+        # forked tenant's first request took 10.6 ms of its CPU, this one 8.6 ms).
+        connection.send_head("GET", b"/-/actor.json", [(b"host", host)])
         status, _ = await connection.read_head(5.0)
         while await connection.read_body():
             pass

@@ -5,23 +5,28 @@ zygote's memory until it writes to it.
     python -m gateway.zygote --lifeline-fd 3 --control-fd 4
 
 Started by the gateway (Zygote.start) as root in bubblewrap with a spare's filesystem view
-(sandbox.zygote_launch) but in the host's PID namespace: its spares are not its PID namespace's,
-so they outlive it if it dies. It imports what a spare imports, freezes the garbage collector's
-view of those objects (gc.freeze: collections in a spare then do not write to, and so copy, the
-pages it shares), says "ready" on its control socket, and waits there. The gateway sends one
-request per spare: its name and, as SCM_RIGHTS, the spare's five pipe ends (lifeline, handoff,
-ready, status, output); the zygote forks and answers the pid of the fork. The zygote never
-starts a thread (a fork copies only the calling one), never reads a tenant's file and exits at
-end of file on its lifeline or control socket.
+(sandbox.zygote_launch) but in the host's PID namespace. It imports what a spare imports, freezes
+the garbage collector's view of those objects (gc.freeze: collections in a spare then do not
+write to, and so copy, the pages it shares), says "ready" on its control socket, and waits
+there. The gateway sends one request per spare: its name and, as SCM_RIGHTS, the spare's five
+pipe ends (lifeline, handoff, ready, status, output); the zygote forks the spare and answers its
+pid. The zygote never starts a thread (a fork copies only the calling one), never reads a
+tenant's file and exits at end of file on its lifeline or control socket.
 
-The fork (the spare's outer process, bubblewrap's role for a spare it starts):
-1. keeps only the spare's pipes: the lifeline, handoff and ready ends at 3, 4, 5, the output as
-   stdout and stderr, the status end; every other descriptor (the zygote's) is closed;
-2. starts a session, unshares its namespaces and forks the spare, PID 1 of its own namespace,
-   which makes its own sandbox (fork_sandbox.become_spare), writes "1" and "2" on the ready pipe
-   (running, loaded) and waits for the handoff (spare_process.serve_handoff);
-3. writes bubblewrap's --json-status-fd lines on the status pipe ({"child-pid": N}, then
-   {"exit-code": N}) and waits for the spare, and exits with it.
+The fork is the spare itself, PID 1 of a PID namespace of its own (fork_sandbox, step 1). It
+1. keeps only its pipes: the lifeline, handoff and ready ends at 3, 4, 5, the output as stdout
+   and stderr; every other descriptor (the zygote's) is closed;
+2. starts a session, unshares its other namespaces and makes its own sandbox
+   (fork_sandbox.become_spare), writes "1" and "2" on the ready pipe (running, loaded) and
+   waits for the handoff (spare_process.serve_handoff).
+The zygote keeps the status pipe and writes on it what bubblewrap's --json-status-fd would:
+{"child-pid": N} at the fork, {"exit-code": N} once it has reaped the spare, then closes it.
+A spare outlives the zygote (its lifeline is the gateway's); once the zygote is gone, what
+is left of its spares is reaped by the host's init, without an exit code.
+
+There is no process between the zygote and a spare (there was: an outer process that made the
+PID namespace by forking once more and waited): that was a fork and an exit more per wake, and
+1.4 MiB of copied pages per awake tenant (bench/density).
 """
 
 from __future__ import annotations
@@ -41,11 +46,11 @@ import struct
 import subprocess
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import NoReturn
 
 from . import fork_sandbox, sandbox, spare_process, tenant_process
-from .linux import PR_SET_PDEATHSIG, prctl
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +112,7 @@ class Zygote:
         ours.settimeout(None)
 
     def fork(self, name: str, pipes: tuple[int, int, int, int, int]) -> int:
-        """Ask for spare `name` with these pipe ends; the pid of its outer process."""
+        """Ask for spare `name` with these pipe ends; the spare's pid."""
         with self._lock:
             if self._control is None:
                 raise OSError("the zygote is not running")
@@ -151,73 +156,116 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()
     if threading.active_count() != 1:
         raise SystemExit("gateway.zygote: a thread runs; forking would lose it")
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the forks
+    exited = _on_child_exit()
+    statuses: dict[int, int] = {}  # the pid of each spare not reaped yet: its status pipe
     control = socket.socket(fileno=args.control_fd)
     control.send(_READY)
     while True:
-        readable, _, _ = select.select([control, args.lifeline_fd], [], [])
+        readable, _, _ = select.select([control, args.lifeline_fd, exited], [], [])
         if args.lifeline_fd in readable:
             os._exit(0)  # end of file: the gateway is gone
-        message, fds, _, _ = socket.recv_fds(control, 256, _PIPES)
-        if not message:
-            os._exit(0)
-        name = message.decode("ascii", "replace")
-        if len(fds) != _PIPES or not _SPARE_NAME.fullmatch(name):
-            _close(fds)
-            control.send(_PID.pack(-1))
-            continue
-        try:
-            pid = os.fork()
-        except OSError:  # EAGAIN, ENOMEM: this spare is refused, the next may not be
-            pid = -1
-        if pid == 0:
-            control.detach()
-            _outer(name, fds)
+        if exited in readable:
+            with contextlib.suppress(OSError):
+                os.read(exited, 4096)
+            _reap(statuses)
+        if control in readable:
+            message, fds, _, _ = socket.recv_fds(control, 256, _PIPES)
+            if not message:
+                os._exit(0)
+            control.send(_PID.pack(_fork(message, fds, statuses)))
+
+
+def _on_child_exit() -> int:
+    """A pipe that becomes readable when a child exits (SIGCHLD, through the wakeup fd)."""
+    read, write = os.pipe()
+    for fd in (read, write):
+        os.set_blocking(fd, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(write)
+    return read
+
+
+def _fork(message: bytes, fds: list[int], statuses: dict[int, int]) -> int:
+    """Fork the spare `message` names with these pipes; its pid, or -1."""
+    name = message.decode("ascii", "replace")
+    if len(fds) != _PIPES or not _SPARE_NAME.fullmatch(name):
         _close(fds)
-        control.send(_PID.pack(pid))
-
-
-def _outer(name: str, fds: list[int]) -> NoReturn:
-    """The fork: steps 1-3 of the module docstring. Never returns."""
+        return -1
+    status = fds[3]
     try:
+        pid = fork_sandbox.fork_into_new_pid_namespace()
+    except OSError:  # EAGAIN, ENOMEM: this spare is refused, the next may not be
+        pid = -1
+    if pid == 0:
+        _spare(name, fds)
+    for fd in fds:
+        if fd != status or pid < 0:
+            os.close(fd)
+    if pid > 0:
+        statuses[pid] = status
+        _report(status, {"child-pid": pid})
+    return pid
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    """Every exited child: its exit code on its status pipe, which is then closed."""
+    while True:
+        try:
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        status = statuses.pop(pid, -1)
+        if status >= 0:
+            _report(status, {"exit-code": os.waitstatus_to_exitcode(wait_status)})
+            os.close(status)
+
+
+def _report(status: int, line: dict[str, int]) -> None:
+    """One line on a status pipe; never blocks (a reader that is gone loses it)."""
+    with contextlib.suppress(OSError):
+        os.set_blocking(status, False)
+        os.write(status, json.dumps(line).encode() + b"\n")
+
+
+def _spare(name: str, fds: list[int]) -> NoReturn:
+    """The fork, PID 1 of its PID namespace: steps 1 and 2 of the module docstring, then what a
+    spare bubblewrap started does once loaded, then the tenant's Datasette. It ends with
+    os._exit, whatever happens: it must never return into the zygote's loop, nor finalize the
+    zygote's objects (its control socket) at exit."""
+    try:
+        signal.set_wakeup_fd(-1)  # before its number is closed: a signal would write there
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         lifeline, handoff, ready, status, output = _keep_only(fds)
+        os.close(status)  # the zygote's to write
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.setsid()
         fork_sandbox.unshare()
-        pid = os.fork()
-    except BaseException as exc:  # whatever it is, this fork must end
-        _fail(f"cannot fork a spare: {exc}")
-    if pid == 0:
-        _spare(name, lifeline, handoff, ready, status)
-    for fd in (lifeline, handoff, ready):
-        os.close(fd)
-    os.dup2(0, 1)  # /dev/null: the output pipe ends with the spare
-    os.dup2(0, 2)
-    os.write(status, json.dumps({"child-pid": pid}).encode() + b"\n")
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    with contextlib.suppress(OSError):
-        os.write(status, json.dumps({"exit-code": code}).encode() + b"\n")
-    os._exit(code & 0xFF)
-
-
-def _spare(name: str, lifeline: int, handoff: int, ready: int, status: int) -> NoReturn:
-    """PID 1 of the spare's namespace: its sandbox, then what a spare bubblewrap started does
-    once loaded."""
-    try:
-        os.close(status)
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "set the parent-death signal")
         fork_sandbox.become_spare(name)
     except BaseException as exc:  # whatever it is, this spare must end
         _fail(f"cannot make the spare's sandbox: {exc}")
-    tenant_process.watch_lifeline(lifeline)
-    os.write(ready, b"12")  # running in its sandbox, and loaded (spares.SparePool)
-    os.close(ready)
-    spare_process.serve_handoff(handoff)
-    os._exit(0)
+    code = 1
+    try:
+        tenant_process.watch_lifeline(lifeline)
+        os.write(ready, b"12")  # running in its sandbox, and loaded (spares.SparePool)
+        os.close(ready)
+        spare_process.serve_handoff(handoff)
+        code = 0
+    except SystemExit as exit:  # Datasette's command line ends with sys.exit
+        if exit.code is None or isinstance(exit.code, int):
+            code = exit.code or 0
+        else:
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
 
 
 def _keep_only(fds: list[int]) -> tuple[int, int, int, int, int]:
