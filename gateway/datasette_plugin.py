@@ -2,6 +2,7 @@
 (not through a plugins folder: that one is the operator's, and Datasette 0.65 takes only one).
 
 It protects every SQLite connection of every tenant from anonymous SQL (prepare_connection),
+gives a tenant forked from the zygote the templates compiled there (prepare_jinja2_environment),
 and puts the gateway's menu (tenant_menu.py) in Datasette's: all sites, sign in or the
 account page, upload for members, the team for owners. A tenant with no database yet gets a
 welcome page with an upload button at `/` instead of Datasette's "_memory, 0 tables".
@@ -14,7 +15,7 @@ from typing import Any
 
 from datasette import hookimpl
 
-from . import tenant_menu
+from . import compiled_templates, tenant_menu
 
 
 def _scheme(datasette: Any, request: Any) -> str:
@@ -53,6 +54,13 @@ def prepare_connection(conn: sqlite3.Connection) -> None:
     conn.set_authorizer(_authorize)
     for limit, value in SQLITE_LIMITS.items():
         conn.setlimit(limit, value)
+
+
+@hookimpl  # type: ignore[untyped-decorator]
+def prepare_jinja2_environment(env: Any, datasette: Any) -> None:
+    # Forked from the zygote: Datasette's templates compiled there (compiled_templates.py).
+    if len(compiled_templates.COMPILED):
+        env.bytecode_cache = compiled_templates.COMPILED
 
 
 # Tables Litestream (gateway/backup/) keeps in every database it replicates: its bookkeeping,

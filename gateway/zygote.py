@@ -5,10 +5,10 @@ zygote's memory until it writes to it.
     python -m gateway.zygote --lifeline-fd 3 --control-fd 4
 
 Started by the gateway (Zygote.start) as root in bubblewrap with a spare's filesystem view
-(sandbox.zygote_launch) but in the host's PID namespace. It imports what a spare imports, freezes
-the garbage collector's view of those objects (gc.freeze: collections in a spare then do not
-write to, and so copy, the pages it shares), says "ready" on its control socket, and waits
-there. The gateway sends one request per spare: its name and, as SCM_RIGHTS, the spare's five
+(sandbox.zygote_launch) but in the host's PID namespace. It imports what a spare imports,
+compiles Datasette's templates (compiled_templates.py), freezes the garbage collector's view of
+those objects (gc.freeze: collections in a spare then do not write to, and so copy, the pages
+it shares), says "ready" on its control socket, and waits there. The gateway sends one request per spare: its name and, as SCM_RIGHTS, the spare's five
 pipe ends (lifeline, handoff, ready, status, output); the zygote forks the spare and answers its
 pid. The zygote never starts a thread (a fork copies only the calling one), never reads a
 tenant's file and exits at end of file on its lifeline or control socket.
@@ -50,7 +50,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
-from . import fork_sandbox, sandbox, spare_process, tenant_process
+from . import compiled_templates, fork_sandbox, sandbox, spare_process, tenant_process
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.nice(spare_process.SPARE_NICE)  # its imports come after the gateway's and tenants' work
     spare_process.preload()
+    compiled_templates.compile_datasette_templates()
     os.setpriority(os.PRIO_PROCESS, 0, 0)  # its spares start at the usual priority
     gc.freeze()
     if threading.active_count() != 1:

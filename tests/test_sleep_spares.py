@@ -115,6 +115,8 @@ def test_each_wake_is_handed_a_spare_of_its_own(site: Site, gateway: RunningGate
     spares_dir = site.root / "run" / "spares"
     for name in ("alice", "bob"):
         assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
+        page = gateway.get(name, "/data/items")  # templates the zygote compiled, if forked
+        assert page.status_code == 200 and "<table" in page.text
         processes[name] = tenant = gateway.tenant(name)
         status = _proc_status(tenant["pid"])  # before it sleeps again (IDLE_S)
         # Answered after its start, so after the gateway detached the host's binds: the
