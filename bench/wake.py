@@ -158,7 +158,10 @@ async def rounds(spawner: Spawner, isolation: sandbox.Isolation, zygote: Zygote 
         cpu_before = cpu_s(python_of(spare)) if spare else 0.0
         started = time.perf_counter()
         if spare is not None:
-            process = await spawner._hand_spare(tenant, spare)
+            handed = await spawner._hand_spare(tenant, spare)
+            if handed is None:
+                raise SystemExit(f"{side}: the spare died before its handoff")
+            process = handed
         else:
             process = await spawner._spawn(tenant, spawner.next_generation())
         spawned = time.perf_counter()

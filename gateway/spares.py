@@ -56,7 +56,8 @@ class ForkedProcess:
         self._pidfd = os.pidfd_open(pid)
 
     def poll(self) -> int | None:
-        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+        if self.returncode is None and (select.select([self._pidfd], [], [], 0)[0]
+                                        or _dying(self.pid)):
             self._exited()
         return self.returncode
 
@@ -83,6 +84,16 @@ class ForkedProcess:
             os.set_blocking(self._status_fd, False)
             for line in os.read(self._status_fd, 65536).splitlines():
                 self.returncode = int(json.loads(line).get("exit-code", self.returncode))
+
+
+def _dying(pid: int) -> bool:
+    """Whether `pid` is a zombie: killed, its threads still ending, so its pidfd does not say
+    it has exited yet (a spare has a lifeline thread), though its handoff pipe may be closed."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] == b"Z"
+    except OSError:
+        return True
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ from .zygote import Zygote
 log = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.005
+_SPARES_TRIED = 3  # spares handed over for one start, each found dead, before a cold start
 
 
 class StartFailed(GatewayError):
@@ -117,10 +118,17 @@ class Spawner:
     async def launch(self, tenant: TenantConfig) -> TenantProcess:
         """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
         started = time.perf_counter()
-        spare = await self._take_spare()
-        if spare is not None:
-            process = await self._hand_spare(tenant, spare)
+        process, spare = None, None
+        for _ in range(_SPARES_TRIED):
+            spare = await self._take_spare()
+            if spare is None:
+                break
+            process = await self._hand_spare(tenant, spare)  # None: that spare had died
+            if process is not None:
+                break
         else:
+            spare = None  # spares die as they are handed over: start cold
+        if process is None:
             process = await self._spawn(tenant, self.next_generation())
         generation = process.handle.generation
         try:
@@ -230,8 +238,10 @@ class Spawner:
             log.error("spare_start_failed", extra={"error": str(exc)})
             return None
 
-    async def _hand_spare(self, tenant: TenantConfig, spare: spares.Spare) -> TenantProcess:
-        """`tenant`'s process, made of a spare: its folders bound in, then the handoff."""
+    async def _hand_spare(self, tenant: TenantConfig, spare: spares.Spare
+                          ) -> TenantProcess | None:
+        """`tenant`'s process, made of a spare: its folders bound in, then the handoff. None
+        if the spare had died (it is discarded)."""
         uid = await asyncio.to_thread(self.tenant_user, tenant)
         if uid is None:  # can_use_spares: only as root, where tenants have users
             raise StartFailed(f"tenant {tenant.name!r}: no uid for a spare")
@@ -252,6 +262,11 @@ class Spawner:
             metadata_file=paths.metadata_file, plugins_dir=paths.plugins_dir, handoff=handoff))
         try:
             await asyncio.shield(handing)  # a thread cannot be stopped half-way
+        except BrokenPipeError:  # it died since it was taken (killed, the OOM killer)
+            await asyncio.to_thread(spares.discard, spare)
+            log.warning("spare_exited", extra={"spare": spare.name,
+                                               "status": spare.process.returncode})
+            return None
         except OSError as exc:
             await asyncio.to_thread(spares.discard, spare)
             raise StartFailed(f"tenant {tenant.name!r}: cannot hand it a spare: {exc}") from None

@@ -7,11 +7,12 @@ zygote's memory until it writes to it.
 Started by the gateway (Zygote.start) as root in bubblewrap with a spare's filesystem view
 (sandbox.zygote_launch) but in the host's PID namespace. It imports what a spare imports,
 compiles Datasette's templates (compiled_templates.py), freezes the garbage collector's view of
-those objects (gc.freeze: collections in a spare then do not write to, and so copy, the pages
-it shares), says "ready" on its control socket, and waits there. The gateway sends one request per spare: its name and, as SCM_RIGHTS, the spare's five
-pipe ends (lifeline, handoff, ready, status, output); the zygote forks the spare and answers its
-pid. The zygote never starts a thread (a fork copies only the calling one), never reads a
-tenant's file and exits at end of file on its lifeline or control socket.
+those objects (gc.freeze: collections in a spare then do not write to, and so copy, the pages it
+shares), says "ready" on its control socket, and waits there. The gateway sends one request per
+spare: its name and, as SCM_RIGHTS, the spare's five pipe ends (lifeline, handoff, ready,
+status, output); the zygote forks the spare and answers its pid. The zygote never starts a
+thread (a fork copies only the calling one), never reads a tenant's file and exits at end of
+file on its lifeline or control socket.
 
 The fork is the spare itself, PID 1 of a PID namespace of its own (fork_sandbox, step 1). It
 1. keeps only its pipes: the lifeline, handoff and ready ends at 3, 4, 5, the output as stdout

@@ -18,7 +18,10 @@ from typing import Any
 
 import pytest
 
-from gateway import spares
+from gateway import sandbox, spares
+from gateway.config import load_config
+from gateway.keys import load_master_key
+from gateway.spawner import Spawner
 from gateway.zygote import Zygote
 
 from .conftest import UID_BASE, RunningGateway, Site, assert_gone, wait_until
@@ -355,3 +358,32 @@ def test_a_forked_spare_is_sandboxed_as_one_bubblewrap_starts(site: Site,
     assert (alice["no_new_privs"], alice["pid_in_namespace"]) == ("1", "1")
     assert alice["processes_seen"] == ["1"]
     assert (alice["interfaces"], alice["tmp"]) == (["lo"], [])
+
+
+async def test_a_spare_that_died_after_it_was_taken_is_not_handed_a_tenant(site: Site) -> None:
+    """A spare is killed between the pool's look and the handoff (the OOM killer): the handoff
+    finds its pipe closed, the spare is discarded, and the start takes another (Spawner)."""
+    site.add_tenant("alice")
+    config = load_config(site.config_path)
+    for folder in (config.gateway.paths.state_dir, config.gateway.paths.run_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o711)
+    spawner = Spawner(config, sandbox.probe_isolation("auto", UID_BASE),
+                      load_master_key(config.gateway.paths.state_dir))
+    run = config.gateway.paths.run_dir
+    assert spares.probe(run) is None
+    zygote = Zygote(run)
+    try:
+        zygote.ensure_running()
+        spare = spares.fork_spare(run, "spare-1-1", zygote)
+        assert spares.wait_until_loaded(spare)
+        os.kill(spare.process.pid, signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(f"/proc/{spare.process.pid}"), 10,
+                   message="the spare reaped")
+        assert await spawner._hand_spare(config.tenants["alice"], spare) is None
+        assert spare.process.returncode == -signal.SIGKILL
+        assert not spare.spare_dir.exists()  # discarded: its folders are gone
+    finally:
+        zygote.stop()
+        spares.remove_stale(run)
+        spares.release_root(run)
