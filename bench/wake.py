@@ -12,8 +12,10 @@ forked (zygote.py), handed a spare bubblewrap started (spares.py; either spare s
 beforehand, as in a running gateway), cold with this checkout's package, and cold with the
 package as it is at `--against` (a git ref). Times: spawn (folders, fork and exec; for a spare:
 binding the tenant's folders in and the handoff), to-socket (bwrap, Python, imports, Datasette
-and uvicorn starting), socket-to-healthy (the health probe's first answer), and the CPU the
-tenant's process used from then to healthy. Printed: medians per side and ratios.
+and uvicorn starting), socket-to-healthy (the health probe's first answer), the CPU the
+tenant's process used from then to healthy, and the CPU its first HTML page (a table's) took:
+Jinja compiles the templates it uses then, unless the zygote compiled them
+(compiled_templates.py). Printed: medians per side and ratios.
 
 Bursts: `--burst` tenants woken at once (Spawner.launch, as a wake does), with the gateway's
 pool of `--spares` spares full beforehand, per mode (forked spares, bubblewrap spares, cold),
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -75,12 +78,27 @@ def package_at(ref: str, root: Path) -> Path:
 
 
 def cpu_s(pid: int) -> float:
-    """utime + stime of one process (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of one process so far, from its threads' schedstat (nanoseconds; utime and
+    stime count 10 ms ticks, too coarse for a first page). 0 once it is gone."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                total += int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def first_page(socket_path: str, host: str) -> int:
+    """GET a table's HTML page from the tenant's socket (the first page a journalist sees);
+    its status."""
+    with socket.socket(socket.AF_UNIX) as connection:
+        connection.connect(socket_path)
+        connection.sendall(f"GET /data/items HTTP/1.1\r\nHost: {host}\r\n"
+                           "Connection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
 
 
 def python_of(spare: spares.Spare) -> int:
@@ -130,7 +148,7 @@ def make_spawner(config_path: Path, uid_base: int) -> tuple[Spawner, sandbox.Iso
     return Spawner(config, isolation, load_master_key(config.gateway.paths.state_dir)), isolation
 
 
-Row = tuple[float, float, float, float]
+Row = tuple[float, float, float, float, float]
 
 
 async def rounds(spawner: Spawner, isolation: sandbox.Isolation, zygote: Zygote | None,
@@ -173,8 +191,17 @@ async def rounds(spawner: Spawner, isolation: sandbox.Isolation, zygote: Zygote 
         await spawner._wait_healthy(tenant, process)
         healthy = time.perf_counter()
         child_pid = await process.child_pid
-        cpu = cpu_s(child_pid) - cpu_before if child_pid else cpu_s(process.pid)
-        times[side].append((spawned - started, listening - spawned, healthy - listening, cpu))
+        python = child_pid or process.pid
+        cpu = cpu_s(python) - cpu_before if child_pid else cpu_s(process.pid)
+        before_page = cpu_s(python)
+        status = await asyncio.to_thread(first_page, process.backend.address.path,
+                                         f"alice.{spawner.config.domain}")
+        if status != 200:
+            raise SystemExit(f"{side}: the first page answered {status}")
+        await asyncio.sleep(0.05)  # its last writes
+        page_cpu = cpu_s(python) - before_page
+        times[side].append((spawned - started, listening - spawned, healthy - listening, cpu,
+                            page_cpu))
         await process.stop(2)
     sandbox.gateway_package_parent = lambda: ours  # type: ignore[misc]
     return times
@@ -280,12 +307,14 @@ def main() -> None:
     totals = {}
     print("One wake at a time:")
     for side, rows in times.items():
-        spawn, to_socket, to_healthy, cpu = (statistics.median(c) for c in zip(*rows, strict=True))
+        spawn, to_socket, to_healthy, cpu, page = (statistics.median(c)
+                                                   for c in zip(*rows, strict=True))
         totals[side] = statistics.median(sum(row[:3]) for row in rows)
         label = args.against if side == "--against" else "HEAD + changes"
         print(f"{side:>16} ({label}): spawn {spawn:.3f} s, to socket {to_socket:.3f} s, socket"
               f" to healthy {to_healthy:.3f} s, total {totals[side]:.3f} s; tenant CPU"
-              f" {cpu:.3f} s (medians of {len(rows)})")
+              f" {cpu:.3f} s, then its first HTML page {page * 1000:.0f} ms of CPU"
+              f" (medians of {len(rows)})")
     for side in totals:
         if side != "--against":
             print(f"{side} / {args.against} cold: x{totals[side] / totals['--against']:.2f}")

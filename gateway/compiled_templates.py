@@ -1,10 +1,10 @@
 """Datasette's templates compiled once, in the zygote, for every tenant it forks.
 
 Jinja compiles a template to Python the first time it is rendered, in every process: a woken
-tenant's first HTML page cost 72 ms of its CPU, the second 12 ms (bench/wake). The zygote
+tenant's first HTML page (a table's) took 62-66 ms of its CPU, the next about 12 ms. The zygote
 (zygote.py) compiles all of Datasette's own templates before it forks, into COMPILED, a Jinja
 bytecode cache in its memory; a forked tenant's Datasette is given it (datasette_plugin.py)
-and loads the code from there: its first page took 17 ms.
+and loads the code from there: its first page took 19 ms (bench/wake).
 
 What was compiled is used only where it compiles the same. Jinja's own key is the template's
 name and file, and its check the source (a tenant plugin's template of the same name is
