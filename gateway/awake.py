@@ -32,6 +32,11 @@ class AwakeCap:
         self.cap = cap  # read at each wake: a reload applies
         self._over = False  # logged awake_cap_exceeded, and not back within the cap since
 
+    def status(self) -> dict[str, int]:
+        """Tenants awake that may sleep (those the cap counts), and the cap (0: none)."""
+        awake = sum(1 for s in self.supervisors.values() if s.awake() is not None)
+        return {"awake": awake, "cap": self.cap()}
+
     def make_room(self, waking: str = "") -> None:
         """Put to sleep as many idle tenants as it takes for the cap to hold, least recently
         used first. `waking`: the tenant that wakes (it counts as awake already); "" for a

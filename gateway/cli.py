@@ -250,6 +250,12 @@ def _status_text(status: dict[str, Any]) -> str:
                      f"{', leader' if node['leader'] else ''}), hosting"
                      f" {', '.join(node['hosting']) or 'nothing'}")
         lines += _cluster_view_text(node["view"])
+    sleeping = sum(1 for tenant in status["tenants"] if tenant["state"] == "sleeping")
+    sleep = status["sleep"]
+    if sleeping or sleep["awake"] or sleep["cap"]:
+        cap = f"max_awake_tenants {sleep['cap']}" if sleep["cap"] else "no max_awake_tenants"
+        lines.append(f"sleep      {sleep['awake']} awake that may sleep ({cap}),"
+                     f" {sleeping} sleeping")
     lines.append("")
     lines.append(f"{'TENANT':<20} {'STATE':<11} {'PID':>7} {'GEN':>5} {'RESTARTS':>8}  DATABASES")
     for tenant in status["tenants"]:

@@ -381,6 +381,7 @@ class Gateway:
             "tls": self.config.gateway.tls.mode,
             "draining": self.draining,
             "tenants": [s.status() for s in self.supervisors.values()],
+            "sleep": self.awake.status(),
             "backup": self.backups.status(),
             **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }

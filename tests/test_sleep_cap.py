@@ -202,12 +202,16 @@ def test_a_reload_applies_a_lower_cap(site: Site, start_gateway: Any) -> None:
     gateway = _start(site, start_gateway, 0, ("ann", "bob", "cat"))
     for name in ("ann", "bob", "cat"):
         _answered(gateway, name)
+    assert gateway.status()["sleep"] == {"awake": 3, "cap": 0}
     cat = gateway.tenant("cat")["pid"]
     site.write_config(supervisor={"max_awake_tenants": 1})
     gateway.cli("reload")
     gateway.wait_for_event("reload_done")
     assert _cap_sleeps(gateway) == [("ann", ""), ("bob", "")]
     assert _states(gateway) == {"ann": "sleeping", "bob": "sleeping", "cat": "running"}
+    assert gateway.status()["sleep"] == {"awake": 1, "cap": 1}
+    assert "sleep      1 awake that may sleep (max_awake_tenants 1), 2 sleeping" in \
+        gateway.cli("status").stdout
     assert gateway.tenant("cat")["pid"] == cat
     _answered(gateway, "bob")
     gateway.wait_for_event("tenant_sleeping", tenant="cat")
