@@ -47,7 +47,6 @@ import struct
 import subprocess
 import sys
 import threading
-import traceback
 from pathlib import Path
 from typing import NoReturn
 
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
             message, fds, _, _ = socket.recv_fds(control, 256, _PIPES)
             if not message:
                 os._exit(0)
-            control.send(_PID.pack(_fork(message, fds, statuses)))
+            control.send(_PID.pack(_fork(message, fds, statuses, control)))
 
 
 def _on_child_exit() -> int:
@@ -187,7 +186,8 @@ def _on_child_exit() -> int:
     return read
 
 
-def _fork(message: bytes, fds: list[int], statuses: dict[int, int]) -> int:
+def _fork(message: bytes, fds: list[int], statuses: dict[int, int],
+          control: socket.socket) -> int:
     """Fork the spare `message` names with these pipes; its pid, or -1."""
     name = message.decode("ascii", "replace")
     if len(fds) != _PIPES or not _SPARE_NAME.fullmatch(name):
@@ -199,6 +199,7 @@ def _fork(message: bytes, fds: list[int], statuses: dict[int, int]) -> int:
     except OSError:  # EAGAIN, ENOMEM: this spare is refused, the next may not be
         pid = -1
     if pid == 0:
+        control.detach()  # its number is closed in the spare: never closed again at its exit
         _spare(name, fds)
     for fd in fds:
         if fd != status or pid < 0:
@@ -233,9 +234,9 @@ def _report(status: int, line: dict[str, int]) -> None:
 
 def _spare(name: str, fds: list[int]) -> NoReturn:
     """The fork, PID 1 of its PID namespace: steps 1 and 2 of the module docstring, then what a
-    spare bubblewrap started does once loaded, then the tenant's Datasette. It ends with
-    os._exit, whatever happens: it must never return into the zygote's loop, nor finalize the
-    zygote's objects (its control socket) at exit."""
+    spare bubblewrap started does once loaded, then the tenant's Datasette. It never returns
+    into the zygote's loop: it ends as a spare bubblewrap started does, by SystemExit
+    (Datasette's command line) or an exception, and the interpreter's own shutdown."""
     try:
         signal.set_wakeup_fd(-1)  # before its number is closed: a signal would write there
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -249,25 +250,11 @@ def _spare(name: str, fds: list[int]) -> NoReturn:
         fork_sandbox.become_spare(name)
     except BaseException as exc:  # whatever it is, this spare must end
         _fail(f"cannot make the spare's sandbox: {exc}")
-    code = 1
-    try:
-        tenant_process.watch_lifeline(lifeline)
-        os.write(ready, b"12")  # running in its sandbox, and loaded (spares.SparePool)
-        os.close(ready)
-        spare_process.serve_handoff(handoff)
-        code = 0
-    except SystemExit as exit:  # Datasette's command line ends with sys.exit
-        if exit.code is None or isinstance(exit.code, int):
-            code = exit.code or 0
-        else:
-            print(exit.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+    tenant_process.watch_lifeline(lifeline)
+    os.write(ready, b"12")  # running in its sandbox, and loaded (spares.SparePool)
+    os.close(ready)
+    spare_process.serve_handoff(handoff)
+    sys.exit(0)
 
 
 def _keep_only(fds: list[int]) -> tuple[int, int, int, int, int]:
