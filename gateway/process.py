@@ -76,13 +76,21 @@ class TenantProcess:
             self.exited.set_result(None)
         else:
             loop.add_reader(self._pidfd, self._on_exit)
-        self._readers = [LineReader(handle.output_fd, self._on_output)]
+        self._readers = [self._read(LineReader(handle.output_fd, self._on_output), "output_fd")]
         self._status: LineReader | None = None
         if handle.status_fd >= 0:
-            self._status = LineReader(handle.status_fd, self._on_status)
+            self._status = self._read(LineReader(handle.status_fd, self._on_status), "status_fd")
             self._readers.append(self._status)
         else:
             self.child_pid.set_result(None)
+
+    def _read(self, reader: LineReader, field: str) -> LineReader:
+        """A reader closes its pipe at its end; from then on the handle (sent to a new worker
+        at an upgrade) names no descriptor there, since the number may be another file's. A
+        forked tenant's status pipe ends before the tenant does if its zygote ends first (its
+        worker's, at an upgrade)."""
+        reader.ended.add_done_callback(lambda _: setattr(self.handle, field, -1))
+        return reader
 
     @property
     def pid(self) -> int:

@@ -286,7 +286,7 @@ class Gateway:
         return [
             HandedOver(config=s.config, handle=s.current.handle)
             for s in self.supervisors.values()
-            if s.current is not None
+            if s.current is not None and s.current.handle.output_fd >= 0  # else it is ending
         ]
 
     def resume(self) -> None:

@@ -78,3 +78,24 @@ def test_a_killed_worker_is_replaced_by_the_master(gateway: RunningGateway) -> N
     response = gateway.get("alice", "/data/items.json")
     assert response.status_code == 200
     assert gateway.worker_pid != worker
+
+
+def test_tenants_forked_by_the_zygote_survive_two_upgrades(gateway: RunningGateway) -> None:
+    """alice and bob restarted once the pool is full, so each runs from a spare the first
+    worker's zygote forked (pytest runs as root). That zygote ends with its worker at the first
+    upgrade, so their status pipes end while they serve on: 1. the second upgrade hands them
+    over too; 2. they stay the same processes and answer; 3. a restart after it still works."""
+    spares = gateway.site.root / "run" / "spares"
+    wait_until(lambda: len(list(spares.glob("spare-*"))) == 2, 30, message="a full pool")
+    for name in ("alice", "bob"):
+        gateway.cli("tenant", "restart", name)
+    forked = [e for e in list(gateway.events) if e.get("event") == "tenant_started"][-2:]
+    assert [e["spare"] for e in forked] == [True, True]
+    tenants = gateway.pids()
+    for _ in range(2):
+        assert gateway.cli("upgrade").stdout.startswith("Upgraded: worker ")
+        for name in ("alice", "bob"):
+            assert gateway.get(name, "/data/items.json?_size=1").status_code == 200
+    assert gateway.pids() == tenants
+    gateway.cli("tenant", "restart", "alice")
+    assert gateway.get("alice", "/data/items.json?_size=1").status_code == 200
