@@ -117,6 +117,13 @@ class Spawner:
 
     async def launch(self, tenant: TenantConfig) -> TenantProcess:
         """Start a new process for `tenant` and return it once healthy (else StartFailed)."""
+        try:
+            return await self._launch(tenant)
+        except OSError as exc:  # the gateway's side failed (a full disk, a mount, a pipe): the
+            # supervisor handles it as any failed start; it must not end its loop
+            raise StartFailed(f"tenant {tenant.name!r} could not be started: {exc}") from None
+
+    async def _launch(self, tenant: TenantConfig) -> TenantProcess:
         started = time.perf_counter()
         process, spare = None, None
         for _ in range(_SPARES_TRIED):

@@ -5,7 +5,11 @@ Real gateway, real sandboxed Datasette: a sleeping tenant has no process at all.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -183,3 +187,38 @@ def test_a_sleeper_sleeps_on_through_a_reload_and_an_upgrade(gateway: RunningGat
     assert _started(gateway, "alice") == []
     assert gateway.get("alice", "/data/items.json").status_code == 200
     assert "Alice renamed" in gateway.get(None, "/").text
+
+
+@pytest.mark.root
+def test_a_wake_with_no_room_to_start_answers_the_crash_page_then_recovers(
+        site: Site, start_gateway: Any) -> None:
+    """The run folder (sockets) has no inode left when alice wakes (a full disk): the start
+    fails on the gateway's side, the request gets the crash page rather than waiting out the
+    retry budget, and once there is room again she wakes (the supervisor did not give up)."""
+    run = site.root / "run"
+    run.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "nr_inodes=64,mode=0711", "gw-test-run",
+                    str(run)], check=True)
+    try:
+        site.write_config(sandbox={"spare_processes": 0})
+        site.add_tenant("alice", settings=f"idle_stop_s = {IDLE_S}\n")
+        gateway = start_gateway()
+        filler = run / "filler"
+        filler.mkdir()
+        try:
+            for n in itertools.count():
+                (filler / str(n)).touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        for _ in range(2):
+            response = gateway.get("alice", "/", headers={"accept": "application/json"})
+            assert response.status_code == 503
+            assert "stopped working" in response.json()["message"]
+        failure = gateway.tenant("alice")["last_failure"]
+        assert failure is not None and "No space left" in failure["reason"]
+        shutil.rmtree(filler)
+        wait_until(lambda: gateway.get("alice", "/data/items.json").status_code == 200, 30,
+                   message="alice wakes once there is room")
+        gateway.stop()
+    finally:
+        subprocess.run(["umount", "--lazy", str(run)], check=False)
