@@ -36,7 +36,7 @@ import os
 import socket
 import struct
 
-from .linux import libc
+from .linux import check, libc
 from .mounts import (
     MNT_DETACH,
     MS_BIND,
@@ -79,10 +79,10 @@ def fork_into_new_pid_namespace() -> int:
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     pid = -1
     try:
-        _call(libc.unshare(CLONE_NEWPID), "unshare the PID namespace")
+        check(libc.unshare(CLONE_NEWPID), "unshare the PID namespace")
         pid = os.fork()
         if pid != 0:
-            _call(libc.setns(own, CLONE_NEWPID), "take the PID namespace back")
+            check(libc.setns(own, CLONE_NEWPID), "take the PID namespace back")
         return pid
     finally:
         if pid != 0:  # the child closes all it inherited (zygote.py)
@@ -91,13 +91,7 @@ def fork_into_new_pid_namespace() -> int:
 
 def unshare() -> None:
     """Step 1 in the fork: its other namespaces."""
-    _call(libc.unshare(NAMESPACES), "unshare")
-
-
-def _call(result: int, what: str) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
+    check(libc.unshare(NAMESPACES), "unshare")
 
 
 def become_spare(name: str) -> None:
@@ -123,16 +117,12 @@ def _bind(source: str, target: str, flags: int) -> None:
 
 
 def _detach(target: str) -> None:
-    if libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"umount {target}: {os.strerror(code)}")
+    check(libc.umount2(os.fsencode(target), MNT_DETACH), f"umount {target}")
 
 
 def _mount_fs(kind: str, target: str, flags: int, options: str | None) -> None:
-    if libc.mount(kind.encode(), os.fsencode(target), kind.encode(), ctypes.c_ulong(flags),
-                  None if options is None else options.encode()) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"mount {kind} on {target}: {os.strerror(code)}")
+    check(libc.mount(kind.encode(), os.fsencode(target), kind.encode(), ctypes.c_ulong(flags),
+                     None if options is None else options.encode()), f"mount {kind} on {target}")
 
 
 def _fresh_tmp() -> None:

@@ -16,7 +16,7 @@ import errno
 import os
 from pathlib import Path
 
-from .linux import libc
+from .linux import check, libc
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -32,10 +32,8 @@ MNT_DETACH = 2
 
 
 def mount(source: str | None, target: str, flags: int) -> None:
-    if libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
-                   None, ctypes.c_ulong(flags), None) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"mount {source} on {target}: {os.strerror(code)}")
+    check(libc.mount(None if source is None else os.fsencode(source), os.fsencode(target),
+                     None, ctypes.c_ulong(flags), None), f"mount {source} on {target}")
 
 
 def make_shared_point(path: Path) -> None:
