@@ -133,9 +133,8 @@ class Spawner:
             process = await self._hand_spare(tenant, spare)  # None: that spare had died
             if process is not None:
                 break
-        else:
-            spare = None  # spares die as they are handed over: start cold
-        if process is None:
+        if process is None:  # no spare, or each one died as it was handed over: start cold
+            spare = None
             process = await self._spawn(tenant, self.next_generation())
         generation = process.handle.generation
         try:
